@@ -1,0 +1,68 @@
+"""engine: a supervised pool of long-lived Python worker subprocesses for Trio.
+
+Public names are resolved lazily (PEP 562) so that ``import engine`` stays cheap:
+the worker-side runtime lives inside this package and must start without
+importing Trio or attrs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine import errors as errors
+    from engine.bridge import Bridge as Bridge
+    from engine.bridge import open_bridge as open_bridge
+    from engine.contract import Ok as Ok
+    from engine.contract import Remove as Remove
+    from engine.contract import Skip as Skip
+    from engine.errors import *  # noqa: F403
+    from engine.pool.config import PoolConfig as PoolConfig
+    from engine.pool.pool import Lease as Lease
+    from engine.pool.pool import Pool as Pool
+    from engine.pool.pool import open_pool as open_pool
+    from engine.resilience import CircuitBreaker as CircuitBreaker
+    from engine.resilience import Retry as Retry
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "open_pool": "engine.pool.pool",
+    "Pool": "engine.pool.pool",
+    "Lease": "engine.pool.pool",
+    "PoolStatistics": "engine.pool.pool",
+    "PoolConfig": "engine.pool.config",
+    "Ok": "engine.contract",
+    "Remove": "engine.contract",
+    "Skip": "engine.contract",
+    "DefaultPolicy": "engine.contract",
+    "open_bridge": "engine.bridge",
+    "Bridge": "engine.bridge",
+    "Retry": "engine.resilience",
+    "CircuitBreaker": "engine.resilience",
+}
+
+_ERRORS = {
+    "EngineError", "PoolClosed", "PoolTimeout", "PoolSaturated", "PoolUnavailable",
+    "WorkerError", "WorkerCrashed", "WorkerStartError", "CallTimeout", "ProtocolError",
+    "WorkerBusy", "SessionLost", "LeaseReleased", "RemoteError", "ContractViolation",
+    "BridgeUnavailable", "ResponseShapeError", "RetriesExhausted",
+}
+
+_SUBMODULES = {"errors", "protocol", "shapes", "client", "discovery", "telemetry",
+               "resilience", "testing", "contract", "workers", "pool"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _ERRORS:
+        return getattr(importlib.import_module("engine.errors"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"engine.{name}")
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*_LAZY, *_ERRORS, *_SUBMODULES, "__version__"])

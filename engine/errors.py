@@ -1,0 +1,309 @@
+"""The error taxonomy (design section 9).
+
+Every error the library raises derives from :class:`EngineError`. Each carries
+structured fields and a one-line message that says what went wrong and what to
+do about it.
+
+This module imports only the standard library at import time because the
+worker-side runtime raises :class:`ProtocolError` through :mod:`engine.protocol`
+and must not pay for (or depend on) Trio. :class:`LeaseReleased` must subclass
+``trio.ClosedResourceError``, so it lives in :mod:`engine._lease_released` and is
+resolved lazily by the module ``__getattr__`` below.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine._lease_released import LeaseReleased as LeaseReleased
+
+__all__ = [
+    "BridgeUnavailable",
+    "CallTimeout",
+    "ContractViolation",
+    "EngineError",
+    "LeaseReleased",
+    "PoolClosed",
+    "PoolSaturated",
+    "PoolTimeout",
+    "PoolUnavailable",
+    "ProtocolError",
+    "RemoteError",
+    "ResponseShapeError",
+    "RetriesExhausted",
+    "SessionLost",
+    "WorkerBusy",
+    "WorkerCrashed",
+    "WorkerError",
+    "WorkerStartError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LeaseReleased":
+        from engine._lease_released import LeaseReleased
+
+        return LeaseReleased
+    raise AttributeError(f"module 'engine.errors' has no attribute {name!r}")
+
+
+class EngineError(Exception):
+    """Base class of every error raised by engine."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- pool-level errors -------------------------------------------------------
+
+
+class PoolClosed(EngineError):
+    """The pool (or bridge) is closing or closed; no new checkouts are served."""
+
+    def __init__(self, message: str = "", *, pool: str | None = None) -> None:
+        self.pool = pool
+        super().__init__(
+            message
+            or f"pool {pool or '<unnamed>'} is closed: open a new pool (or keep the "
+            "`async with open_pool(...)` block open while calling it)"
+        )
+
+
+class PoolTimeout(EngineError):
+    """No worker could be checked out before ``checkout_timeout`` expired."""
+
+    def __init__(
+        self, *, timeout: float, session: str | None = None, pool: str | None = None,
+        waiting: int = 0, reason: str = "",
+    ) -> None:
+        self.timeout = timeout
+        self.session = session
+        self.pool = pool
+        self.waiting = waiting
+        self.reason = reason
+        what = f"for session {session!r} " if session is not None else ""
+        extra = f" ({reason})" if reason else ""
+        super().__init__(
+            f"no worker became available {what}within {timeout:g}s{extra}; "
+            "raise checkout_timeout or size, or shorten the calls holding workers"
+        )
+
+
+class PoolSaturated(EngineError):
+    """More than ``max_waiters`` callers are already waiting."""
+
+    def __init__(self, *, max_waiters: int, pool: str | None = None) -> None:
+        self.max_waiters = max_waiters
+        self.pool = pool
+        super().__init__(
+            f"{max_waiters} callers are already waiting for a worker (max_waiters); "
+            "back off and retry, or raise max_waiters or size"
+        )
+
+
+class PoolUnavailable(EngineError):
+    """The pool-wide circuit breaker is open: workers keep failing."""
+
+    def __init__(self, *, reason: str, retry_at: float | None = None,
+                 retry_in: float | None = None, pool: str | None = None) -> None:
+        self.reason = reason
+        self.retry_at = retry_at
+        self.retry_in = retry_in
+        self.pool = pool
+        when = f"; a probe is allowed in {retry_in:.2f}s" if retry_in is not None else ""
+        super().__init__(
+            f"pool is unavailable: {reason}{when}; fix the worker app or its environment"
+        )
+
+
+# --- worker-level errors -----------------------------------------------------
+
+
+class WorkerError(EngineError):
+    """Base of errors tied to one worker; carries the worker's identity."""
+
+    def __init__(
+        self, message: str, *, worker_id: str | None = None, pid: int | None = None,
+        command: str | None = None, session: str | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.pid = pid
+        self.command = command
+        self.session = session
+        super().__init__(message)
+
+
+def _describe_exit(exit_code: int | None, signal: int | None) -> str:
+    if signal is not None:
+        import signal as _signal
+
+        try:
+            name = _signal.Signals(signal).name
+        except ValueError:
+            name = f"signal {signal}"
+        return f"killed by {name}"
+    if exit_code is not None:
+        return f"exited with code {exit_code}"
+    return "died (exit status unknown)"
+
+
+class WorkerCrashed(WorkerError):
+    """The worker process died (or its pipe closed) while it was in use."""
+
+    def __init__(
+        self, *, worker_id: str | None = None, pid: int | None = None,
+        exit_code: int | None = None, signal: int | None = None,
+        stderr_tail: tuple[str, ...] = (), command: str | None = None,
+        session: str | None = None, detail: str = "",
+    ) -> None:
+        self.exit_code = exit_code
+        self.signal = signal
+        self.stderr_tail = tuple(stderr_tail)
+        how = _describe_exit(exit_code, signal)
+        during = f" during {command!r}" if command else ""
+        tail = f"; last stderr: {self.stderr_tail[-1]!r}" if self.stderr_tail else ""
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"worker {worker_id} (pid {pid}) {how}{during}{extra}{tail}; "
+            "the pool replaces it: retry idempotent calls",
+            worker_id=worker_id, pid=pid, command=command, session=session,
+        )
+
+
+class WorkerStartError(WorkerError):
+    """A worker failed to start: it exited, stayed silent, or sent a bad hello."""
+
+    def __init__(
+        self, reason: str, *, worker_id: str | None = None, pid: int | None = None,
+        exit_code: int | None = None, signal: int | None = None,
+        stderr_tail: tuple[str, ...] = (), argv: tuple[str, ...] = (),
+    ) -> None:
+        self.reason = reason
+        self.exit_code = exit_code
+        self.signal = signal
+        self.stderr_tail = tuple(stderr_tail)
+        self.argv = tuple(argv)
+        tail = f"; last stderr: {self.stderr_tail[-1]!r}" if self.stderr_tail else ""
+        super().__init__(
+            f"worker {worker_id} failed to start: {reason}{tail}; check the app "
+            "module, the launcher and start_timeout",
+            worker_id=worker_id, pid=pid,
+        )
+
+
+class CallTimeout(WorkerError):
+    """A call did not get its reply within ``call_timeout``; the worker is replaced."""
+
+    def __init__(
+        self, *, timeout: float, worker_id: str | None = None, pid: int | None = None,
+        command: str | None = None, session: str | None = None,
+    ) -> None:
+        self.timeout = timeout
+        super().__init__(
+            f"call {command!r} on worker {worker_id} (pid {pid}) got no reply within "
+            f"{timeout:g}s; the worker is killed and replaced: raise call_timeout if "
+            "the command is legitimately slow",
+            worker_id=worker_id, pid=pid, command=command, session=session,
+        )
+
+
+class ProtocolError(WorkerError):
+    """A frame or envelope broke the wire protocol; the worker is replaced."""
+
+    def __init__(self, message: str, *, worker_id: str | None = None,
+                 pid: int | None = None, command: str | None = None) -> None:
+        super().__init__(message, worker_id=worker_id, pid=pid, command=command)
+
+
+class WorkerBusy(WorkerError):
+    """``affinity="fail_fast"``: the session's worker is busy."""
+
+    def __init__(self, *, session: str, worker_id: str | None = None,
+                 pid: int | None = None) -> None:
+        super().__init__(
+            f"worker {worker_id} bound to session {session!r} is busy "
+            "(affinity='fail_fast'); retry later or use affinity='strict'",
+            worker_id=worker_id, pid=pid, session=session,
+        )
+
+
+class SessionLost(WorkerError):
+    """The worker holding a session's state died or was retired: the state is gone."""
+
+    def __init__(self, *, session: str, worker_id: str | None = None,
+                 pid: int | None = None, reason: str = "worker died") -> None:
+        self.reason = reason
+        super().__init__(
+            f"session {session!r} lost its state: worker {worker_id} {reason}; the "
+            "session is unbound, so the next call starts a fresh session state",
+            worker_id=worker_id, pid=pid, session=session,
+        )
+
+
+# --- other errors ------------------------------------------------------------
+
+
+class RemoteError(EngineError):
+    """The worker answered ``ok: false``: the handler raised or the command is unknown."""
+
+    def __init__(
+        self, *, type: str, message: str, traceback: str | None = None,
+        command: str | None = None, worker_id: str | None = None,
+        session: str | None = None,
+    ) -> None:
+        self.type = type
+        self.remote_message = message
+        self.traceback = traceback
+        self.command = command
+        self.worker_id = worker_id
+        self.session = session
+        super().__init__(f"{command!r} failed in worker {worker_id}: {type}: {message}")
+
+
+class ContractViolation(EngineError):
+    """A checkout policy callback returned something outside its contract or raised."""
+
+    def __init__(self, *, callback: str, value: Any, expected: str) -> None:
+        self.callback = callback
+        self.value = value
+        self.expected = expected
+        super().__init__(
+            f"policy callback {callback} returned {value!r}; expected {expected}. "
+            "The worker is treated as Remove; fix the policy"
+        )
+
+
+class BridgeUnavailable(EngineError):
+    """No live pool or bridge could be found through discovery."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+        super().__init__(f"Python bridge not available: {why}")
+
+
+class ResponseShapeError(EngineError):
+    """A worker's answer does not have the shape the caller expects."""
+
+    def __init__(self, *, what: str, problem: str, value: Any = None) -> None:
+        self.what = what
+        self.problem = problem
+        self.value = value
+        super().__init__(f"unexpected shape for {what}: {problem}")
+
+
+class RetriesExhausted(EngineError):
+    """A retried call failed on every attempt; ``__cause__`` is the last failure."""
+
+    def __init__(self, *, attempts: int, last: BaseException, command: str | None = None) -> None:
+        self.attempts = attempts
+        self.last = last
+        self.command = command
+        super().__init__(
+            f"{command!r} failed after {attempts} attempts; last error: "
+            f"{type(last).__name__}: {last}"
+        )

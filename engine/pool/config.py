@@ -1,0 +1,181 @@
+"""PoolConfig: the frozen, validated configuration of a pool (design section 4)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+AFFINITY_MODES = ("strict", "fail_fast", "hint")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
+            or math.isnan(value):
+        raise ValueError(f"PoolConfig.{attribute.name} must be a positive number, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(
+            f"PoolConfig.{attribute.name} must be a number >= 0, got {value!r}"
+        )
+
+
+def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"PoolConfig.{attribute.name} must be an integer >= 1, got {value!r}")
+
+
+def _app(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value or value.count(":") > 1 \
+            or value.startswith(":") or value.endswith(":"):
+        raise ValueError(
+            f"PoolConfig.app must be 'module' or 'module:attr', got {value!r}"
+        )
+
+
+def _affinity(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in AFFINITY_MODES:
+        raise ValueError(
+            f"PoolConfig.affinity must be one of {', '.join(AFFINITY_MODES)}, got {value!r}"
+        )
+
+
+def _backoff(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    ok = (isinstance(value, tuple) and len(value) == 3
+          and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))
+    if not ok or not (0 < value[0] <= value[1]) or not (0 <= value[2] <= 1):
+        raise ValueError(
+            "PoolConfig.restart_backoff must be (min, max, jitter) with 0 < min <= max "
+            f"and 0 <= jitter <= 1, got {value!r}"
+        )
+
+
+def _argv(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(
+            f"PoolConfig.{attribute.name} must be a sequence of non-empty strings, "
+            f"got {value!r}"
+        )
+
+
+def _env(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"PoolConfig.env must map str to str, got {value!r}")
+
+
+def _name(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"PoolConfig.name must be a non-empty string or None, got {value!r}")
+
+
+def _callable_or_none(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(value) and attribute.name == "worker_factory":
+        raise ValueError(f"PoolConfig.worker_factory must be callable, got {value!r}")
+
+
+def _to_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _to_env(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class PoolConfig:
+    """Everything a pool needs to know. Invalid values raise ``ValueError`` naming the field.
+
+    Times are in seconds. ``None`` disables the feature where noted.
+    """
+
+    app: str = attrs.field(default="engine.workers.programs", validator=_app)
+    size: int = attrs.field(default=4, validator=_positive_int)
+    lazy: bool = False
+    min_size: int = attrs.field(default=0, validator=_non_negative)
+    start_timeout: float = attrs.field(default=10.0, validator=_positive)
+    checkout_timeout: float = attrs.field(default=5.0, validator=_positive)
+    call_timeout: float | None = attrs.field(default=30.0, validator=_positive)
+    max_waiters: int = attrs.field(default=1000, validator=_positive_int)
+    # (min, max, jitter): the first restart is immediate, then min * 2**k capped at
+    # max, with `jitter` of it randomised (1.0 = full jitter).
+    restart_backoff: tuple[float, float, float] = attrs.field(
+        default=(0.05, 5.0, 1.0), converter=_to_tuple, validator=_backoff)
+    healthy_period: float = attrs.field(default=10.0, validator=_positive)
+    max_restarts: int = attrs.field(default=20, validator=_positive_int)
+    restart_period: float = attrs.field(default=10.0, validator=_positive)
+    restart_cooldown: float = attrs.field(default=5.0, validator=_positive)
+    breaker_threshold: int | None = attrs.field(default=None, validator=_positive_int)
+    breaker_window: float = attrs.field(default=10.0, validator=_positive)
+    breaker_reset: float = attrs.field(default=2.0, validator=_positive)
+    health_interval: float | None = attrs.field(default=None, validator=_positive)
+    health_timeout: float = attrs.field(default=2.0, validator=_positive)
+    max_health_failures: int = attrs.field(default=3, validator=_positive_int)
+    max_calls_per_worker: int | None = attrs.field(default=None, validator=_positive_int)
+    idle_retire: float | None = attrs.field(default=None, validator=_positive)
+    max_rss_mb: float | None = attrs.field(default=None, validator=_positive)
+    session_ttl: float | None = attrs.field(default=None, validator=_positive)
+    affinity: str = attrs.field(default="strict", validator=_affinity)
+    shutdown_grace: float = attrs.field(default=5.0, validator=_non_negative)
+    launcher: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_argv)
+    python: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_argv)
+    env: Mapping[str, str] | None = attrs.field(default=None, converter=_to_env,
+                                                validator=_env)
+    max_frame_size: int = attrs.field(default=16 * 1024 * 1024, validator=_positive_int)
+    stderr_tail_lines: int = attrs.field(default=20, validator=_positive_int)
+    policy: Any = None
+    name: str | None = attrs.field(default=None, validator=_name)
+    # Test seam: a callable(SpawnRequest) -> async context manager yielding a
+    # WorkerHandle. None means real subprocesses (ProcessWorker).
+    worker_factory: Callable[..., Any] | None = attrs.field(
+        default=None, validator=_callable_or_none)
+    seed: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_size > self.size:
+            raise ValueError(
+                f"PoolConfig.min_size ({self.min_size}) must not exceed size ({self.size})"
+            )
+        if not isinstance(self.lazy, bool):
+            raise ValueError(f"PoolConfig.lazy must be a bool, got {self.lazy!r}")
+
+    @property
+    def effective_breaker_threshold(self) -> int:
+        # "Most slots failing": by default the breaker needs more consecutive start
+        # failures than there are slots, so one bad slot never opens it.
+        return self.breaker_threshold or max(3, self.size + 1)
+
+
+def make_config(config: PoolConfig | None, overrides: Mapping[str, Any]) -> PoolConfig:
+    """Build a config from an optional base and keyword overrides, naming bad keys."""
+    base = config if config is not None else PoolConfig()
+    if not isinstance(base, PoolConfig):
+        raise ValueError(f"config must be a PoolConfig, got {type(base).__name__}")
+    known = {a.name for a in attrs.fields(PoolConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown PoolConfig field(s): {', '.join(unknown)}; known fields: "
+            f"{', '.join(sorted(known))}"
+        )
+    try:
+        return attrs.evolve(base, **overrides)
+    except TypeError as exc:
+        raise ValueError(f"invalid PoolConfig: {exc}") from None

@@ -1,0 +1,597 @@
+"""The sans-IO pool core: slots, waiters and session bindings.
+
+Every method is synchronous, does no I/O and never awaits; it updates state and
+queues *actions* (start this slot, stop that worker, wake that waiter, emit this
+event) that the Trio shell performs afterwards. Because it cannot block, two
+events can never interleave inside it: the races of the hand-off are decided
+here, one event at a time, and the property tests drive it directly.
+
+Terms: a *slot* is a place for one worker; its *generation* counts the workers
+it has run. A *waiter* is one checkout request. A lease token is the id of the
+waiter that was granted the slot, so a stale lease can never release a worker
+that has since been given to someone else.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from engine.contract import Ok, Remove, Skip, Verdict
+from engine.errors import PoolClosed, PoolSaturated, PoolTimeout, SessionLost, WorkerBusy
+from engine.pool.lifecycle import Lifecycle, Transition, WorkerState
+
+S = WorkerState
+
+
+# --- actions -------------------------------------------------------------------
+
+
+@attrs.frozen
+class StartWorker:
+    slot: int
+    generation: int
+
+
+@attrs.frozen
+class StopWorker:
+    slot: int
+    generation: int
+    reason: str
+    graceful: bool
+
+
+@attrs.frozen
+class Wake:
+    waiter: int
+
+
+@attrs.frozen
+class Emit:
+    event: tuple[str, ...]
+    measurements: dict[str, float]
+    metadata: dict[str, Any]
+
+
+Action = StartWorker | StopWorker | Wake | Emit
+
+
+class WaiterStatus(enum.Enum):
+    QUEUED = "queued"
+    GRANTED = "granted"  # a slot is reserved for it, the caller has not taken it yet
+    HELD = "held"  # the caller took the lease
+    FAILED = "failed"
+    DONE = "done"  # lease returned, or cancelled
+
+
+@attrs.define(eq=False)
+class Waiter:
+    id: int
+    session: str | None
+    deadline: float | None
+    enqueued_at: float
+    purpose: str = "call"  # "call" or "health"
+    target: int | None = None  # health probes ask for one specific slot
+    status: WaiterStatus = WaiterStatus.QUEUED
+    slot: int | None = None
+    generation: int | None = None
+    error: BaseException | None = None
+
+
+@attrs.define(eq=False)
+class Slot:
+    index: int
+    lifecycle: Lifecycle
+    generation: int = 0
+    worker_id: str | None = None
+    pid: int | None = None
+    lease: int | None = None
+    sessions: set[str] = attrs.Factory(set)
+    last_used: float = 0.0
+    ready_at: float = 0.0
+    calls: int = 0
+    wanted: bool = False
+    health_failures: int = 0
+    stop_requested: bool = False
+
+    @property
+    def state(self) -> WorkerState:
+        return self.lifecycle.state
+
+
+@attrs.define(eq=False)
+class Binding:
+    slot: int
+    generation: int
+    worker_id: str | None
+    last_used: float
+    lost: str | None = None  # why the state is gone, until the next use reports it
+
+
+@attrs.frozen
+class CoreCounts:
+    size: int
+    ready: int
+    busy: int
+    starting: int
+    degraded: int
+    stopping: int
+    stopped: int
+    waiting: int
+    sessions: int
+    restarts: int
+    leased: int
+
+
+VetFunction = Callable[[Slot, Waiter], Verdict]
+
+
+def _always_ok(slot: Slot, waiter: Waiter) -> Verdict:
+    return Verdict(Ok())
+
+
+class PoolCore:
+    def __init__(
+        self, size: int, *, clock: Callable[[], float], affinity: str = "strict",
+        max_waiters: int = 1000, lazy: bool = False, max_calls_per_worker: int | None = None,
+        max_health_failures: int = 3, vet: VetFunction = _always_ok, strict: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.size = size
+        self.clock = clock
+        self.affinity = affinity
+        self.max_waiters = max_waiters
+        self.lazy = lazy
+        self.max_calls_per_worker = max_calls_per_worker
+        self.max_health_failures = max_health_failures
+        self.vet = vet
+        self.name = name
+        self.slots = [
+            Slot(i, Lifecycle(f"slot {i}", clock=clock, strict=strict)) for i in range(size)
+        ]
+        self.waiters: dict[int, Waiter] = {}
+        self.queue: dict[int, Waiter] = {}  # insertion-ordered: FIFO
+        self.bindings: dict[str, Binding] = {}
+        self.closing = False
+        self.restarts = 0
+        self._ids = itertools.count(1)
+        self._tick = itertools.count(1)
+        self._actions: list[Action] = []
+
+    # --- plumbing --------------------------------------------------------------
+
+    def take_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def _emit(self, *event: str, measurements: dict[str, float] | None = None,
+              **metadata: Any) -> None:
+        self._actions.append(Emit(("engine", *event), measurements or {}, metadata))
+
+    def _move(self, slot: Slot, new: WorkerState, reason: str) -> None:
+        transition = slot.lifecycle.move(new, reason)
+        if transition is not None:
+            self._emit_transition(slot, transition)
+
+    def _emit_transition(self, slot: Slot, t: Transition) -> None:
+        self._emit("worker", "transition", measurements={"duration": t.duration},
+                   slot=slot.index, worker_id=slot.worker_id, old=t.old.value,
+                   new=t.new.value, reason=t.reason)
+
+    # --- start-up ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Eager pools start every slot at once; lazy ones wait for demand."""
+        if not self.lazy:
+            for slot in self.slots:
+                self._want(slot)
+
+    def _want(self, slot: Slot) -> None:
+        slot.wanted = True
+        if slot.state is S.STOPPED and not self.closing:
+            self._actions.append(StartWorker(slot.index, slot.generation + 1))
+
+    # --- worker events (from slot tasks) -----------------------------------------
+
+    def worker_starting(self, index: int) -> int:
+        slot = self.slots[index]
+        slot.generation += 1
+        slot.stop_requested = False
+        if slot.generation > 1:
+            self.restarts += 1
+        self._move(slot, S.STARTING, "spawn")
+        return slot.generation
+
+    def worker_ready(self, index: int, worker_id: str, pid: int | None) -> None:
+        slot = self.slots[index]
+        slot.worker_id = worker_id
+        slot.pid = pid
+        slot.calls = 0
+        slot.health_failures = 0
+        slot.ready_at = slot.last_used = self.clock()
+        if slot.state is S.STOPPING:
+            return  # stopped while starting (e.g. the pool is closing): never served
+        self._move(slot, S.READY, "hello received")
+        if self.closing or slot.stop_requested:
+            self._stop(slot, "pool closing", graceful=True)
+        self._dispatch()
+
+    def worker_exited(self, index: int, reason: str, *, restart: bool = True) -> None:
+        """The slot's worker is gone (crash, stop or start failure)."""
+        slot = self.slots[index]
+        self._move(slot, S.STOPPED, reason)
+        if slot.lease is not None:
+            lease = self.waiters.get(slot.lease)
+            if lease is not None and lease.status is WaiterStatus.GRANTED:
+                # Granted but not yet taken: the waiter goes back to the queue
+                # rather than being handed a dead worker.
+                self._requeue(lease)
+            slot.lease = None
+        self._lose_sessions(slot, reason)
+        slot.worker_id = None
+        slot.pid = None
+        if self.closing or not restart:
+            slot.wanted = False
+        if slot.wanted and not self.closing:
+            self._actions.append(StartWorker(slot.index, slot.generation + 1))
+        self._ensure_capacity()
+        self._dispatch()
+
+    def _lose_sessions(self, slot: Slot, reason: str) -> None:
+        for session in slot.sessions:
+            binding = self.bindings.get(session)
+            if binding is not None and binding.slot == slot.index:
+                binding.lost = reason
+                self._emit("session", "lost", session=session, slot=slot.index, reason=reason)
+        slot.sessions.clear()
+        # A strict waiter queued for a session whose worker just died is the "next
+        # call": it learns that the state is gone.
+        for waiter in list(self.queue.values()):
+            if waiter.session is not None:
+                binding = self.bindings.get(waiter.session)
+                if binding is not None and binding.lost is not None:
+                    self._fail(waiter, self._session_lost(waiter.session, binding))
+
+    def _session_lost(self, session: str, binding: Binding) -> SessionLost:
+        del self.bindings[session]
+        return SessionLost(session=session, worker_id=binding.worker_id,
+                           reason=binding.lost or "worker died")
+
+    # --- checkout --------------------------------------------------------------
+
+    def request(self, session: str | None = None, timeout: float | None = None, *,
+                purpose: str = "call", target: int | None = None) -> Waiter:
+        """Ask for a worker. The returned waiter may already be granted or failed."""
+        now = self.clock()
+        waiter = Waiter(next(self._ids), session, None if timeout is None else now + timeout,
+                        now, purpose, target)
+        self.waiters[waiter.id] = waiter
+        error = self._refuse(waiter)
+        if error is not None:
+            waiter.status = WaiterStatus.FAILED
+            waiter.error = error
+            return waiter
+        self.queue[waiter.id] = waiter
+        self._try_serve(waiter, now)
+        if waiter.status is WaiterStatus.QUEUED:
+            self._ensure_capacity()
+        return waiter
+
+    def _refuse(self, waiter: Waiter) -> BaseException | None:
+        if self.closing:
+            return PoolClosed(pool=self.name)
+        if waiter.purpose == "call" and len(self.queue) >= self.max_waiters:
+            return PoolSaturated(max_waiters=self.max_waiters, pool=self.name)
+        if waiter.session is None:
+            return None
+        binding = self.bindings.get(waiter.session)
+        if binding is None:
+            return None
+        if binding.lost is not None:
+            return self._session_lost(waiter.session, binding)
+        slot = self.slots[binding.slot]
+        if self.affinity == "fail_fast" and (slot.state is not S.READY or slot.lease is not None):
+            return WorkerBusy(session=waiter.session, worker_id=slot.worker_id, pid=slot.pid)
+        return None
+
+    def receive(self, waiter_id: int) -> bool:
+        """The caller takes its granted lease. False if it is no longer valid."""
+        waiter = self.waiters.get(waiter_id)
+        if waiter is None or waiter.status is not WaiterStatus.GRANTED:
+            return False
+        waiter.status = WaiterStatus.HELD
+        return True
+
+    def cancel(self, waiter_id: int) -> None:
+        """The caller gave up (cancelled or timed out) before taking its lease."""
+        waiter = self.waiters.get(waiter_id)
+        if waiter is None:
+            return
+        if waiter.status is WaiterStatus.QUEUED:
+            self.queue.pop(waiter.id, None)
+            waiter.status = WaiterStatus.DONE
+            self.waiters.pop(waiter.id, None)
+        elif waiter.status is WaiterStatus.GRANTED:
+            # Cancelled between grant and receipt: the worker goes back unharmed.
+            self.checkin(waiter.id, clean=True)
+        elif waiter.status is WaiterStatus.FAILED:
+            self.waiters.pop(waiter.id, None)
+
+    def expire(self, waiter_id: int) -> None:
+        """The waiter's deadline passed (the shell's timer fired)."""
+        waiter = self.waiters.get(waiter_id)
+        if waiter is not None and waiter.status is WaiterStatus.QUEUED:
+            self._fail(waiter, PoolTimeout(
+                timeout=(waiter.deadline or 0) - waiter.enqueued_at, session=waiter.session,
+                pool=self.name, waiting=len(self.queue),
+                reason=self._timeout_reason(waiter)))
+
+    def _timeout_reason(self, waiter: Waiter) -> str:
+        if waiter.session is not None and waiter.session in self.bindings:
+            return f"session worker busy, affinity={self.affinity}"
+        counts = self.counts()
+        return (f"{counts.busy} busy, {counts.starting} starting, "
+                f"{counts.degraded} degraded of {self.size}")
+
+    def checkin(self, waiter_id: int, *, clean: bool, remove: str | None = None,
+                calls: int = 0) -> bool:
+        """Return a lease. False if the token is stale (the worker is already gone)."""
+        waiter = self.waiters.pop(waiter_id, None)
+        if waiter is None or waiter.slot is None:
+            return False
+        previous = waiter.status
+        waiter.status = WaiterStatus.DONE
+        slot = self.slots[waiter.slot]
+        if slot.lease != waiter.id or slot.generation != waiter.generation:
+            return False
+        slot.lease = None
+        slot.calls += calls
+        slot.last_used = self.clock()
+        if waiter.session is not None and waiter.session in self.bindings:
+            self.bindings[waiter.session].last_used = slot.last_used
+        if slot.state is not S.BUSY:
+            self._dispatch()
+            return True
+        if self.closing:
+            self._move(slot, S.READY, "checked in")
+            self._stop(slot, "pool closing", graceful=True)
+        elif not clean or remove is not None:
+            self._move(slot, S.READY, "checked in")
+            self._stop(slot, remove or "dirty after its lease", graceful=clean)
+        elif self.max_calls_per_worker and slot.calls >= self.max_calls_per_worker:
+            self._move(slot, S.READY, "checked in")
+            self._stop(slot, f"recycled after {slot.calls} calls", graceful=True)
+        else:
+            self._move(slot, S.READY, "checked in" if previous is WaiterStatus.HELD
+                       else "waiter cancelled before receipt")
+        self._dispatch()
+        return True
+
+    # --- health ------------------------------------------------------------------
+
+    def health_candidates(self, idle_for: float) -> list[int]:
+        """Slots idle (READY or DEGRADED, unleased) for at least ``idle_for``."""
+        now = self.clock()
+        return [s.index for s in self.slots
+                if s.state in (S.READY, S.DEGRADED) and s.lease is None
+                and now - s.last_used >= idle_for]
+
+    def health_result(self, waiter_id: int, ok: bool, reason: str = "") -> None:
+        waiter = self.waiters.pop(waiter_id, None)
+        if waiter is None or waiter.slot is None:
+            return
+        slot = self.slots[waiter.slot]
+        if slot.lease != waiter.id or slot.generation != waiter.generation:
+            return
+        slot.lease = None
+        waiter.status = WaiterStatus.DONE
+        if ok:
+            slot.health_failures = 0
+            self._move(slot, S.READY, "health check passed")
+        else:
+            slot.health_failures += 1
+            self._emit("health", "failed", slot=slot.index, worker_id=slot.worker_id,
+                       failures=slot.health_failures, reason=reason)
+            self._move(slot, S.DEGRADED, f"health check failed: {reason}")
+            if slot.health_failures >= self.max_health_failures:
+                self._stop(slot, f"{slot.health_failures} health checks failed in a row",
+                           graceful=False)
+        self._dispatch()
+
+    # --- sessions ----------------------------------------------------------------
+
+    def unbind(self, session: str) -> int | None:
+        """Forget a session; returns the slot that held its state, if still alive."""
+        binding = self.bindings.pop(session, None)
+        if binding is None:
+            return None
+        slot = self.slots[binding.slot]
+        slot.sessions.discard(session)
+        if binding.lost is None and slot.generation == binding.generation:
+            return slot.index
+        return None
+
+    def expired_sessions(self, ttl: float) -> list[str]:
+        now = self.clock()
+        return [s for s, b in self.bindings.items()
+                if b.lost is None and now - b.last_used >= ttl
+                and self.slots[b.slot].lease is None]
+
+    # --- retirement and shutdown -------------------------------------------------
+
+    def retire(self, index: int, reason: str, *, graceful: bool = True) -> None:
+        """Stop a slot's worker (now if idle, after its lease otherwise)."""
+        slot = self.slots[index]
+        if slot.state in (S.READY, S.DEGRADED, S.STARTING):
+            self._stop(slot, reason, graceful=graceful)
+        elif slot.state is S.BUSY:
+            slot.stop_requested = True
+
+    def shrink(self, index: int, reason: str) -> None:
+        """Idle retirement: stop the worker and do not restart until demand returns."""
+        slot = self.slots[index]
+        slot.wanted = False
+        self.retire(index, reason)
+
+    def close(self) -> None:
+        """Stop serving: every queued waiter gets PoolClosed; idle workers stop."""
+        if self.closing:
+            return
+        self.closing = True
+        for waiter in list(self.queue.values()):
+            self._fail(waiter, PoolClosed(pool=self.name))
+        for slot in self.slots:
+            slot.wanted = False
+            if slot.state in (S.READY, S.DEGRADED, S.STARTING):
+                self._stop(slot, "pool closing", graceful=True)
+
+    def _stop(self, slot: Slot, reason: str, *, graceful: bool) -> None:
+        if slot.state in (S.STOPPING, S.STOPPED):
+            return
+        self._move(slot, S.STOPPING, reason)
+        self._actions.append(StopWorker(slot.index, slot.generation, reason, graceful))
+
+    # --- dispatch ----------------------------------------------------------------
+
+    def _ensure_capacity(self) -> None:
+        """Lazy pools (and shrunk ones) start workers when waiters outnumber them."""
+        if self.closing:
+            return
+        unmet = sum(1 for w in self.queue.values() if w.purpose == "call")
+        coming = sum(1 for s in self.slots if s.state is S.STARTING
+                     or (s.wanted and s.state is S.STOPPED))
+        for slot in self.slots:
+            if unmet <= coming:
+                break
+            if not slot.wanted and slot.state is S.STOPPED:
+                self._want(slot)
+                coming += 1
+
+    def _dispatch(self) -> None:
+        if not self.queue:
+            return
+        now = self.clock()
+        for waiter in list(self.queue.values()):
+            if not any(s.state is S.READY and s.lease is None for s in self.slots) \
+                    and not any(w.purpose == "health" for w in self.queue.values()):
+                return
+            if waiter.status is WaiterStatus.QUEUED:
+                self._try_serve(waiter, now)
+
+    def _try_serve(self, waiter: Waiter, now: float) -> None:
+        if waiter.deadline is not None and now >= waiter.deadline:
+            self.expire(waiter.id)
+            return
+        for slot in self._candidates(waiter):
+            if waiter.purpose == "health":
+                self._grant(waiter, slot)
+                return
+            verdict = self.vet(slot, waiter)
+            if verdict.violation is not None:
+                self._emit("contract", "violation", callback=verdict.violation.callback,
+                           value=repr(verdict.violation.value), slot=slot.index)
+            decision = verdict.decision
+            if isinstance(decision, Ok):
+                self._grant(waiter, slot)
+                return
+            if isinstance(decision, Skip):
+                self._fail(waiter, decision.exception)
+                return
+            if isinstance(decision, Remove):
+                self._stop(slot, decision.reason, graceful=False)
+
+    def _candidates(self, waiter: Waiter) -> list[Slot]:
+        if waiter.purpose == "health":
+            slot = self.slots[waiter.target] if waiter.target is not None else None
+            ok = slot is not None and slot.lease is None and slot.state in (S.READY, S.DEGRADED)
+            return [slot] if ok and slot is not None else []
+        free = [s for s in self.slots if s.state is S.READY and s.lease is None]
+        if waiter.session is not None:
+            binding = self.bindings.get(waiter.session)
+            if binding is not None:
+                bound = self.slots[binding.slot]
+                if bound in free:
+                    return [bound]
+                if self.affinity == "hint":
+                    return sorted(free, key=lambda s: -s.last_used)
+                return []
+            # First use: the worker with the fewest sessions, warmest first.
+            return sorted(free, key=lambda s: (len(s.sessions), -s.last_used))
+        # Anonymous: most recently used first, to keep caches warm.
+        return sorted(free, key=lambda s: -s.last_used)
+
+    def _grant(self, waiter: Waiter, slot: Slot) -> None:
+        self.queue.pop(waiter.id, None)
+        waiter.status = WaiterStatus.GRANTED
+        waiter.slot = slot.index
+        waiter.generation = slot.generation
+        slot.lease = waiter.id
+        self._move(slot, S.BUSY, "health probe" if waiter.purpose == "health" else "checkout")
+        if waiter.session is not None and waiter.purpose == "call":
+            binding = self.bindings.get(waiter.session)
+            if binding is None:
+                self.bindings[waiter.session] = Binding(slot.index, slot.generation,
+                                                        slot.worker_id, self.clock())
+                slot.sessions.add(waiter.session)
+                self._emit("session", "bind", session=waiter.session, slot=slot.index,
+                           worker_id=slot.worker_id)
+        self._actions.append(Wake(waiter.id))
+
+    def _fail(self, waiter: Waiter, error: BaseException) -> None:
+        self.queue.pop(waiter.id, None)
+        waiter.status = WaiterStatus.FAILED
+        waiter.error = error
+        self._actions.append(Wake(waiter.id))
+
+    def _requeue(self, waiter: Waiter) -> None:
+        waiter.status = WaiterStatus.QUEUED
+        waiter.slot = None
+        waiter.generation = None
+        # Back at the head of the line: it was first before.
+        self.queue = {waiter.id: waiter, **self.queue}
+
+    # --- introspection -----------------------------------------------------------
+
+    def counts(self) -> CoreCounts:
+        by_state = {state: 0 for state in S}
+        for slot in self.slots:
+            by_state[slot.state] += 1
+        return CoreCounts(
+            size=self.size, ready=by_state[S.READY], busy=by_state[S.BUSY],
+            starting=by_state[S.STARTING], degraded=by_state[S.DEGRADED],
+            stopping=by_state[S.STOPPING], stopped=by_state[S.STOPPED],
+            waiting=len(self.queue), sessions=len(self.bindings), restarts=self.restarts,
+            leased=sum(1 for s in self.slots if s.lease is not None),
+        )
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the core's bookkeeping is inconsistent."""
+        counts = self.counts()
+        assert counts.busy + counts.ready + counts.starting <= self.size
+        leases = [s.lease for s in self.slots if s.lease is not None]
+        assert len(leases) == len(set(leases)), f"a waiter holds two slots: {leases}"
+        for slot in self.slots:
+            if slot.lease is not None:
+                holder = self.waiters.get(slot.lease)
+                assert holder is not None, f"slot {slot.index} leased to unknown waiter"
+                assert holder.status in (WaiterStatus.GRANTED, WaiterStatus.HELD)
+                assert holder.slot == slot.index
+                assert slot.state in (S.BUSY, S.STOPPING, S.STOPPED) or \
+                    holder.purpose == "health", f"leased slot {slot.index} is {slot.state}"
+            if slot.state is S.BUSY:
+                assert slot.lease is not None, f"busy slot {slot.index} has no lease"
+        for waiter in self.queue.values():
+            assert waiter.status is WaiterStatus.QUEUED, f"{waiter} in queue but not queued"
+            assert waiter.slot is None
+        for waiter in self.waiters.values():
+            if waiter.status in (WaiterStatus.GRANTED, WaiterStatus.HELD):
+                assert waiter.id not in self.queue, "waiter both queued and served"
+        for session, binding in self.bindings.items():
+            if binding.lost is None:
+                slot = self.slots[binding.slot]
+                assert slot.state is not S.STOPPED, f"session {session} bound to a dead slot"
+                assert session in slot.sessions

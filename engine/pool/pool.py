@@ -1,0 +1,579 @@
+"""open_pool, Pool and Lease: the Trio shell around the sans-IO core.
+
+The shell turns core actions into I/O: it wakes waiters, asks slot tasks to
+start or stop workers, and emits telemetry. Checkout bookkeeping never awaits
+anything but the waiter's own event, so a checkout can't be blocked by a slow
+kill or spawn, and every race of the hand-off is decided inside the core.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
+from typing import Any
+
+import attrs
+import trio
+import trio_util
+
+from engine import telemetry
+from engine._lease_released import LeaseReleased
+from engine.contract import (
+    CheckinOutcome,
+    CheckoutRequest,
+    DefaultPolicy,
+    Remove,
+    Verdict,
+    WorkerInfo,
+    vet_checkin,
+    vet_checkout,
+)
+from engine.errors import (
+    CallTimeout,
+    EngineError,
+    PoolClosed,
+    PoolTimeout,
+    PoolUnavailable,
+    ProtocolError,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from engine.pool.config import PoolConfig, make_config
+from engine.pool.core import (
+    Emit,
+    PoolCore,
+    Slot,
+    StartWorker,
+    StopWorker,
+    Wake,
+    Waiter,
+    WaiterStatus,
+)
+from engine.pool.lifecycle import Transition, WorkerState
+from engine.pool.supervisor import SlotSupervisor
+from engine.resilience import CircuitBreaker, Retry
+from engine.workers.handle import WorkerFactory, WorkerHandle
+
+logger = logging.getLogger("engine.pool")
+_pool_ids = itertools.count(1)
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A snapshot of the pool. ``busy`` counts leased workers (health probes too)."""
+
+    name: str | None
+    size: int
+    ready: int
+    busy: int
+    starting: int
+    degraded: int
+    stopping: int
+    stopped: int
+    waiting: int
+    sessions: int
+    restarts: int
+    crashes: int
+    start_failures: int
+    leases: int
+    breaker: str
+    closed: bool
+
+
+@attrs.frozen
+class WorkerSnapshot:
+    slot: int
+    worker_id: str | None
+    pid: int | None
+    state: str
+    calls: int
+    sessions: tuple[str, ...]
+    history: tuple[Transition, ...]
+
+
+def _default_factory(request: Any) -> Any:
+    from engine.workers.process import open_process_worker
+
+    return open_process_worker(request)
+
+
+class Lease:
+    """Exclusive use of one worker until the ``checkout`` block ends."""
+
+    def __init__(self, pool: Pool, waiter: Waiter, worker: WorkerHandle) -> None:
+        self._pool = pool
+        self._waiter = waiter
+        self._worker = worker
+        self.released = False
+        self.forced = False
+        self.calls = 0
+        self._scope: trio.CancelScope | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker.worker_id
+
+    @property
+    def pid(self) -> int | None:
+        return self._worker.pid
+
+    @property
+    def session(self) -> str | None:
+        return self._waiter.session
+
+    @property
+    def slot(self) -> int:
+        assert self._waiter.slot is not None
+        return self._waiter.slot
+
+    async def call(self, command: str, args: Any = None, *,
+                   timeout: float | None = None) -> Any:
+        """Send one command to this worker and return its result.
+
+        Raises RemoteError (the handler failed; the worker is fine), WorkerCrashed,
+        CallTimeout or ProtocolError (the worker is replaced), PoolClosed when the
+        pool shut down under this lease, LeaseReleased after the block ended.
+        """
+        if self.released:
+            if self.forced:
+                raise PoolClosed(pool=self._pool.name)
+            raise LeaseReleased(worker_id=self._worker.worker_id)
+        if timeout is None:
+            timeout = self._pool.config.call_timeout
+        started = trio.current_time()
+        outcome = "ok"
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                try:
+                    return await self._worker.call(command, args, session=self.session,
+                                                   timeout=timeout)
+                finally:
+                    self._scope = None
+            raise PoolClosed(pool=self._pool.name)  # only reached when shutdown cancelled us
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            if isinstance(exc, WorkerCrashed | CallTimeout | ProtocolError):
+                self.error = exc
+            raise
+        finally:
+            self.calls += 1
+            self._pool.observe_call(command, trio.current_time() - started, outcome,
+                                    self._worker.worker_id)
+
+    def _force_close(self) -> None:
+        self.forced = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+class Pool:
+    """A supervised pool of worker processes. Create it with :func:`open_pool`."""
+
+    kind = "pool"
+
+    def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.name = config.name
+        self.label = config.name or f"pool{next(_pool_ids)}"
+        self._nursery = nursery
+        self.factory: WorkerFactory = config.worker_factory or _default_factory
+        self.policy = config.policy if config.policy is not None else DefaultPolicy()
+        self.rng = random.Random(config.seed)
+        self.core = PoolCore(
+            config.size, clock=trio.current_time, affinity=config.affinity,
+            max_waiters=config.max_waiters, lazy=config.lazy,
+            max_calls_per_worker=config.max_calls_per_worker,
+            max_health_failures=config.max_health_failures, vet=self._vet, name=self.label,
+        )
+        self.workers: list[WorkerHandle | None] = [None] * config.size
+        self.slots = [SlotSupervisor(self, i, random.Random(self.rng.random()))
+                      for i in range(config.size)]
+        self.breaker = CircuitBreaker(
+            failure_threshold=config.effective_breaker_threshold, window=config.breaker_window,
+            reset_timeout=config.breaker_reset, clock=trio.current_time,
+        )
+        self.breaker.on_transition.append(self._breaker_moved)
+        self._events: dict[int, trio.Event] = {}
+        self._leases: dict[int, Lease] = {}
+        self.live = trio_util.AsyncValue(0)
+        self.leased = trio_util.AsyncValue(0)
+        self.stopped = trio_util.AsyncValue(config.size)
+        self.closed_event = trio.Event()
+        self.closing = False
+        self._closed_done = trio.Event()
+        self.crashes = 0
+        self.start_failures = 0
+        self.last_start_error: WorkerStartError | None = None
+        self.metrics_store = telemetry.Metrics()
+
+    # --- public API ------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.closing
+
+    async def wait_ready(self, n: int | None = None, timeout: float | None = None) -> None:
+        """Wait until at least ``n`` workers (default: size) have started and are alive."""
+        want = self.config.size if n is None else n
+        if not 0 <= want <= self.config.size:
+            raise ValueError(f"wait_ready(n={want}) must be between 0 and size={self.config.size}")
+        limit = self.config.start_timeout * 2 if timeout is None else timeout
+        with trio.move_on_after(limit):
+            await self.live.wait_value(lambda v: v >= want or self.closing)
+            if self.closing:
+                raise PoolClosed(pool=self.label)
+            return
+        why = f"only {self.live.value} of {want} workers ready"
+        if self.last_start_error is not None:
+            why += f"; last start failure: {self.last_start_error.reason}"
+        raise PoolTimeout(timeout=limit, pool=self.label, reason=why)
+
+    @asynccontextmanager
+    async def checkout(self, session: str | None = None,
+                       timeout: float | None = None) -> AsyncIterator[Lease]:
+        """Check a worker out (for ``session``, routed to its bound worker)."""
+        lease = await self._acquire(session, timeout)
+        try:
+            yield lease
+        except BaseException as exc:
+            self._release(lease, exc)
+            raise
+        self._release(lease, None)
+
+    async def call(self, command: str, args: Any = None, *, session: str | None = None,
+                   timeout: float | None = None, checkout_timeout: float | None = None,
+                   retry: Retry | None = None) -> Any:
+        """Check out a worker, send one command, check it back in."""
+        async def once(attempt: int) -> Any:
+            async with self.checkout(session=session, timeout=checkout_timeout) as lease:
+                return await lease.call(command, args, timeout=timeout)
+
+        if retry is None:
+            return await once(1)
+        return await retry.run(once, rng=self.rng)
+
+    async def end_session(self, session: str) -> bool:
+        """Drop a session: its worker is sent ``cleanup_session`` and it is unbound.
+
+        Returns True if live state was cleaned up, False if there was none.
+        """
+        binding = self.core.bindings.get(session)
+        if binding is None or binding.lost is not None:
+            self.core.unbind(session)
+            await trio.lowlevel.checkpoint()
+            return False
+        try:
+            async with self.checkout(session=session) as lease:
+                await lease.call("cleanup_session", {"session": session})
+        finally:
+            self.core.unbind(session)
+        telemetry.emit(("engine", "session", "end"), {}, {"session": session})
+        return True
+
+    def statistics(self) -> PoolStatistics:
+        c = self.core.counts()
+        return PoolStatistics(
+            name=self.name, size=c.size, ready=c.ready, busy=c.busy, starting=c.starting,
+            degraded=c.degraded, stopping=c.stopping, stopped=c.stopped, waiting=c.waiting,
+            sessions=c.sessions, restarts=c.restarts, crashes=self.crashes,
+            start_failures=self.start_failures, leases=len(self._leases),
+            breaker=self.breaker.state, closed=self.closing,
+        )
+
+    def workers_snapshot(self) -> tuple[WorkerSnapshot, ...]:
+        return tuple(
+            WorkerSnapshot(slot=s.index, worker_id=s.worker_id, pid=s.pid,
+                           state=s.state.value, calls=s.calls,
+                           sessions=tuple(sorted(s.sessions)),
+                           history=tuple(s.lifecycle.history))
+            for s in self.core.slots
+        )
+
+    def metrics(self) -> telemetry.MetricsSnapshot:
+        return self.metrics_store.snapshot()
+
+    def worker_pids(self) -> list[int]:
+        """OS pids of the live worker processes (for tests and chaos)."""
+        pids = []
+        for worker in self.workers:
+            if worker is not None:
+                pid = getattr(worker, "os_pid", worker.pid)
+                if pid is not None:
+                    pids.append(pid)
+        return pids
+
+    async def aclose(self) -> None:
+        """Stop new checkouts, let leases finish for ``shutdown_grace``, then stop
+        every worker and wait for every process. Idempotent."""
+        if self.closing:
+            await self._closed_done.wait()
+            return
+        self.closing = True
+        self.closed_event.set()
+        telemetry.emit(("engine", "pool", "stop"), {}, {"pool": self.label})
+        self.core.close()
+        self.flush()
+        with trio.move_on_after(self.config.shutdown_grace):
+            await self.leased.wait_value(0)
+        for lease in list(self._leases.values()):
+            lease._force_close()
+        for slot in self.core.slots:
+            self.core.retire(slot.index, "pool closing", graceful=False)
+            if slot.state is WorkerState.BUSY:
+                self.slots[slot.index].request_stop("pool closing: lease cancelled",
+                                                    graceful=False)
+        self.flush()
+        await self.stopped.wait_value(lambda v: v >= self.config.size)
+        self._nursery.cancel_scope.cancel()
+        self._closed_done.set()
+
+    # --- internals: checkout -----------------------------------------------------
+
+    async def _acquire(self, session: str | None, timeout: float | None) -> Lease:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        decision = self.breaker.allow()
+        if not decision.allowed and not self.closing:
+            raise PoolUnavailable(reason=decision.reason, retry_in=decision.retry_in,
+                                  pool=self.label)
+        started = trio.current_time()
+        waiter = self.core.request(
+            session, self.config.checkout_timeout if timeout is None else timeout)
+        self.flush()
+        if waiter.status is not WaiterStatus.QUEUED:
+            # Served at once: still a checkpoint, as every Trio blocking call is.
+            try:
+                await trio.lowlevel.checkpoint()
+            except BaseException:
+                self.core.cancel(waiter.id)
+                self.flush()
+                raise
+        if waiter.status is WaiterStatus.QUEUED:
+            await self._wait(waiter)
+        if waiter.status is WaiterStatus.FAILED:
+            self.core.cancel(waiter.id)
+            assert waiter.error is not None
+            raise waiter.error
+        if not self.core.receive(waiter.id):  # pragma: no cover - defensive
+            raise PoolClosed(pool=self.label)
+        assert waiter.slot is not None
+        worker = self.workers[waiter.slot]
+        assert worker is not None
+        lease = Lease(self, waiter, worker)
+        self._leases[waiter.id] = lease
+        self.leased.value = len(self._leases)
+        wait = trio.current_time() - started
+        self.metrics_store.observe("checkout_wait", wait)
+        telemetry.emit(("engine", "checkout"), {"wait": wait},
+                       {"pool": self.label, "worker_id": worker.worker_id, "session": session})
+        return lease
+
+    async def _wait(self, waiter: Waiter) -> None:
+        # A grant can be taken back before we run (the worker died between grant
+        # and receipt: the core re-queues us), so wait until served for good.
+        while waiter.status is WaiterStatus.QUEUED:
+            event = self._events[waiter.id] = trio.Event()
+            try:
+                if waiter.deadline is None:
+                    await event.wait()
+                else:
+                    with trio.move_on_at(waiter.deadline):
+                        await event.wait()
+            except BaseException:
+                # Cancelled while queued, or between grant and receipt: either way
+                # the core puts things right (a granted worker goes back to READY).
+                self.core.cancel(waiter.id)
+                self.flush()
+                raise
+            finally:
+                self._events.pop(waiter.id, None)
+            if waiter.status is WaiterStatus.QUEUED and waiter.deadline is not None \
+                    and trio.current_time() >= waiter.deadline:
+                self.core.expire(waiter.id)
+                self.flush()
+
+    def _release(self, lease: Lease, error: BaseException | None) -> None:
+        if lease.released:
+            return
+        lease.released = True
+        self._leases.pop(lease._waiter.id, None)
+        self.leased.value = len(self._leases)
+        worker = lease._worker
+        clean = lease.error is None and not worker.dirty and worker.is_alive()
+        info = self._info(self.core.slots[lease.slot], worker)
+        verdict = vet_checkin(self.policy, info, CheckinOutcome(clean, error, lease.calls))
+        if verdict.violation is not None:
+            self._report_violation(verdict)
+        remove = verdict.decision.reason if isinstance(verdict.decision, Remove) else None
+        self.core.checkin(lease._waiter.id, clean=clean, remove=remove, calls=lease.calls)
+        self.flush()
+        telemetry.emit(("engine", "checkin"), {}, {"pool": self.label, "worker_id":
+                                                   worker.worker_id, "clean": clean})
+
+    def _vet(self, slot: Slot, waiter: Waiter) -> Verdict:
+        """Safe hand-off: is this worker fit to be handed over right now?"""
+        worker = self.workers[slot.index]
+        fault = _FAULTS.get("before_handoff")
+        if fault is not None and worker is not None:
+            fault(self, slot.index, worker)
+        if worker is None:
+            return Verdict(Remove("not_ready: no worker"))
+        if not worker.is_alive():
+            return Verdict(Remove("process_dead"))
+        if worker.dirty:
+            return Verdict(Remove("pipe_closed"))
+        if slot.state is not WorkerState.READY:
+            return Verdict(Remove("not_ready"))
+        request = CheckoutRequest(waiter.session, trio.current_time() - waiter.enqueued_at)
+        verdict = vet_checkout(self.policy, self._info(slot, worker), request)
+        if verdict.violation is not None:
+            self._report_violation(verdict)
+        return verdict
+
+    def _info(self, slot: Slot, worker: WorkerHandle) -> WorkerInfo:
+        return WorkerInfo(worker_id=worker.worker_id, pid=worker.pid, slot=slot.index,
+                          calls=slot.calls, sessions=len(slot.sessions),
+                          age=trio.current_time() - slot.ready_at)
+
+    def _report_violation(self, verdict: Verdict) -> None:
+        assert verdict.violation is not None
+        self.metrics_store.increment("contract_violations")
+        telemetry.emit(("engine", "contract", "violation"), {},
+                       {"pool": self.label, "callback": verdict.violation.callback,
+                        "value": repr(verdict.violation.value)})
+
+    # --- internals: actions ------------------------------------------------------
+
+    def flush(self) -> None:
+        """Perform the actions the core asked for."""
+        for action in self.core.take_actions():
+            if isinstance(action, Wake):
+                event = self._events.get(action.waiter)
+                if event is not None:
+                    event.set()
+            elif isinstance(action, StartWorker):
+                self.slots[action.slot].request_start()
+            elif isinstance(action, StopWorker):
+                self.slots[action.slot].request_stop(action.reason, action.graceful)
+            elif isinstance(action, Emit):
+                telemetry.emit(action.event, action.measurements,
+                               {"pool": self.label, **action.metadata})
+        counts = self.core.counts()
+        self.live.value = counts.ready + counts.busy + counts.degraded
+        self.stopped.value = counts.stopped
+
+    def observe_call(self, command: str, duration: float, outcome: str,
+                     worker_id: str) -> None:
+        self.metrics_store.observe("call", duration)
+        self.metrics_store.increment(f"calls_{outcome}")
+        telemetry.emit(("engine", "call"), {"duration": duration},
+                       {"pool": self.label, "command": command, "outcome": outcome,
+                        "worker_id": worker_id})
+
+    # --- internals: supervision hooks ---------------------------------------------
+
+    def record_crash(self, index: int, worker: WorkerHandle, reason: str) -> None:
+        self.crashes += 1
+        self.metrics_store.increment("worker_crashes")
+        logger.warning("worker %s (pid %s) %s", worker.worker_id, worker.pid, reason)
+
+    def record_start_failure(self, index: int, exc: WorkerStartError) -> None:
+        self.start_failures += 1
+        self.last_start_error = exc
+        self.metrics_store.increment("worker_start_failures")
+        self.breaker.record_failure("start_failure", exc.reason)
+        logger.warning("%s", exc)
+
+    def breaker_success(self) -> None:
+        self.breaker.record_success()
+
+    def _breaker_moved(self, old: str, new: str, reason: str) -> None:
+        telemetry.emit(("engine", "breaker", "transition"), {},
+                       {"pool": self.label, "old": old, "new": new, "reason": reason})
+
+    # --- internals: background ---------------------------------------------------
+
+    def start(self) -> None:
+        for supervisor in self.slots:
+            self._nursery.start_soon(supervisor.run)
+        if self.config.health_interval is not None:
+            self._nursery.start_soon(self._health_loop)
+        if self.config.session_ttl is not None:
+            self._nursery.start_soon(self._session_ttl_loop)
+        if self.config.idle_retire is not None:
+            self._nursery.start_soon(self._idle_retire_loop)
+        telemetry.emit(("engine", "pool", "start"), {"size": self.config.size},
+                       {"pool": self.label, "app": self.config.app})
+        self.core.start()
+        self.flush()
+
+    async def _health_loop(self) -> None:
+        from engine.pool.health import run_health_checks
+
+        await run_health_checks(self)
+
+    async def _session_ttl_loop(self) -> None:
+        from engine.pool.health import run_session_expiry
+
+        await run_session_expiry(self)
+
+    async def _idle_retire_loop(self) -> None:
+        from engine.pool.health import run_idle_retirement
+
+        await run_idle_retirement(self)
+
+
+_FAULTS: dict[str, Any] = {}
+
+
+def set_fault(point: str, hook: Any) -> None:
+    """Test kit seam: run ``hook(pool, slot, worker)`` at a named hand-off point."""
+    if point not in ("before_handoff",):
+        raise ValueError(f"unknown fault point {point!r}; known: before_handoff")
+    if hook is None:
+        _FAULTS.pop(point, None)
+    else:
+        _FAULTS[point] = hook
+
+
+@asynccontextmanager
+async def open_pool(config: PoolConfig | None = None, **overrides: Any) -> AsyncIterator[Pool]:
+    """Start a pool; leaving the block closes it and waits for every worker process.
+
+    ``open_pool(config=None, **overrides)``: any PoolConfig field may be given as a
+    keyword. Invalid values raise ValueError naming the field.
+    """
+    cfg = make_config(config, overrides)
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            pool = Pool(cfg, nursery)
+            pool.start()
+            registration: Any = nullcontext()
+            if cfg.name is not None:
+                from engine.discovery import register
+
+                registration = register(cfg.name, pool)
+            try:
+                with registration:
+                    yield pool
+            except BaseException as exc:
+                body_error = exc
+                raise
+            finally:
+                with trio.CancelScope(shield=True):
+                    await pool.aclose()
+    except BaseExceptionGroup as group:
+        # Background tasks never raise, so a group holding just the body's own
+        # exception is unwrapped: users see what they raised, not a group.
+        if body_error is not None and len(group.exceptions) == 1 \
+                and group.exceptions[0] is body_error:
+            raise body_error from None
+        raise
+
+
+__all__ = ["EngineError", "Lease", "Pool", "PoolStatistics", "open_pool", "set_fault"]

@@ -1,0 +1,149 @@
+"""One task per slot: spawn, watch, stop, and rebuild with backoff.
+
+Kills and waits happen here, never in the bookkeeping path of a checkout: the
+core only *asks* for a start or a stop (an action) and the slot task does it.
+Restart policy per slot: the first restart after a healthy run is immediate,
+then exponential with full jitter up to a maximum, reset after a healthy
+period; more than ``max_restarts`` in ``restart_period`` puts the slot in a
+cooldown. A start that always fails therefore costs a bounded number of spawns
+per second and never blocks the other slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+import trio
+import trio_util
+
+from engine import telemetry
+from engine.errors import WorkerStartError
+from engine.resilience import Backoff, RestartIntensity
+from engine.workers.handle import SpawnRequest, WorkerHandle
+
+if TYPE_CHECKING:
+    from engine.pool.pool import Pool
+
+logger = logging.getLogger("engine.supervisor")
+
+
+class SlotSupervisor:
+    def __init__(self, pool: Pool, index: int, rng: random.Random) -> None:
+        self.pool = pool
+        self.index = index
+        self.rng = rng
+        config = pool.config
+        low, high, _jitter = config.restart_backoff
+        self.backoff = Backoff(initial=low, maximum=high, multiplier=2.0,
+                               reset_after=config.healthy_period)
+        self.intensity = RestartIntensity(max_restarts=config.max_restarts,
+                                          period=config.restart_period, clock=trio.current_time)
+        self.start_wanted = trio.Event()
+        self.stop_wanted = trio.Event()
+        self.stop_reason = ""
+        self.stop_graceful = True
+        self.failed_last = False
+        self.start_failures = 0
+        self.run_scope = trio.CancelScope()
+        self.running = False
+
+    def request_start(self) -> None:
+        self.start_wanted.set()
+
+    def request_stop(self, reason: str, graceful: bool) -> None:
+        self.stop_reason = reason
+        self.stop_graceful = graceful
+        self.stop_wanted.set()
+        if self.pool.workers[self.index] is None:
+            # Still starting: abandon the start (the factory kills and reaps it).
+            self.run_scope.cancel()
+
+    async def run(self) -> None:
+        while True:
+            await self.start_wanted.wait()
+            self.start_wanted = trio.Event()
+            if self.pool.closing:
+                return
+            await self._pause_before_start()
+            if self.pool.closing:
+                return
+            await self._run_one_worker()
+
+    async def _pause_before_start(self) -> None:
+        delay = self.backoff.next_delay(self.rng) if self.failed_last else 0.0
+        if self.failed_last and not self.intensity.record():
+            delay = max(delay, self.pool.config.restart_cooldown)
+            logger.warning("slot %d restarted more than %d times in %gs; cooling down %gs",
+                           self.index, self.pool.config.max_restarts,
+                           self.pool.config.restart_period, delay)
+        if delay > 0:
+            with trio.move_on_after(delay):
+                await self.pool.closed_event.wait()
+
+    async def _run_one_worker(self) -> None:
+        pool = self.pool
+        generation = pool.core.worker_starting(self.index)
+        pool.flush()
+        config = pool.config
+        request = SpawnRequest(
+            worker_id=f"{pool.label}-{self.index}.{generation}", app=config.app,
+            start_timeout=config.start_timeout, launcher=config.launcher,
+            python=config.python, env=config.env, max_frame_size=config.max_frame_size,
+            stderr_tail_lines=config.stderr_tail_lines,
+        )
+        self.stop_wanted = trio.Event()
+        self.stop_reason = ""
+        self.run_scope = trio.CancelScope()
+        reason = "start abandoned"
+        crashed = False
+        telemetry.emit(("engine", "worker", "spawn"), {},
+                       {"slot": self.index, "worker_id": request.worker_id})
+        try:
+            with self.run_scope:
+                async with pool.factory(request) as worker:
+                    reason, crashed = await self._serve(worker)
+        except WorkerStartError as exc:
+            reason, crashed = f"start failed: {exc.reason}", True
+            pool.record_start_failure(self.index, exc)
+        except Exception as exc:
+            # A worker factory bug must not take the whole pool down: count it as
+            # a failed start and let backoff pace the retries.
+            logger.exception("worker factory for slot %d failed", self.index)
+            reason, crashed = f"start failed: {type(exc).__name__}: {exc}", True
+            pool.record_start_failure(self.index, WorkerStartError(
+                f"{type(exc).__name__}: {exc}", worker_id=request.worker_id))
+        finally:
+            pool.workers[self.index] = None
+            self.failed_last = crashed
+            pool.core.worker_exited(self.index, reason)
+            pool.flush()
+            telemetry.emit(("engine", "worker", "exit"), {},
+                           {"slot": self.index, "reason": reason})
+
+    async def _serve(self, worker: WorkerHandle) -> tuple[str, bool]:
+        """Hand the worker to the core and wait until it dies or must stop."""
+        pool = self.pool
+        started = trio.current_time()
+        pool.workers[self.index] = worker
+        pool.core.worker_ready(self.index, worker.worker_id, worker.pid)
+        pool.flush()
+        pool.breaker_success()
+        telemetry.emit(("engine", "worker", "ready"), {},
+                       {"slot": self.index, "worker_id": worker.worker_id, "pid": worker.pid})
+        await trio_util.wait_any(worker.wait_exited, self.stop_wanted.wait)
+        if trio.current_time() - started >= pool.config.healthy_period:
+            self.backoff.reset()
+        info = worker.exit_info
+        # We have not stopped it yet (that happens when the factory's block ends),
+        # so an exit status here means the worker died on its own.
+        if info is not None:
+            how = f"signal {info.signal}" if info.signal is not None \
+                else f"exit code {info.exit_code}"
+            reason = f"crashed: {how}"
+            pool.record_crash(self.index, worker, reason)
+            return reason, True
+        if not self.stop_graceful:
+            worker.kill()
+        return self.stop_reason or "stopped", False

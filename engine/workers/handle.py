@@ -1,0 +1,82 @@
+"""What the pool needs of a worker, whatever runs it (a subprocess or a test fake).
+
+Parent side: imports Trio. The child-side runtime never imports this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import attrs
+
+from engine.protocol import Hello
+
+
+@attrs.frozen
+class ExitInfo:
+    """How a worker ended. ``signal`` is set when a signal killed it."""
+
+    exit_code: int | None
+    signal: int | None
+    reason: str
+
+    @staticmethod
+    def from_returncode(returncode: int | None, reason: str) -> ExitInfo:
+        if returncode is not None and returncode < 0:
+            return ExitInfo(exit_code=None, signal=-returncode, reason=reason)
+        return ExitInfo(exit_code=returncode, signal=None, reason=reason)
+
+
+@attrs.frozen
+class SpawnRequest:
+    """Everything needed to start one worker."""
+
+    worker_id: str
+    app: str
+    start_timeout: float
+    launcher: tuple[str, ...] = ()
+    python: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
+    max_frame_size: int = 16 * 1024 * 1024
+    stderr_tail_lines: int = 20
+
+
+class WorkerHandle(Protocol):
+    """A started worker that has sent its hello."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def hello(self) -> Hello: ...
+
+    @property
+    def dirty(self) -> bool:
+        """True when the framing state can't be trusted (a call was interrupted)."""
+        ...
+
+    @property
+    def exit_info(self) -> ExitInfo | None: ...
+
+    def is_alive(self) -> bool:
+        """Non-blocking liveness check: process running and pipes open."""
+        ...
+
+    async def call(self, command: str, args: Any = None, *, session: str | None = None,
+                   timeout: float | None = None) -> Any: ...
+
+    async def wait_exited(self) -> ExitInfo: ...
+
+    def kill(self) -> None:
+        """Kill now (SIGKILL to the process group); does not wait."""
+        ...
+
+    def stderr_tail(self) -> tuple[str, ...]: ...
+
+
+WorkerFactory = Callable[[SpawnRequest], AbstractAsyncContextManager[WorkerHandle]]

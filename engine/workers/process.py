@@ -1,0 +1,310 @@
+"""ProcessWorker: one worker subprocess, seen from the parent (Trio side).
+
+``open_process_worker(request)`` spawns ``python -m engine.workers.runtime`` (after
+an optional launcher prefix such as ``ssh host``) in a new session, so the worker
+and anything it spawns form one process group that we can signal as a whole. It
+waits for the hello under ``start_timeout``, and on exit always stops the process
+and waits for it: no zombie, no orphan.
+
+Background tasks (in the context manager's own nursery): drain stderr into
+``logging`` (an undrained pipe would deadlock the child) keeping a tail for crash
+reports, and watch for exit so that a call in flight is woken at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from engine.errors import WorkerCrashed, WorkerStartError
+from engine.protocol import Hello, encode_frame
+from engine.workers.channel import FramedChannel, PeerGone
+from engine.workers.handle import ExitInfo, SpawnRequest
+
+logger = logging.getLogger("engine.worker")
+
+# After the pipe hits EOF the process is normally already dead; give the exit
+# watcher and the stderr drain a moment to report the status and last lines.
+_EXIT_REPORT_WAIT = 1.0
+_STDERR_SETTLE = 0.2
+_TERM_WAIT = 1.0
+
+
+def build_argv(request: SpawnRequest) -> list[str]:
+    python = list(request.python) or [sys.executable]
+    return [
+        *request.launcher, *python, "-m", "engine.workers.runtime",
+        "--app", request.app, "--worker-id", request.worker_id,
+        "--max-frame-size", str(request.max_frame_size),
+    ]
+
+
+def _child_env(request: SpawnRequest) -> dict[str, str]:
+    env = dict(os.environ)
+    if request.env:
+        env.update(request.env)
+    # The worker must import this very engine (it may not be installed, e.g. when
+    # running from a source tree).
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class ProcessWorker:
+    def __init__(self, process: trio.Process, request: SpawnRequest) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        self._request = request
+        self._worker_id = request.worker_id
+        self._channel = FramedChannel(process.stdin, process.stdout, worker_id=request.worker_id,
+                                      max_frame_size=request.max_frame_size,
+                                      pid=lambda: self.pid)
+        self._tail: collections.deque[str] = collections.deque(maxlen=request.stderr_tail_lines)
+        self._hello: Hello | None = None
+        self._exit: ExitInfo | None = None
+        self._exited = trio.Event()
+        self._stderr_done = trio.Event()
+        self._stop_reason = "exited"
+
+    # --- identity and state -------------------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    @property
+    def pid(self) -> int | None:
+        # The hello's pid is the interpreter's own; with a launcher the process we
+        # spawned (and signal) is the launcher.
+        return self._hello.pid if self._hello is not None else self._process.pid
+
+    @property
+    def os_pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def hello(self) -> Hello:
+        if self._hello is None:
+            raise RuntimeError("worker has not sent its hello yet")
+        return self._hello
+
+    @property
+    def dirty(self) -> bool:
+        return self._channel.dirty or self._channel.broken
+
+    @property
+    def exit_info(self) -> ExitInfo | None:
+        return self._exit
+
+    def is_alive(self) -> bool:
+        if self._exit is not None or self._channel.broken:
+            return False
+        return self._process.poll() is None
+
+    def stderr_tail(self) -> tuple[str, ...]:
+        return tuple(self._tail)
+
+    # --- calls ----------------------------------------------------------------
+
+    async def call(self, command: str, args: Any = None, *, session: str | None = None,
+                   timeout: float | None = None) -> Any:
+        try:
+            return await self._channel.call(command, args, session=session, timeout=timeout)
+        except PeerGone as exc:
+            raise await self._crashed(command, session, str(exc)) from None
+
+    async def _crashed(self, command: str | None, session: str | None,
+                       detail: str) -> WorkerCrashed:
+        with trio.move_on_after(_EXIT_REPORT_WAIT):
+            await self._exited.wait()
+        with trio.move_on_after(_STDERR_SETTLE):
+            await self._stderr_done.wait()
+        info = self._exit
+        return WorkerCrashed(
+            worker_id=self._worker_id, pid=self.pid,
+            exit_code=info.exit_code if info else None,
+            signal=info.signal if info else None,
+            stderr_tail=self.stderr_tail(), command=command, session=session,
+            detail=detail if info is None else "",
+        )
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def wait_exited(self) -> ExitInfo:
+        await self._exited.wait()
+        assert self._exit is not None
+        return self._exit
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self._process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            # Leader and group already gone; fall back to the process itself in
+            # case it left the group.
+            if self._process.returncode is None:
+                try:
+                    self._process.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    async def stop(self, grace: float) -> ExitInfo:
+        """Graceful stop: shutdown command, close stdin, then SIGTERM, then SIGKILL.
+
+        Always waits for the process; callers should shield it.
+        """
+        if self._exit is None and not self.dirty and not self._channel.busy:
+            self._stop_reason = "stopped"
+            with trio.move_on_after(min(grace, 1.0)):
+                try:
+                    await self._channel.send_raw(
+                        encode_frame({"id": 1 << 30, "command": "shutdown", "args": None,
+                                      "session": None}))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                    pass
+        elif self._exit is None:
+            self._stop_reason = "killed"
+        await self._close_stdin()
+        if self._exit is None and grace > 0 and self._stop_reason == "stopped":
+            with trio.move_on_after(grace):
+                await self._exited.wait()
+        if self._exit is None and self._stop_reason == "stopped":
+            self._signal_group(signal.SIGTERM)
+            with trio.move_on_after(_TERM_WAIT):
+                await self._exited.wait()
+        if self._exit is None:
+            self._signal_group(signal.SIGKILL)
+        await self._exited.wait()
+        assert self._exit is not None
+        return self._exit
+
+    async def _close_stdin(self) -> None:
+        assert self._process.stdin is not None
+        try:
+            await self._process.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+
+    # --- background tasks -----------------------------------------------------
+
+    async def _watch_exit(self) -> None:
+        returncode = await self._process.wait()
+        self._exit = ExitInfo.from_returncode(returncode, self._stop_reason)
+        # Grandchildren die with the worker, and a grandchild holding our pipe
+        # open must not keep a caller waiting for an EOF that never comes.
+        self._signal_group(signal.SIGKILL)
+        self._channel.abort(f"process {self._describe_exit()}")
+        self._exited.set()
+
+    def _describe_exit(self) -> str:
+        info = self._exit
+        if info is None:
+            return "running"
+        if info.signal is not None:
+            return f"killed by signal {info.signal}"
+        return f"exited with code {info.exit_code}"
+
+    async def _drain_stderr(self) -> None:
+        stream = self._process.stderr
+        assert stream is not None
+        pending = b""
+        try:
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                if not data:
+                    break
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._log_line(line)
+            if pending:
+                self._log_line(pending)
+        finally:
+            self._stderr_done.set()
+
+    def _log_line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        self._tail.append(line)
+        logger.info("[%s] %s", self._worker_id, line, extra={"worker_id": self._worker_id})
+
+    async def _read_hello(self, start_timeout: float) -> Hello:
+        with trio.move_on_after(start_timeout):
+            try:
+                self._hello = await self._channel.read_hello()
+                return self._hello
+            except PeerGone:
+                with trio.move_on_after(_EXIT_REPORT_WAIT):
+                    await self._exited.wait()
+                with trio.move_on_after(_STDERR_SETTLE):
+                    await self._stderr_done.wait()
+                raise self._start_error(f"process {self._describe_exit()} before its hello") \
+                    from None
+            except Exception as exc:
+                raise self._start_error(f"bad hello: {exc}") from exc
+        raise self._start_error(f"no hello within start_timeout={start_timeout:g}s")
+
+    def _start_error(self, reason: str) -> WorkerStartError:
+        info = self._exit
+        return WorkerStartError(
+            reason, worker_id=self._worker_id, pid=self._process.pid,
+            exit_code=info.exit_code if info else None,
+            signal=info.signal if info else None,
+            stderr_tail=self.stderr_tail(), argv=tuple(build_argv(self._request)),
+        )
+
+
+@asynccontextmanager
+async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWorker]:
+    """Spawn a worker, wait for its hello, yield it; on exit stop it and wait for it."""
+    argv = build_argv(request)
+    try:
+        process = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, env=_child_env(request),
+        )
+    except OSError as exc:
+        raise WorkerStartError(f"could not execute {argv[0]!r}: {exc}",
+                               worker_id=request.worker_id, argv=tuple(argv)) from exc
+    worker = ProcessWorker(process, request)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker._watch_exit)
+            nursery.start_soon(worker._drain_stderr)
+            try:
+                await worker._read_hello(request.start_timeout)
+                yield worker
+            finally:
+                with trio.CancelScope(shield=True):
+                    await worker.stop(0.0 if worker.dirty else 2.0)
+    finally:
+        # Belt and braces: whatever happened above, the process is reaped.
+        if process.returncode is None:
+            with trio.CancelScope(shield=True):
+                worker.kill()
+                await process.wait()
+        await _close_pipes(process)
+
+
+async def _close_pipes(process: trio.Process) -> None:
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass

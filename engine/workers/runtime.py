@@ -1,0 +1,480 @@
+"""The worker side: ``python -m engine.workers.runtime --app MODULE[:ATTR] --worker-id ID``.
+
+One worker process serves one request at a time over the framed JSON protocol
+of :mod:`engine.protocol` (design section 3): requests on stdin, responses on a
+private copy of the original stdout, logs on stderr.
+
+Exit codes (the parent maps them onto its errors):
+
+====  ====================================================================
+0     stdin closed (EOF) or the ``shutdown`` command
+2     bad command line (an error hello is sent first)
+3     start failure: the app could not be imported or found, or an
+      ``on_start`` hook raised (an error hello is sent first)
+4     the parent sent a malformed frame or request: the stream cannot be
+      trusted any more (an id-0 ``ProtocolError`` response is sent first)
+5     the frame channel broke (reading stdin or writing responses failed)
+70    orphaned: the parent process died (the watchdog ended the worker)
+====  ====================================================================
+
+Only the standard library is imported (plus :mod:`engine.protocol`,
+:mod:`engine.errors` and :mod:`engine.workers.app`, which are stdlib-only):
+spawn-to-hello must stay close to a bare interpreter's start-up. ``traceback``
+is imported only when something fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from engine.errors import ProtocolError
+from engine.protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FrameDecoder,
+    encode_frame,
+    error_response,
+    hello_message,
+    ok_response,
+    parse_request,
+)
+from engine.workers.app import BUILTIN_COMMANDS, App, Context, SessionStore, rss_mb
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn
+
+    from engine.protocol import Request
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_START_FAILED = 3
+EXIT_PROTOCOL_ERROR = 4
+EXIT_CHANNEL_BROKEN = 5
+EXIT_ORPHANED = 70  # EX_SOFTWARE in sysexits.h: we did not fail, our parent vanished
+
+WATCHDOG_INTERVAL = 0.1
+MIN_FRAME_SIZE = 1024  # the hello and any error response must always fit
+READ_SIZE = 65536
+# Error messages and tracebacks are cut to these sizes so an error response
+# fits a frame even when a handler raises with a gigantic message.
+MAX_ERROR_MESSAGE = 8192
+MAX_TRACEBACK = 65536
+
+USAGE = ("usage: python -m engine.workers.runtime --app MODULE[:ATTR] --worker-id ID "
+         "[--max-frame-size N]")
+
+
+class UsageError(Exception):
+    """The command line is wrong; reported in an error hello, exit code 2."""
+
+
+class AppNotFound(Exception):
+    """The app module imported fine but holds no usable ``App``."""
+
+
+# --- the frame channel -------------------------------------------------------
+
+
+class Channel:
+    """The private frame fd. Everything written to it goes through here."""
+
+    __slots__ = ("fd", "max_frame_size")
+
+    def __init__(self, fd: int, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.fd = fd
+        self.max_frame_size = max_frame_size
+
+    def write(self, data: bytes) -> None:
+        """Write all of ``data``; a pipe may take it in several pieces."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            # The parent closed its end: nobody is left to answer.
+            _die(EXIT_CHANNEL_BROKEN, f"frame channel broken ({exc}); exiting")
+
+    def send_error(self, request_id: int, type_name: str, message: str,
+                   tb: str | None = None) -> None:
+        message = _clip(message, MAX_ERROR_MESSAGE)
+        tb = None if tb is None else _clip(tb, MAX_TRACEBACK)
+        try:
+            frame = encode_frame(error_response(request_id, type_name, message, tb),
+                                 self.max_frame_size)
+        except ProtocolError:
+            # Even the clipped error is too big for a tiny max_frame_size; the
+            # type alone still tells the caller what happened.
+            frame = encode_frame(error_response(request_id, type_name, "(message too large)"),
+                                 self.max_frame_size)
+        self.write(frame)
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) > limit:
+        text = text[:limit] + f"... [{len(text) - limit} more characters]"
+    # Lone surrogates (from bytes decoded with surrogateescape) cannot be UTF-8
+    # encoded; replace them instead of failing to report the error at all.
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _die(code: int, message: str) -> NoReturn:
+    try:
+        sys.stderr.write(f"engine worker: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # stderr is gone too; the exit code still says it
+    os._exit(code)
+
+
+def move_frame_channel() -> int:
+    """Keep the real stdout for frames; point fd 1 and ``sys.stdout`` at stderr.
+
+    A stray ``print`` (or a C library writing to fd 1) in user code then lands
+    in the parent's stderr log instead of corrupting the framing.
+    """
+    frame_fd = os.dup(1)  # non-inheritable: grandchildren never get the channel
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    # Line buffering plus write-through: a log line reaches the parent when it
+    # is written, not when a buffer fills.
+    reconfigure = getattr(sys.stderr, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True, write_through=True)
+    return frame_fd
+
+
+# --- the orphan watchdog -----------------------------------------------------
+
+
+def start_watchdog(interval: float = WATCHDOG_INTERVAL) -> None:
+    """End the process once its parent has died, even while a handler is busy.
+
+    A thread that calls ``os._exit`` works whatever the main thread is doing
+    (sleeping, computing, blocked in a read). PR_SET_PDEATHSIG is not an option:
+    Trio spawns children from a helper thread, and that signal fires when the
+    *thread* exits, not the parent process.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="engine-orphan-watchdog", daemon=True).start()
+
+
+# --- command line and app loading --------------------------------------------
+
+
+class Options:
+    __slots__ = ("app", "max_frame_size", "worker_id")
+
+    def __init__(self, app: str, worker_id: str, max_frame_size: int) -> None:
+        self.app = app
+        self.worker_id = worker_id
+        self.max_frame_size = max_frame_size
+
+
+def parse_args(argv: list[str]) -> Options:
+    """A tiny hand-written parser: argparse costs more than this whole runtime."""
+    values: dict[str, str] = {}
+    items = iter(argv)
+    for item in items:
+        key, eq, value = item.partition("=")
+        if key not in ("--app", "--worker-id", "--max-frame-size"):
+            raise UsageError(f"unexpected argument {item!r}; {USAGE}")
+        if not eq:
+            value = next(items, "")
+        if not value:
+            raise UsageError(f"{key} needs a value; {USAGE}")
+        values[key] = value
+    missing = [k for k in ("--app", "--worker-id") if k not in values]
+    if missing:
+        raise UsageError(f"missing {' and '.join(missing)}; {USAGE}")
+    return Options(values["--app"], values["--worker-id"],
+                   _parse_frame_size(values.get("--max-frame-size")))
+
+
+def _parse_frame_size(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_MAX_FRAME_SIZE
+    try:
+        size = int(text)
+    except ValueError:
+        raise UsageError(f"--max-frame-size must be an integer, got {text!r}") from None
+    if size < MIN_FRAME_SIZE:
+        raise UsageError(f"--max-frame-size must be at least {MIN_FRAME_SIZE}, got {size}")
+    return size
+
+
+def load_app(spec: str) -> App:
+    """Import ``MODULE[:ATTR]`` and return its ``App``.
+
+    Without ``:ATTR`` the module's ``app`` is used, or else its only ``App``
+    instance; an explicit ``ATTR`` must name an ``App``.
+    """
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    if attr:
+        found = getattr(module, attr, None)
+        if not isinstance(found, App):
+            raise AppNotFound(f"{module_name}.{attr} is {_describe(found)}, not an engine "
+                              "App; point --app at MODULE:ATTR holding App(...)")
+        return found
+    default = getattr(module, "app", None)
+    if isinstance(default, App):
+        return default
+    apps = [v for v in vars(module).values() if isinstance(v, App)]
+    if len(apps) == 1:
+        return apps[0]
+    what = "no App instance" if not apps else f"{len(apps)} App instances"
+    raise AppNotFound(f"module {module_name!r} has {what}; define `app = App(...)` or "
+                      "use --app MODULE:ATTR")
+
+
+def _describe(value: object) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
+
+
+def _format_exception(exc: BaseException, skip_frames: int = 0) -> str:
+    import traceback
+
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception as format_failure:  # e.g. MemoryError while formatting
+        return f"<traceback unavailable: {type(format_failure).__name__}>"
+
+
+def _exception_message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not take the worker down
+        return f"<unprintable {type(exc).__name__}>"
+
+
+# --- the worker ---------------------------------------------------------------
+
+
+class Worker:
+    """Serves requests from stdin until EOF, ``shutdown`` or a protocol error."""
+
+    def __init__(self, app: App, worker_id: str, channel: Channel) -> None:
+        self.app = app
+        self.worker_id = worker_id
+        self.channel = channel
+        self.sessions = SessionStore()
+        self.started = time.monotonic()
+        self.requests = 0
+        self.calls = 0
+        self.errors = 0
+        self.stopping = False
+        self.builtins: dict[str, Callable[[Any, Context], Any]] = {
+            "ping": self.ping, "health": self.health, "stats": self.stats,
+            "cleanup_session": self.cleanup_session, "shutdown": self.shutdown,
+        }
+
+    def commands(self) -> list[str]:
+        return [*BUILTIN_COMMANDS, *self.app.commands()]
+
+    def hello(self) -> dict[str, Any]:
+        return hello_message(self.worker_id, os.getpid(), self.app.name, self.commands())
+
+    # -- the loop
+
+    def serve(self, stdin_fd: int = 0) -> int:
+        decoder = FrameDecoder(self.channel.max_frame_size)
+        while True:
+            try:
+                chunk = os.read(stdin_fd, READ_SIZE)
+            except OSError as exc:
+                _die(EXIT_CHANNEL_BROKEN, f"reading requests failed ({exc}); exiting")
+            if not chunk:
+                return EXIT_OK  # the parent closed stdin: a request to stop
+            try:
+                decoder.feed(chunk)
+                stop = self._drain(decoder)
+            except ProtocolError as exc:
+                self.channel.send_error(0, "ProtocolError", str(exc))
+                return EXIT_PROTOCOL_ERROR
+            if stop:
+                return EXIT_OK  # shutdown was served
+
+    def _drain(self, decoder: FrameDecoder) -> bool:
+        """Serve every whole request buffered; True once ``shutdown`` was served.
+
+        Only the decoder and the envelope parser raise ProtocolError here:
+        handler failures are answered inside :meth:`handle`.
+        """
+        while (message := decoder.next_message()) is not None:
+            self.handle(parse_request(message))
+            if self.stopping:
+                return True
+        return False
+
+    def handle(self, request: Request) -> None:
+        self.requests += 1
+        handler = self.builtins.get(request.command)
+        if handler is None:
+            handler = self.app.handler(request.command)
+            if handler is None:
+                self._unknown_command(request)
+                return
+            self.calls += 1
+        ctx = Context(session=request.session, worker_id=self.worker_id,
+                      request_id=request.id, store=self.sessions, writer=self.channel.write)
+        try:
+            result = handler(request.args, ctx)
+        except Exception as exc:
+            self._handler_failed(request, exc)
+            return
+        self._reply(request.id, result)
+
+    def _unknown_command(self, request: Request) -> None:
+        known = ", ".join(self.commands())
+        self.channel.send_error(
+            request.id, "UnknownCommand",
+            f"unknown command {request.command!r} for app {self.app.name!r}; known: {known}",
+        )
+
+    def _handler_failed(self, request: Request, exc: Exception) -> None:
+        self.errors += 1
+        # Skip the frame of handle() itself: the traceback starts in the handler.
+        tb = _format_exception(exc, skip_frames=1)
+        self.channel.send_error(request.id, type(exc).__name__, _exception_message(exc), tb)
+
+    def _reply(self, request_id: int, result: Any) -> None:
+        message = ok_response(request_id, result)
+        try:
+            frame = encode_frame(message, self.channel.max_frame_size)
+        except ProtocolError as exc:
+            self._unsendable_result(request_id, message, exc)
+            return
+        self.channel.write(frame)
+
+    def _unsendable_result(self, request_id: int, message: dict[str, Any],
+                           exc: ProtocolError) -> None:
+        # encode_frame raises ProtocolError both for unserialisable values and
+        # for oversized frames; encoding again without a size limit tells which.
+        # This costs a second encoding, but only on this failure path.
+        try:
+            size = len(encode_frame(message, sys.maxsize))
+        except ProtocolError:
+            self.errors += 1
+            self.channel.send_error(request_id, "UnserializableResult", str(exc))
+            return
+        self.errors += 1
+        self.channel.send_error(
+            request_id, "ResultTooLarge",
+            f"the result frame has {size} bytes, more than max_frame_size="
+            f"{self.channel.max_frame_size}; return less data per call",
+        )
+
+    # -- built-in commands
+
+    def ping(self, args: Any, ctx: Context) -> dict[str, Any]:
+        return {"pid": os.getpid(), "worker_id": self.worker_id, "app": self.app.name}
+
+    def health(self, args: Any, ctx: Context) -> dict[str, Any]:
+        return {"status": "ok", "rss_mb": rss_mb(), "sessions": len(self.sessions),
+                "calls": self.calls}
+
+    def stats(self, args: Any, ctx: Context) -> dict[str, Any]:
+        return {
+            "calls": self.calls, "requests": self.requests, "errors": self.errors,
+            "sessions": len(self.sessions), "rss_mb": rss_mb(),
+            "uptime": time.monotonic() - self.started, "pid": os.getpid(),
+            "worker_id": self.worker_id, "app": self.app.name,
+        }
+
+    def cleanup_session(self, args: Any, ctx: Context) -> dict[str, Any]:
+        session = ctx.session
+        if isinstance(args, dict) and args.get("session") is not None:
+            session = args["session"]
+            if not isinstance(session, str):
+                raise TypeError(f"cleanup_session: 'session' must be a string, got {session!r}")
+        elif args is not None and not isinstance(args, dict):
+            raise TypeError(f"cleanup_session: args must be an object or null, got {args!r}")
+        return {"removed": self.sessions.drop(session)}
+
+    def shutdown(self, args: Any, ctx: Context) -> dict[str, Any]:
+        self.stopping = True  # the loop stops after this reply is written
+        return {"shutting_down": True}
+
+
+# --- start-up -----------------------------------------------------------------
+
+
+def _start_failure(channel: Channel, exc: BaseException, message: str, code: int) -> NoReturn:
+    """Report a failure before the hello: error hello on the channel, traceback on stderr."""
+    tb = _format_exception(exc)
+    try:
+        sys.stderr.write(f"engine worker: {message}\n{tb}")
+    except (OSError, ValueError):
+        pass
+    channel.send_error(0, type(exc).__name__, message, tb)
+    _flush_and_exit(code)
+
+
+def _flush_and_exit(code: int) -> NoReturn:
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    # os._exit: the app may have started non-daemon threads that would keep a
+    # normal interpreter shutdown waiting forever.
+    os._exit(code)
+
+
+def _load(channel: Channel, options: Options) -> App:
+    try:
+        app = load_app(options.app)
+    except BaseException as exc:  # SystemExit at import is a start failure too
+        _start_failure(channel, exc, f"cannot load app {options.app!r}: "
+                       f"{type(exc).__name__}: {_exception_message(exc)}", EXIT_START_FAILED)
+    try:
+        app.run_start_hooks()
+    except BaseException as exc:
+        _start_failure(channel, exc, f"on_start hook of app {app.name!r} failed: "
+                       f"{type(exc).__name__}: {_exception_message(exc)}", EXIT_START_FAILED)
+    return app
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    try:
+        frame_fd = move_frame_channel()
+    except OSError as exc:
+        _die(EXIT_CHANNEL_BROKEN, f"no frame channel on fd 1 ({exc}); exiting")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C
+    start_watchdog()
+    channel = Channel(frame_fd)
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        _start_failure(channel, exc, str(exc), EXIT_USAGE)
+    channel.max_frame_size = options.max_frame_size
+    worker = Worker(_load(channel, options), options.worker_id, channel)
+    try:
+        hello = encode_frame(worker.hello(), channel.max_frame_size)
+    except ProtocolError as exc:
+        _start_failure(channel, exc, f"cannot send the hello: {exc}", EXIT_START_FAILED)
+    channel.write(hello)
+    # A normal exit from here on, so the app's atexit handlers and finalizers run.
+    sys.exit(worker.serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""The frame codec and the envelopes (design section 3): pure, layer 1."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine import protocol
+from engine.errors import ProtocolError
+from engine.protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FrameDecoder,
+    decode_body,
+    encode_frame,
+    error_response,
+    hello_message,
+    make_request,
+    ok_response,
+    parse_hello,
+    parse_request,
+    parse_response,
+)
+
+pytestmark = pytest.mark.layer1
+
+
+def frame(body: bytes) -> bytes:
+    """A frame with an arbitrary (possibly malformed) body."""
+    return struct.pack(">I", len(body)) + body
+
+
+def decode_all(data: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> list[dict[str, Any]]:
+    decoder = FrameDecoder(max_frame_size)
+    decoder.feed(data)
+    return list(decoder.messages())
+
+
+# --- encoding and decoding ---------------------------------------------------------
+
+
+def test_encode_frame_layout() -> None:
+    data = encode_frame({"a": 1})
+    assert data[:4] == struct.pack(">I", len(data) - 4)
+    assert json.loads(data[4:]) == {"a": 1}
+
+
+def test_encode_keeps_non_ascii_as_utf8() -> None:
+    data = encode_frame({"text": "héllo ✓"})
+    assert "héllo ✓".encode() in data
+    assert decode_all(data) == [{"text": "héllo ✓"}]
+
+
+@pytest.mark.parametrize("message", [
+    {},
+    {"a": [1, 2.5, -3, True, False, None, "x"]},
+    {"nested": {"deep": {"deeper": [{"k": "v"}]}}},
+    {"big": 2**70, "neg": -(2**70), "float": 1e300},
+    {"unicode": "日本語 \u0000 \U0001f600"},
+])
+def test_round_trip(message: dict[str, Any]) -> None:
+    assert decode_all(encode_frame(message)) == [message]
+
+
+def test_several_frames_fed_one_byte_at_a_time() -> None:
+    messages = [make_request(i, "echo", {"i": i, "pad": "x" * i}, session=None)
+                for i in range(1, 6)]
+    stream = b"".join(encode_frame(m) for m in messages)
+    decoder = FrameDecoder()
+    received: list[dict[str, Any]] = []
+    for i in range(len(stream)):
+        decoder.feed(stream[i:i + 1])
+        received.extend(decoder.messages())
+    assert received == messages
+    assert decoder.buffered == 0
+
+
+def test_partial_frame_waits_for_more() -> None:
+    data = encode_frame({"a": 1})
+    decoder = FrameDecoder()
+    decoder.feed(data[:-1])
+    assert decoder.next_message() is None
+    assert decoder.buffered == len(data) - 1
+    decoder.feed(data[-1:])
+    assert decoder.next_message() == {"a": 1}
+
+
+def test_decoder_rejects_tiny_max_frame_size() -> None:
+    with pytest.raises(ValueError, match="max_frame_size"):
+        FrameDecoder(1)
+
+
+# --- malformed frames ----------------------------------------------------------------
+
+
+def test_oversized_length_rejected_before_body_arrives() -> None:
+    decoder = FrameDecoder(max_frame_size=100)
+    with pytest.raises(ProtocolError, match="exceeds max_frame_size=100"):
+        decoder.feed(struct.pack(">I", 101))  # the header alone: no body sent yet
+
+
+def test_huge_length_rejected_with_default_limit() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(ProtocolError, match="exceeds max_frame_size"):
+        decoder.feed(b"\xff\xff\xff\xff")
+
+
+def test_oversized_length_found_after_a_good_frame() -> None:
+    decoder = FrameDecoder(max_frame_size=100)
+    decoder.feed(encode_frame({"a": 1}) + struct.pack(">I", 5000))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.next_message()
+
+
+def test_zero_length_rejected() -> None:
+    with pytest.raises(ProtocolError, match="empty frame"):
+        FrameDecoder().feed(b"\x00\x00\x00\x00")
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    (b"\xff\xfe{}", "UTF-8"),
+    (b'{"a": "\xc3"}', "UTF-8"),
+    (b"{not json", "not valid JSON"),
+    (b'{"a": 1} trailing', "not valid JSON"),
+    (b"", None),  # length 0 is checked first, see above; here via decode_body
+    (b'{"a": NaN}', "non-standard JSON constant NaN"),
+    (b'{"a": Infinity}', "non-standard JSON constant Infinity"),
+    (b'{"a": -Infinity}', "non-standard JSON constant -Infinity"),
+    (b"[1, 2]", "got list"),
+    (b"1", "got int"),
+    (b'"text"', "got str"),
+    (b"null", "got NoneType"),
+    (b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not valid JSON"),
+])
+def test_malformed_body(body: bytes, match: str | None) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        decode_body(body)
+    if body:
+        with pytest.raises(ProtocolError):
+            decode_all(frame(body))
+
+
+@pytest.mark.parametrize("message", [
+    {"a": {1, 2}},
+    {"a": object()},
+    {"a": float("nan")},
+    {"a": float("inf")},
+    {"a": "\ud800"},  # a lone surrogate is not encodable as UTF-8
+    {(1, 2): "tuple key"},
+])
+def test_unencodable_message(message: dict[Any, Any]) -> None:
+    with pytest.raises(ProtocolError, match="not JSON-serialisable"):
+        encode_frame(message)
+
+
+def test_encode_rejects_non_object() -> None:
+    with pytest.raises(ProtocolError, match="JSON object"):
+        encode_frame([1, 2])  # type: ignore[arg-type]
+
+
+def test_encode_rejects_oversized() -> None:
+    with pytest.raises(ProtocolError, match="exceeds max_frame_size=50"):
+        encode_frame({"a": "x" * 100}, max_frame_size=50)
+
+
+def test_encode_at_exact_limit() -> None:
+    message = {"a": "x" * 10}
+    size = len(encode_frame(message)) - 4
+    assert decode_all(encode_frame(message, max_frame_size=size), max_frame_size=size) \
+        == [message]
+
+
+# --- envelopes ------------------------------------------------------------------------
+
+
+def test_request_round_trip() -> None:
+    message = make_request(7, "execute_program", {"id": "p"}, session="s1")
+    request = parse_request(decode_all(encode_frame(message))[0])
+    assert (request.id, request.command, request.args, request.session) == \
+        (7, "execute_program", {"id": "p"}, "s1")
+    assert request.to_message() == message
+
+
+def test_request_defaults_args_and_session_to_none() -> None:
+    request = parse_request({"id": 1, "command": "ping"})
+    assert request.args is None
+    assert request.session is None
+
+
+@pytest.mark.parametrize(("message", "match"), [
+    ([], "must be a JSON object"),
+    ({"command": "ping"}, "missing id"),
+    ({"id": 1}, "missing command"),
+    ({}, "missing id, command"),
+    ({"id": 0, "command": "ping"}, "id must be an integer >= 1"),
+    ({"id": -3, "command": "ping"}, "id must be an integer >= 1"),
+    ({"id": True, "command": "ping"}, "id must be an integer >= 1"),
+    ({"id": "1", "command": "ping"}, "id must be an integer >= 1"),
+    ({"id": 1.0, "command": "ping"}, "id must be an integer >= 1"),
+    ({"id": 1, "command": ""}, "command must be a non-empty string"),
+    ({"id": 1, "command": 5}, "command must be a non-empty string"),
+    ({"id": 1, "command": "ping", "session": 5}, "session must be a string or null"),
+])
+def test_bad_request(message: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        parse_request(message)
+
+
+def test_ok_response_round_trip() -> None:
+    response = parse_response(decode_all(encode_frame(ok_response(3, [1, "a"])))[0])
+    assert (response.id, response.ok, response.result, response.error) == (3, True, [1, "a"], None)
+
+
+def test_ok_response_with_null_result() -> None:
+    assert parse_response(ok_response(3, None)).result is None
+
+
+def test_error_response_round_trip() -> None:
+    message = error_response(4, "RuntimeError", "boom", "Traceback...")
+    response = parse_response(decode_all(encode_frame(message))[0])
+    assert response.id == 4 and response.ok is False
+    assert response.error is not None
+    assert (response.error.type, response.error.message, response.error.traceback) == \
+        ("RuntimeError", "boom", "Traceback...")
+
+
+@pytest.mark.parametrize(("message", "match"), [
+    ("nope", "must be a JSON object"),
+    ({"ok": True, "result": 1}, "lacks 'id' or 'ok'"),
+    ({"id": 1, "result": 1}, "lacks 'id' or 'ok'"),
+    ({"id": -1, "ok": True, "result": 1}, "id must be an integer >= 0"),
+    ({"id": False, "ok": True, "result": 1}, "id must be an integer >= 0"),
+    ({"id": 1, "ok": True}, "lacks 'result'"),
+    ({"id": 1, "ok": "yes", "result": 1}, "'ok' must be true or false"),
+    ({"id": 1, "ok": 1, "result": 1}, "'ok' must be true or false"),
+    ({"id": 1, "ok": False}, "needs an 'error' object"),
+    ({"id": 1, "ok": False, "error": "boom"}, "needs an 'error' object"),
+    ({"id": 1, "ok": False, "error": {"message": "m"}}, "string 'type' and 'message'"),
+    ({"id": 1, "ok": False, "error": {"type": "T", "message": 3}}, "string 'type' and 'message'"),
+    ({"id": 1, "ok": False, "error": {"type": "T", "message": "m", "traceback": 1}},
+     "'traceback' must be a string or null"),
+])
+def test_bad_response(message: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        parse_response(message)
+
+
+def test_hello_round_trip() -> None:
+    message = hello_message("w1", 1234, "programs", ["ping", "echo"])
+    hello = parse_hello(decode_all(encode_frame(message))[0])
+    assert (hello.protocol, hello.worker_id, hello.pid, hello.app, hello.commands) == \
+        (protocol.PROTOCOL_VERSION, "w1", 1234, "programs", ["ping", "echo"])
+
+
+def _hello_with(**changes: Any) -> dict[str, Any]:
+    message = hello_message("w1", 1234, "programs", ["ping"])
+    message["result"].update(changes)
+    return message
+
+
+@pytest.mark.parametrize(("message", "match"), [
+    (ok_response(1, {}), "expected hello \\(id 0\\)"),
+    (error_response(0, "ImportError", "no module x"), "start failure: ImportError: no module x"),
+    (ok_response(0, ["not", "a", "dict"]), "hello result must be an object"),
+    (_hello_with(protocol=2), "speaks protocol 2"),
+    (_hello_with(protocol=None), "speaks protocol None"),
+    (_hello_with(worker_id=5), "string worker_id"),
+    (_hello_with(pid="1234"), "integer pid"),
+    (_hello_with(pid=True), "integer pid"),
+    (_hello_with(app=None), "string app"),
+    (_hello_with(commands="ping"), "'commands' must be a list of strings"),
+    (_hello_with(commands=["ping", 3]), "'commands' must be a list of strings"),
+    ({"id": 0, "ok": True}, "lacks 'result'"),
+])
+def test_bad_hello(message: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        parse_hello(message)
+
+
+def test_hello_without_protocol_key() -> None:
+    message = hello_message("w1", 1, "a", [])
+    del message["result"]["protocol"]
+    with pytest.raises(ProtocolError, match="protocol"):
+        parse_hello(message)
+
+
+# --- properties -------------------------------------------------------------------------
+
+json_scalars = (st.none() | st.booleans() | st.integers() | st.text()
+                | st.floats(allow_nan=False, allow_infinity=False))
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=20,
+)
+json_objects = st.dictionaries(st.text(), json_values, max_size=6)
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@given(messages=st.lists(json_objects, max_size=8), cuts=st.lists(st.integers(0, 10**6)))
+def test_any_split_of_any_stream_decodes_identically(
+    messages: list[dict[str, Any]], cuts: list[int],
+) -> None:
+    stream = b"".join(encode_frame(m) for m in messages)
+    decoder = FrameDecoder()
+    received: list[dict[str, Any]] = []
+    for chunk in split_at(stream, cuts):
+        decoder.feed(chunk)
+        received.extend(decoder.messages())
+    assert received == messages
+    assert decoder.buffered == 0
+
+
+# Mix real frames, frame-shaped junk and raw junk so the decoder meets both
+# plausible headers and garbage.
+stream_pieces = st.one_of(
+    json_objects.map(encode_frame),
+    st.binary(max_size=40).map(frame),
+    st.binary(max_size=40),
+)
+
+
+@given(pieces=st.lists(stream_pieces, max_size=6), cuts=st.lists(st.integers(0, 10**6)),
+       max_frame_size=st.integers(2, 200))
+def test_arbitrary_bytes_yield_dicts_or_protocol_error(
+    pieces: list[bytes], cuts: list[int], max_frame_size: int,
+) -> None:
+    decoder = FrameDecoder(max_frame_size)
+    try:
+        for chunk in split_at(b"".join(pieces), cuts):
+            decoder.feed(chunk)
+            for message in decoder.messages():
+                assert isinstance(message, dict)
+    except ProtocolError:
+        pass  # the only failure allowed; the stream is abandoned after it
+
+
+@given(message=st.dictionaries(st.sampled_from(["id", "command", "args", "session", "x"]),
+                               json_values))
+def test_parse_request_accepts_or_raises_protocol_error(message: dict[str, Any]) -> None:
+    try:
+        request = parse_request(message)
+    except ProtocolError:
+        return
+    assert isinstance(request.id, int) and request.id >= 1
+    assert isinstance(request.command, str) and request.command
+    assert request.session is None or isinstance(request.session, str)
+
+
+@given(message=st.dictionaries(st.sampled_from(["id", "ok", "result", "error"]),
+                               json_values | st.dictionaries(
+                                   st.sampled_from(["type", "message", "traceback"]),
+                                   json_values)))
+def test_parse_response_accepts_or_raises_protocol_error(message: dict[str, Any]) -> None:
+    try:
+        response = parse_response(message)
+    except ProtocolError:
+        return
+    assert response.ok is (response.error is None)
