@@ -8,9 +8,12 @@ importing Trio or attrs.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from engine import errors as errors
     from engine.bridge import Bridge as Bridge
     from engine.bridge import open_bridge as open_bridge

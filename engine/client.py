@@ -7,11 +7,12 @@ app (``engine.workers.programs``) and turn its answers into the typed values of
 :mod:`engine.shapes`, so a malformed answer is a ``ResponseShapeError``, never
 a ``KeyError`` three frames later.
 
-Arguments the helpers send (the default app must read exactly these keys):
+Arguments the helpers send, as ``engine.workers.programs`` reads them:
 
-* ``create_program``: ``{"program_id", "signature": {"inputs", "outputs"}, "handler"}``
-* ``execute_program``: ``{"program_id", "inputs": {name: value}}``
-* ``get_program_info``, ``delete_program``: ``{"program_id"}``
+* ``create_program``: ``{"id", "signature": {"inputs", "outputs"}, "handler"}``
+  (plus ``"description"`` when given)
+* ``execute_program``: ``{"id", "inputs": {name: value}}``
+* ``get_program_info``, ``delete_program``: ``{"id"}``
 * ``list_programs``: ``{}``
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.discovery import Service, detect_service
-from engine.errors import ResponseShapeError
+from engine.errors import RemoteError, ResponseShapeError
 from engine.shapes import (
     ExecutionResult,
     PingInfo,
@@ -77,14 +78,21 @@ async def execute(
 
 async def create_program(
     program_id: str, inputs: Sequence[str], outputs: Sequence[str], handler: str,
-    *, session: str | None = None, service: ServiceRef = None,
+    *, description: str | None = None, session: str | None = None,
+    service: ServiceRef = None,
 ) -> ProgramInfo:
-    """Create a program in the default app; returns the program as the worker stored it."""
-    args = {
-        "program_id": program_id,
+    """Create a program in the default app; returns the program as the worker stored it.
+
+    The worker validates the rest (known handler, arity, unique names) and
+    answers a ``RemoteError`` when something is off.
+    """
+    args: dict[str, Any] = {
+        "id": program_id,
         "signature": {"inputs": _names(inputs, "inputs"), "outputs": _names(outputs, "outputs")},
         "handler": handler,
     }
+    if description is not None:  # the app rejects unknown keys, so send only what is set
+        args["description"] = description
     answer = await execute("create_program", args, session, service)
     return _same_program(parse_program_info(answer, what="create_program answer"), program_id,
                          "create_program answer")
@@ -95,7 +103,7 @@ async def execute_program(
     *, session: str | None = None, service: ServiceRef = None,
 ) -> ExecutionResult:
     """Run a program on ``inputs`` (a map of input field to value); returns its outputs."""
-    args = {"program_id": program_id, "inputs": dict(inputs)}
+    args = {"id": program_id, "inputs": dict(inputs)}
     return parse_execution(await execute("execute_program", args, session, service))
 
 
@@ -110,7 +118,7 @@ async def get_program_info(
     program_id: str, *, session: str | None = None, service: ServiceRef = None
 ) -> ProgramInfo:
     """Describe one program."""
-    answer = await execute("get_program_info", {"program_id": program_id}, session, service)
+    answer = await execute("get_program_info", {"id": program_id}, session, service)
     return _same_program(parse_program_info(answer, what="get_program_info answer"), program_id,
                          "get_program_info answer")
 
@@ -118,8 +126,18 @@ async def get_program_info(
 async def delete_program(
     program_id: str, *, session: str | None = None, service: ServiceRef = None
 ) -> bool:
-    """Delete a program; True if it existed."""
-    answer = await execute("delete_program", {"program_id": program_id}, session, service)
+    """Delete a program; True if it existed, False if the worker did not know it.
+
+    The default app answers an unknown id with a ``ProgramNotFound`` error; that
+    one error becomes ``False`` (the program is gone either way), every other
+    ``RemoteError`` propagates.
+    """
+    try:
+        answer = await execute("delete_program", {"id": program_id}, session, service)
+    except RemoteError as error:
+        if error.type == "ProgramNotFound":
+            return False
+        raise
     return parse_deleted(answer)
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 
 from engine.errors import ProtocolError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -97,13 +99,16 @@ class FrameDecoder:
 
     def next_message(self) -> dict[str, Any] | None:
         """Return the next whole message, or None if more bytes are needed."""
+        if self._expected is None:
+            self._check_header()
         expected = self._expected
         if expected is None or len(self._buffer) < HEADER_SIZE + expected:
             return None
         body = bytes(self._buffer[HEADER_SIZE : HEADER_SIZE + expected])
         del self._buffer[: HEADER_SIZE + expected]
+        # The next header is checked on the next call, so a good frame is never
+        # lost because garbage follows it.
         self._expected = None
-        self._check_header()
         return decode_body(body)
 
     def messages(self) -> Iterator[dict[str, Any]]:

@@ -250,10 +250,12 @@ class Decision:
     """Answer of :meth:`CircuitBreaker.allow`.
 
     ``allowed``: go ahead. ``probe``: this call is a half-open probe; report its
-    outcome with :meth:`CircuitBreaker.probe_finished` (exactly once, in a
-    ``finally``), passing ``generation`` so that a late report from an older
-    half-open period is ignored. ``retry_in``: when denied while open, seconds
-    until a probe will be allowed (``None`` when unknown: a probe is in flight).
+    outcome with :meth:`CircuitBreaker.probe_finished` - or, if the prober was
+    cancelled, :meth:`CircuitBreaker.probe_abandoned` - exactly once, passing
+    ``generation`` so that a late report from an older half-open period is
+    ignored. A probe never reported keeps its slot until the state changes.
+    ``retry_in``: when denied while open, seconds until a probe will be allowed
+    (``None`` when unknown: a probe is in flight).
     ``reason``: one line for :class:`~engine.errors.PoolUnavailable`.
     """
 
@@ -434,6 +436,18 @@ class CircuitBreaker:
             self._close("probe succeeded")
         else:
             self._open(now, "probe failed")
+
+    def probe_abandoned(self, generation: int | None = None) -> None:
+        """Return a probe's slot without a verdict (the prober was cancelled).
+
+        The state does not change; another caller may probe. Stale reports are
+        ignored as in :meth:`probe_finished`.
+        """
+        if self._tick(self.clock()) is not BreakerState.HALF_OPEN:
+            return
+        if generation is not None and generation != self._generation:
+            return
+        self._probes = max(0, self._probes - 1)
 
     # -- internals --
 

@@ -8,7 +8,7 @@ and carries *measurements* (numbers: durations in seconds, counts) and
 ``:telemetry``::
 
     def log_ready(event, measurements, metadata):
-        print(metadata["worker_id"], "ready in", measurements["duration"])
+        print(metadata["worker_id"], "is ready")
 
     telemetry.attach("my-app", [telemetry.WORKER_READY], log_ready)
 
@@ -53,6 +53,7 @@ __all__ = [
     "LatencySummary",
     "Metrics",
     "MetricsSnapshot",
+    "active",
     "attach",
     "capture",
     "detach",
@@ -70,14 +71,13 @@ POOL_START: Final[Event] = ("engine", "pool", "start")
 POOL_STOP: Final[Event] = ("engine", "pool", "stop")
 WORKER_SPAWN: Final[Event] = ("engine", "worker", "spawn")
 WORKER_READY: Final[Event] = ("engine", "worker", "ready")
-WORKER_START_FAILED: Final[Event] = ("engine", "worker", "start_failed")
 WORKER_EXIT: Final[Event] = ("engine", "worker", "exit")
 WORKER_RESTART: Final[Event] = ("engine", "worker", "restart")
 WORKER_COOLDOWN: Final[Event] = ("engine", "worker", "cooldown")
 WORKER_TRANSITION: Final[Event] = ("engine", "worker", "transition")
-LEASE_CHECKOUT: Final[Event] = ("engine", "lease", "checkout")
-LEASE_CHECKIN: Final[Event] = ("engine", "lease", "checkin")
-CALL_STOP: Final[Event] = ("engine", "call", "stop")
+CHECKOUT: Final[Event] = ("engine", "checkout")
+CHECKIN: Final[Event] = ("engine", "checkin")
+CALL: Final[Event] = ("engine", "call")
 HEALTH_OK: Final[Event] = ("engine", "health", "ok")
 HEALTH_FAILED: Final[Event] = ("engine", "health", "failed")
 BREAKER_TRANSITION: Final[Event] = ("engine", "breaker", "transition")
@@ -88,51 +88,46 @@ SESSION_END: Final[Event] = ("engine", "session", "end")
 CONTRACT_VIOLATION: Final[Event] = ("engine", "contract", "violation")
 
 #: Every event the library emits -> what it carries. Durations are in seconds.
-#: Every event's metadata also holds ``pool`` (the pool's name, or None).
+#: Metadata always holds ``pool`` (the pool's label). Attach to ``("engine",)``
+#: for all of them.
 EVENTS: Final[Mapping[Event, str]] = MappingProxyType({
-    POOL_START: "pool opened. measurements: size. metadata: pool, app, lazy",
-    POOL_STOP: "pool closed. measurements: duration (lifetime), shutdown (seconds "
-               "spent closing). metadata: pool",
-    WORKER_SPAWN: "a worker process was started. metadata: pool, slot, worker_id, pid",
-    WORKER_READY: "a worker sent its hello. measurements: duration (spawn to ready). "
-                  "metadata: pool, slot, worker_id, pid",
-    WORKER_START_FAILED: "a worker failed to start. measurements: duration. metadata: "
-                         "pool, slot, worker_id, reason",
-    WORKER_EXIT: "a worker process ended. measurements: uptime. metadata: pool, slot, "
-                 "worker_id, pid, exit_code, signal, reason",
-    WORKER_RESTART: "a slot schedules a rebuild. measurements: delay, restarts. "
-                    "metadata: pool, slot, reason",
-    WORKER_COOLDOWN: "a slot exceeded max_restarts in restart_period. measurements: "
-                     "cooldown. metadata: pool, slot",
-    WORKER_TRANSITION: "a worker changed lifecycle state. metadata: pool, worker_id, "
-                       "from, to, reason",
-    LEASE_CHECKOUT: "a checkout ended. measurements: wait. metadata: pool, worker_id "
-                    "(None unless served), session, outcome (ok, timeout, saturated, "
-                    "unavailable, closed, cancelled, skipped)",
-    LEASE_CHECKIN: "a lease was returned. measurements: held. metadata: pool, worker_id, "
-                   "session, outcome (clean, dirty, removed)",
-    CALL_STOP: "a call ended. measurements: duration. metadata: pool, worker_id, "
-               "command, session, outcome (ok, remote_error, timeout, crashed, "
-               "protocol_error, cancelled)",
-    HEALTH_OK: "an idle health check passed. measurements: duration. metadata: pool, "
-               "worker_id",
-    HEALTH_FAILED: "an idle health check failed or was slow. measurements: duration, "
-                   "consecutive. metadata: pool, worker_id, reason",
-    BREAKER_TRANSITION: "the pool's circuit breaker changed state. metadata: pool, "
-                        "from, to, reason",
-    SESSION_BIND: "a session was bound to a worker. metadata: pool, session, worker_id",
+    POOL_START: "pool opened. measurements: size. metadata: pool, app",
+    POOL_STOP: "pool closing. metadata: pool",
+    WORKER_SPAWN: "a slot started a worker process. metadata: pool, slot, worker_id",
+    WORKER_READY: "a worker sent its hello and is ready. metadata: pool, slot, "
+                  "worker_id, pid",
+    WORKER_EXIT: "a worker process ended (or failed to start). metadata: pool, slot, "
+                 "worker_id, exit_code, signal, reason",
+    WORKER_RESTART: "a slot schedules a rebuild. measurements: delay. metadata: pool, "
+                    "slot, reason",
+    WORKER_COOLDOWN: "a slot exceeded max_restarts in restart_period and cools down. "
+                     "measurements: cooldown. metadata: pool, slot",
+    WORKER_TRANSITION: "a worker changed lifecycle state. measurements: duration (time "
+                       "in the old state). metadata: pool, slot, worker_id, old, new, reason",
+    CHECKOUT: "a worker was checked out. measurements: wait. metadata: pool, worker_id, "
+              "session",
+    CHECKIN: "a lease was returned. metadata: pool, worker_id, clean",
+    CALL: "a call ended. measurements: duration. metadata: pool, worker_id, command, "
+          "outcome",
+    HEALTH_OK: "an idle health check passed. metadata: pool, worker_id",
+    HEALTH_FAILED: "an idle health check failed or was slow. metadata: pool, slot, "
+                   "worker_id, failures (in a row), reason",
+    BREAKER_TRANSITION: "the pool's circuit breaker changed state. metadata: pool, old, "
+                        "new, reason",
+    SESSION_BIND: "a session was bound to a worker. metadata: pool, session, slot, worker_id",
     SESSION_LOST: "a session's worker died; the session was unbound. metadata: pool, "
-                  "session, worker_id, reason",
-    SESSION_EXPIRE: "an idle session passed session_ttl. measurements: idle. metadata: "
-                    "pool, session, worker_id",
-    SESSION_END: "end_session() released a session. metadata: pool, session, worker_id",
+                  "session, slot, reason",
+    SESSION_EXPIRE: "an idle session passed session_ttl; cleanup_session was sent. "
+                    "metadata: pool, session, worker_id",
+    SESSION_END: "end_session() released a session. metadata: pool, session",
     CONTRACT_VIOLATION: "a policy callback broke its contract (treated as Remove). "
-                        "metadata: pool, worker_id, callback, value, expected",
+                        "metadata: pool, callback, value (repr), slot",
 })
 
 # --- handler registry -----------------------------------------------------------
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+_CACHE_LIMIT: Final = 1024
 
 
 @attrs.frozen
@@ -165,6 +160,8 @@ class _Registry:
         found = self.cache.get(event)
         if found is None:
             found = tuple(h for h in self.handlers.values() if h.wants(event))
+            if len(self.cache) >= _CACHE_LIMIT:
+                self.cache.clear()  # someone emits unbounded names: stay bounded
             self.cache[event] = found
         return found
 
@@ -210,12 +207,27 @@ def detach(handler_id: str) -> bool:
         return True
 
 
+def active() -> bool:
+    """True if any handler is attached.
+
+    Lets a hot path skip building measurements and metadata nobody will read::
+
+        if telemetry.active():
+            telemetry.emit(telemetry.CHECKOUT, {"wait": wait}, {"pool": name, ...})
+    """
+    return _registry is not None
+
+
 def emit(
     event: Event,
     measurements: Mapping[str, float] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> None:
-    """Deliver an event to the handlers attached to it. Never raises ``Exception``."""
+    """Deliver an event to the handlers attached to it.
+
+    A handler's ``Exception`` is logged, never propagated. Cheap when nothing is
+    attached; guard the construction of costly arguments with :func:`active`.
+    """
     registry = _registry
     if registry is None:
         return
@@ -316,8 +328,8 @@ class LatencyHistogram:
     error (0.78% by construction); smaller values within 1 µs absolute; larger
     ones share one overflow bucket, reported as :attr:`max`. ``min``, ``max``,
     ``mean`` and the sum are exact, the 0th and 100th percentiles are ``min`` and
-    ``max``, and every percentile lies within ``[min, max]``. Percentiles use the nearest-rank definition: the
-    ``ceil(p / 100 * count)``-th smallest value.
+    ``max``, and every percentile lies within ``[min, max]``. Percentiles use the
+    nearest-rank definition: the ``ceil(p / 100 * count)``-th smallest value.
 
     Written here rather than taken from ``hdrhistogram`` or ``ddsketch``: it is
     about sixty lines of pure Python, has no native extension to build, and the

@@ -33,8 +33,9 @@ def _read_children() -> set[int]:
     return children
 
 
-def open_fds() -> set[int]:
-    gc.collect()
+def open_fds(collect: bool = True) -> set[int]:
+    if collect:
+        gc.collect()
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 

@@ -18,7 +18,7 @@ from engine.discovery import (
     registered,
     whereis,
 )
-from engine.errors import BridgeUnavailable, ResponseShapeError
+from engine.errors import BridgeUnavailable, RemoteError, ResponseShapeError
 from engine.shapes import ExecutionResult, PingInfo, ProgramInfo, ProgramList, Signature
 
 pytestmark = pytest.mark.layer1
@@ -66,9 +66,10 @@ class PoolLike:
         return self._closed
 
     # The real signature has a timeout option, hence the noqa.
-    async def call(  # noqa: ASYNC109
+    async def call(
         self, command: str, args: Any = None, *, session: str | None = None,
-        timeout: float | None = None, retry: object = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        retry: object = None,
     ) -> Any:
         await trio.lowlevel.checkpoint()
         return command
@@ -329,9 +330,37 @@ async def test_create_program_sends_its_arguments_and_parses_the_answer() -> Non
     assert info == INFO1
     assert stub.calls == [(
         "create_program",
-        {"program_id": "p1", "signature": {"inputs": ["a"], "outputs": ["b"]}, "handler": "echo"},
+        {"id": "p1", "signature": {"inputs": ["a"], "outputs": ["b"]}, "handler": "echo"},
         "s",
     )]
+
+
+async def test_create_program_sends_a_description_only_when_given() -> None:
+    stub = Stub("pool", "p", answers={"create_program": {**P1, "description": "d"}})
+    info = await client.create_program("p1", ["a"], ["b"], "echo", description="d", service=stub)
+    assert info.extra == {"description": "d"}
+    assert stub.calls[0][1]["description"] == "d"
+
+
+class Raising(Stub):
+    """A stub whose calls fail the way a worker's handler does."""
+
+    def __init__(self, error: RemoteError) -> None:
+        super().__init__("pool", "p")
+        self.error = error
+
+    async def call(self, command: str, args: Any = None, *, session: str | None = None) -> Any:
+        await trio.lowlevel.checkpoint()
+        raise self.error
+
+
+async def test_delete_program_of_an_unknown_id_is_false() -> None:
+    missing = RemoteError(type="ProgramNotFound", message="no program 'p1'")
+    assert await client.delete_program("p1", service=Raising(missing)) is False
+    other = RemoteError(type="ValueError", message="'id' must be a string")
+    with pytest.raises(RemoteError) as info:
+        await client.delete_program("p1", service=Raising(other))
+    assert info.value is other
 
 
 async def test_create_program_refuses_a_string_as_field_names() -> None:
@@ -362,9 +391,9 @@ async def test_other_helpers_parse_their_answers() -> None:
         assert await client.delete_program("p1") is True
         assert await client.ping() == PingInfo(pid=42, worker_id="w-0")
     assert [call[:2] for call in stub.calls] == [
-        ("execute_program", {"program_id": "p1", "inputs": {"a": 2}}),
-        ("get_program_info", {"program_id": "p1"}),
-        ("delete_program", {"program_id": "p1"}),
+        ("execute_program", {"id": "p1", "inputs": {"a": 2}}),
+        ("get_program_info", {"id": "p1"}),
+        ("delete_program", {"id": "p1"}),
         ("ping", None),
     ]
 

@@ -113,8 +113,13 @@ def test_huge_length_rejected_with_default_limit() -> None:
 def test_oversized_length_found_after_a_good_frame() -> None:
     decoder = FrameDecoder(max_frame_size=100)
     decoder.feed(encode_frame({"a": 1}) + struct.pack(">I", 5000))
+    received: list[dict[str, Any]] = []
     with pytest.raises(ProtocolError, match="exceeds"):
-        decoder.next_message()
+        while (message := decoder.next_message()) is not None:
+            received.append(message)
+    # The decoder currently checks the next header before returning the frame
+    # it just cut, so the good frame may be lost with the stream; never garbled.
+    assert received in ([], [{"a": 1}])
 
 
 def test_zero_length_rejected() -> None:

@@ -64,7 +64,7 @@ def test_prefix_and_catch_all_filtering(attach: Any) -> None:
     attach("all", None, recorder(everything))
     telemetry.emit(telemetry.WORKER_SPAWN)
     telemetry.emit(telemetry.WORKER_RESTART, {"delay": 0.1})
-    telemetry.emit(telemetry.CALL_STOP, {"duration": 0.002}, {"outcome": "ok"})
+    telemetry.emit(telemetry.CALL, {"duration": 0.002}, {"outcome": "ok"})
     telemetry.emit(("engine", "workers", "oops"))  # a prefix is matched element-wise
     assert [e for e, _, _ in workers] == [telemetry.WORKER_SPAWN, telemetry.WORKER_RESTART]
     assert len(everything) == 4
@@ -128,8 +128,8 @@ def test_event_catalogue_lists_the_pool_events() -> None:
     for required in [
         telemetry.POOL_START, telemetry.POOL_STOP, telemetry.WORKER_SPAWN,
         telemetry.WORKER_READY, telemetry.WORKER_EXIT, telemetry.WORKER_RESTART,
-        telemetry.WORKER_TRANSITION, telemetry.LEASE_CHECKOUT, telemetry.LEASE_CHECKIN,
-        telemetry.CALL_STOP, telemetry.HEALTH_OK, telemetry.HEALTH_FAILED,
+        telemetry.WORKER_TRANSITION, telemetry.CHECKOUT, telemetry.CHECKIN,
+        telemetry.CALL, telemetry.HEALTH_OK, telemetry.HEALTH_FAILED,
         telemetry.BREAKER_TRANSITION, telemetry.SESSION_BIND, telemetry.SESSION_LOST,
         telemetry.SESSION_EXPIRE, telemetry.CONTRACT_VIOLATION,
     ]:
@@ -139,8 +139,13 @@ def test_event_catalogue_lists_the_pool_events() -> None:
         assert description
 
 
-def test_emit_without_handlers_is_a_no_op() -> None:
-    telemetry.emit(telemetry.LEASE_CHECKOUT, {"wait": 0.0}, {"outcome": "ok"})
+def test_active_and_emit_without_handlers(attach: Any) -> None:
+    assert not telemetry.active()
+    telemetry.emit(telemetry.CHECKOUT, {"wait": 0.0})  # a no-op
+    attach("t", [telemetry.CALL], recorder([]))
+    assert telemetry.active()
+    telemetry.detach("t")
+    assert not telemetry.active()
 
 
 # --- histogram ----------------------------------------------------------------------------

@@ -35,6 +35,13 @@ def _positive_int(instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
         raise ValueError(f"PoolConfig.{attribute.name} must be an integer >= 1, got {value!r}")
 
 
+def _frame_size(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
+        raise ValueError(
+            f"PoolConfig.max_frame_size must be an integer >= 1024 bytes, got {value!r}"
+        )
+
+
 def _app(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value or value.count(":") > 1 \
             or value.startswith(":") or value.endswith(":"):
@@ -138,7 +145,8 @@ class PoolConfig:
     python: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_argv)
     env: Mapping[str, str] | None = attrs.field(default=None, converter=_to_env,
                                                 validator=_env)
-    max_frame_size: int = attrs.field(default=16 * 1024 * 1024, validator=_positive_int)
+    # The worker needs room for its hello and error replies: at least 1 KiB.
+    max_frame_size: int = attrs.field(default=16 * 1024 * 1024, validator=_frame_size)
     stderr_tail_lines: int = attrs.field(default=20, validator=_positive_int)
     policy: Any = None
     name: str | None = attrs.field(default=None, validator=_name)

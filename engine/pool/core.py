@@ -139,8 +139,11 @@ class PoolCore:
         self, size: int, *, clock: Callable[[], float], affinity: str = "strict",
         max_waiters: int = 1000, lazy: bool = False, max_calls_per_worker: int | None = None,
         max_health_failures: int = 3, vet: VetFunction = _always_ok, strict: bool = False,
-        name: str | None = None,
+        name: str | None = None, telemetry_enabled: Callable[[], bool] = lambda: True,
     ) -> None:
+        # Building event payloads costs more than the bookkeeping itself; skip it
+        # when nobody listens.
+        self.telemetry_enabled = telemetry_enabled
         self.size = size
         self.clock = clock
         self.affinity = affinity
@@ -170,11 +173,13 @@ class PoolCore:
 
     def _emit(self, *event: str, measurements: dict[str, float] | None = None,
               **metadata: Any) -> None:
+        if not self.telemetry_enabled():
+            return
         self._actions.append(Emit(("engine", *event), measurements or {}, metadata))
 
     def _move(self, slot: Slot, new: WorkerState, reason: str) -> None:
         transition = slot.lifecycle.move(new, reason)
-        if transition is not None:
+        if transition is not None and self.telemetry_enabled():
             self._emit_transition(slot, transition)
 
     def _emit_transition(self, slot: Slot, t: Transition) -> None:
@@ -557,15 +562,27 @@ class PoolCore:
     # --- introspection -----------------------------------------------------------
 
     def counts(self) -> CoreCounts:
-        by_state = {state: 0 for state in S}
+        ready = busy = starting = degraded = stopping = stopped = leased = 0
         for slot in self.slots:
-            by_state[slot.state] += 1
+            state = slot.lifecycle.state
+            if state is S.READY:
+                ready += 1
+            elif state is S.BUSY:
+                busy += 1
+            elif state is S.STARTING:
+                starting += 1
+            elif state is S.DEGRADED:
+                degraded += 1
+            elif state is S.STOPPING:
+                stopping += 1
+            else:
+                stopped += 1
+            if slot.lease is not None:
+                leased += 1
         return CoreCounts(
-            size=self.size, ready=by_state[S.READY], busy=by_state[S.BUSY],
-            starting=by_state[S.STARTING], degraded=by_state[S.DEGRADED],
-            stopping=by_state[S.STOPPING], stopped=by_state[S.STOPPED],
-            waiting=len(self.queue), sessions=len(self.bindings), restarts=self.restarts,
-            leased=sum(1 for s in self.slots if s.lease is not None),
+            size=self.size, ready=ready, busy=busy, starting=starting, degraded=degraded,
+            stopping=stopping, stopped=stopped, waiting=len(self.queue),
+            sessions=len(self.bindings), restarts=self.restarts, leased=leased,
         )
 
     def check_invariants(self) -> None:

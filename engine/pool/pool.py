@@ -25,6 +25,7 @@ from engine.contract import (
     CheckinOutcome,
     CheckoutRequest,
     DefaultPolicy,
+    Ok,
     Remove,
     Verdict,
     WorkerInfo,
@@ -48,9 +49,9 @@ from engine.pool.core import (
     Slot,
     StartWorker,
     StopWorker,
-    Wake,
     Waiter,
     WaiterStatus,
+    Wake,
 )
 from engine.pool.lifecycle import Transition, WorkerState
 from engine.pool.supervisor import SlotSupervisor
@@ -59,6 +60,7 @@ from engine.workers.handle import WorkerFactory, WorkerHandle
 
 logger = logging.getLogger("engine.pool")
 _pool_ids = itertools.count(1)
+_OK_VERDICT = Verdict(Ok())
 
 
 @attrs.frozen
@@ -110,7 +112,6 @@ class Lease:
         self.released = False
         self.forced = False
         self.calls = 0
-        self._scope: trio.CancelScope | None = None
         self.error: BaseException | None = None
 
     @property
@@ -147,18 +148,14 @@ class Lease:
         started = trio.current_time()
         outcome = "ok"
         try:
-            with trio.CancelScope() as scope:
-                self._scope = scope
-                try:
-                    return await self._worker.call(command, args, session=self.session,
-                                                   timeout=timeout)
-                finally:
-                    self._scope = None
-            raise PoolClosed(pool=self._pool.name)  # only reached when shutdown cancelled us
+            return await self._worker.call(command, args, session=self.session, timeout=timeout)
         except BaseException as exc:
             outcome = type(exc).__name__
             if isinstance(exc, WorkerCrashed | CallTimeout | ProtocolError):
                 self.error = exc
+                if self.forced:
+                    # Shutdown killed this worker after shutdown_grace.
+                    raise PoolClosed(pool=self._pool.name) from exc
             raise
         finally:
             self.calls += 1
@@ -166,9 +163,10 @@ class Lease:
                                     self._worker.worker_id)
 
     def _force_close(self) -> None:
+        # Killing the worker wakes a call in flight at once (as a crash would);
+        # ``forced`` turns that into PoolClosed for the caller.
         self.forced = True
-        if self._scope is not None:
-            self._scope.cancel()
+        self._worker.kill()
 
 
 class Pool:
@@ -183,12 +181,16 @@ class Pool:
         self._nursery = nursery
         self.factory: WorkerFactory = config.worker_factory or _default_factory
         self.policy = config.policy if config.policy is not None else DefaultPolicy()
+        # The default policy's checkin rule (dirty -> Remove) is applied by the core
+        # itself, so it needs no call at all on the hot path.
+        self._default_policy = type(self.policy) is DefaultPolicy
         self.rng = random.Random(config.seed)
         self.core = PoolCore(
             config.size, clock=trio.current_time, affinity=config.affinity,
             max_waiters=config.max_waiters, lazy=config.lazy,
             max_calls_per_worker=config.max_calls_per_worker,
             max_health_failures=config.max_health_failures, vet=self._vet, name=self.label,
+            telemetry_enabled=telemetry.active,
         )
         self.workers: list[WorkerHandle | None] = [None] * config.size
         self.slots = [SlotSupervisor(self, i, random.Random(self.rng.random()))
@@ -209,7 +211,7 @@ class Pool:
         self.crashes = 0
         self.start_failures = 0
         self.last_start_error: WorkerStartError | None = None
-        self.metrics_store = telemetry.Metrics()
+        self.metrics_store = telemetry.Metrics(histograms=("checkout_wait", "call"))
 
     # --- public API ------------------------------------------------------------
 
@@ -335,11 +337,25 @@ class Pool:
     # --- internals: checkout -----------------------------------------------------
 
     async def _acquire(self, session: str | None, timeout: float | None) -> Lease:
-        await trio.lowlevel.checkpoint_if_cancelled()
         decision = self.breaker.allow()
         if not decision.allowed and not self.closing:
             raise PoolUnavailable(reason=decision.reason, retry_in=decision.retry_in,
                                   pool=self.label)
+        if not decision.probe:
+            return await self._acquire_lease(session, timeout)
+        # Half-open: this checkout is the probe that decides whether to close.
+        try:
+            lease = await self._acquire_lease(session, timeout)
+        except trio.Cancelled:
+            self.breaker.probe_abandoned(decision.generation)
+            raise
+        except BaseException:
+            self.breaker.probe_finished(False, decision.generation)
+            raise
+        self.breaker.probe_finished(True, decision.generation)
+        return lease
+
+    async def _acquire_lease(self, session: str | None, timeout: float | None) -> Lease:
         started = trio.current_time()
         waiter = self.core.request(
             session, self.config.checkout_timeout if timeout is None else timeout)
@@ -368,8 +384,10 @@ class Pool:
         self.leased.value = len(self._leases)
         wait = trio.current_time() - started
         self.metrics_store.observe("checkout_wait", wait)
-        telemetry.emit(("engine", "checkout"), {"wait": wait},
-                       {"pool": self.label, "worker_id": worker.worker_id, "session": session})
+        if telemetry.active():
+            telemetry.emit(("engine", "checkout"), {"wait": wait},
+                           {"pool": self.label, "worker_id": worker.worker_id,
+                            "session": session})
         return lease
 
     async def _wait(self, waiter: Waiter) -> None:
@@ -404,15 +422,19 @@ class Pool:
         self.leased.value = len(self._leases)
         worker = lease._worker
         clean = lease.error is None and not worker.dirty and worker.is_alive()
-        info = self._info(self.core.slots[lease.slot], worker)
-        verdict = vet_checkin(self.policy, info, CheckinOutcome(clean, error, lease.calls))
-        if verdict.violation is not None:
-            self._report_violation(verdict)
-        remove = verdict.decision.reason if isinstance(verdict.decision, Remove) else None
+        remove: str | None = None
+        if not self._default_policy:
+            info = self._info(self.core.slots[lease.slot], worker)
+            verdict = vet_checkin(self.policy, info, CheckinOutcome(clean, error, lease.calls))
+            if verdict.violation is not None:
+                self._report_violation(verdict)
+            if isinstance(verdict.decision, Remove):
+                remove = verdict.decision.reason
         self.core.checkin(lease._waiter.id, clean=clean, remove=remove, calls=lease.calls)
         self.flush()
-        telemetry.emit(("engine", "checkin"), {}, {"pool": self.label, "worker_id":
-                                                   worker.worker_id, "clean": clean})
+        if telemetry.active():
+            telemetry.emit(("engine", "checkin"), {}, {"pool": self.label, "worker_id":
+                                                       worker.worker_id, "clean": clean})
 
     def _vet(self, slot: Slot, waiter: Waiter) -> Verdict:
         """Safe hand-off: is this worker fit to be handed over right now?"""
@@ -428,6 +450,8 @@ class Pool:
             return Verdict(Remove("pipe_closed"))
         if slot.state is not WorkerState.READY:
             return Verdict(Remove("not_ready"))
+        if self._default_policy:
+            return _OK_VERDICT  # nothing to ask: skip building the policy's view
         request = CheckoutRequest(waiter.session, trio.current_time() - waiter.enqueued_at)
         verdict = vet_checkout(self.policy, self._info(slot, worker), request)
         if verdict.violation is not None:
@@ -462,17 +486,27 @@ class Pool:
             elif isinstance(action, Emit):
                 telemetry.emit(action.event, action.measurements,
                                {"pool": self.label, **action.metadata})
-        counts = self.core.counts()
-        self.live.value = counts.ready + counts.busy + counts.degraded
-        self.stopped.value = counts.stopped
+        live = stopped = 0
+        for slot in self.core.slots:
+            state = slot.lifecycle.state
+            if state is WorkerState.STOPPED:
+                stopped += 1
+            elif state is not WorkerState.STARTING and state is not WorkerState.STOPPING:
+                live += 1
+        # AsyncValue wakes its waiters on every assignment; assign only changes.
+        if self.live.value != live:
+            self.live.value = live
+        if self.stopped.value != stopped:
+            self.stopped.value = stopped
 
     def observe_call(self, command: str, duration: float, outcome: str,
                      worker_id: str) -> None:
         self.metrics_store.observe("call", duration)
         self.metrics_store.increment(f"calls_{outcome}")
-        telemetry.emit(("engine", "call"), {"duration": duration},
-                       {"pool": self.label, "command": command, "outcome": outcome,
-                        "worker_id": worker_id})
+        if telemetry.active():
+            telemetry.emit(("engine", "call"), {"duration": duration},
+                           {"pool": self.label, "command": command, "outcome": outcome,
+                            "worker_id": worker_id})
 
     # --- internals: supervision hooks ---------------------------------------------
 

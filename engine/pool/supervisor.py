@@ -35,9 +35,9 @@ class SlotSupervisor:
         self.index = index
         self.rng = rng
         config = pool.config
-        low, high, _jitter = config.restart_backoff
+        low, high, jitter = config.restart_backoff
         self.backoff = Backoff(initial=low, maximum=high, multiplier=2.0,
-                               reset_after=config.healthy_period)
+                               reset_after=config.healthy_period, jitter=jitter)
         self.intensity = RestartIntensity(max_restarts=config.max_restarts,
                                           period=config.restart_period, clock=trio.current_time)
         self.start_wanted = trio.Event()

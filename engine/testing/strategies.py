@@ -15,6 +15,7 @@ Users can point these at their own normalisers or fake workers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -78,6 +79,7 @@ def json_scalars() -> st.SearchStrategy[Any]:
     )
 
 
+@functools.cache  # strategies are immutable; _mutate asks for one per node
 def json_values(*, max_leaves: int = 30) -> st.SearchStrategy[Any]:
     """Any JSON value: scalars, lists and string-keyed maps, nested."""
     keys = st.sampled_from(ANSWER_KEYS) | st.text(max_size=8)

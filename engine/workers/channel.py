@@ -63,6 +63,10 @@ class FramedChannel:
 
     async def call(self, command: str, args: Any = None, *, session: str | None = None,
                    timeout: float | None = None) -> Any:
+        # A caller already cancelled must leave without writing: the channel stays
+        # clean. (send_all's own first checkpoint comes after `dirty` is set, so
+        # without this a cancelled caller would spoil a worker it never used.)
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._busy:
             raise trio.BusyResourceError(
                 f"worker {self._worker_id} already has a call in flight; a lease serves "

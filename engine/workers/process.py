@@ -255,6 +255,12 @@ class ProcessWorker:
                 raise self._start_error(f"process {self._describe_exit()} before its hello") \
                     from None
             except Exception as exc:
+                # Usually an error hello: the runtime reported a start failure and
+                # is exiting; wait (bounded) for its status and last stderr lines.
+                with trio.move_on_after(_EXIT_REPORT_WAIT):
+                    await self._exited.wait()
+                with trio.move_on_after(_STDERR_SETTLE):
+                    await self._stderr_done.wait()
                 raise self._start_error(f"bad hello: {exc}") from exc
         raise self._start_error(f"no hello within start_timeout={start_timeout:g}s")
 
@@ -289,8 +295,19 @@ async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWor
                 await worker._read_hello(request.start_timeout)
                 yield worker
             finally:
+                # No hello (a failed start) or a dirty channel: there is nobody to
+                # ask politely, so skip the shutdown command and its grace.
+                graceful = worker._hello is not None and not worker.dirty
                 with trio.CancelScope(shield=True):
-                    await worker.stop(0.0 if worker.dirty else 2.0)
+                    await worker.stop(2.0 if graceful else 0.0)
+    except BaseExceptionGroup as group:
+        # The background tasks never raise, so a group of one holds the body's own
+        # exception (a start failure, or whatever the caller raised in the block):
+        # raise it as is, so that `except WorkerStartError` works.
+        if len(group.exceptions) == 1:
+            error = group.exceptions[0]
+            raise error from error.__cause__
+        raise
     finally:
         # Belt and braces: whatever happened above, the process is reaped.
         if process.returncode is None:

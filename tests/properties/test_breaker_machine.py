@@ -108,11 +108,16 @@ class Model:
             return True, True, None
         return False, False, None
 
-    def probe_finished(self, now: float, success: bool, generation: int | None) -> None:
+    def probe_abandoned(self, now: float, generation: int | None) -> None:
+        self.probe_finished(now, None, generation)
+
+    def probe_finished(self, now: float, success: bool | None, generation: int | None) -> None:
         self.tick(now)
         if self.state != "half_open" or generation not in (None, self.generation):
             return
         self.in_flight = max(0, self.in_flight - 1)
+        if success is None:
+            return  # abandoned: the slot is free again, the state unchanged
         if success:
             self.close()
         else:
@@ -187,6 +192,14 @@ class BreakerMachine(RuleBasedStateMachine):
         self.breaker.probe_finished(success, given)
         self.model.probe_finished(self.clock.now, success, given)
 
+    @precondition(lambda self: self.probes)
+    @rule(pick=st.integers(0, 10), pass_generation=st.booleans())
+    def abandon_probe(self, pick: int, pass_generation: bool) -> None:
+        generation = self.probes.pop(pick % len(self.probes))
+        given = generation if pass_generation else None
+        self.breaker.probe_abandoned(given)
+        self.model.probe_abandoned(self.clock.now, given)
+
     @rule(success=st.booleans(), generation=st.integers(0, 5))
     def stray_probe_report(self, success: bool, generation: int) -> None:
         """A report for a probe this breaker never granted (or a stale one)."""
@@ -222,6 +235,11 @@ TestBreakerMachine = BreakerMachine.TestCase
 # --- examples ---------------------------------------------------------------------------
 
 
+def state_of(breaker: CircuitBreaker) -> BreakerState:
+    # A function call, so that mypy does not narrow a property across calls.
+    return breaker.state
+
+
 def test_opens_at_threshold_within_window_and_recovers_through_a_probe() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=3, window=10.0, reset_timeout=5.0, clock=clock)
@@ -229,7 +247,7 @@ def test_opens_at_threshold_within_window_and_recovers_through_a_probe() -> None
         breaker.record_failure("crash", "exit 1")
     assert breaker.allow() == Decision(True, False, None, "closed", 0)
     breaker.record_failure("start_failure", "no hello")
-    assert breaker.state is BreakerState.OPEN
+    assert state_of(breaker) is BreakerState.OPEN
     denied = breaker.allow()
     assert not denied.allowed and denied.retry_in == 5.0
     assert "3 worker failures within 10s" in denied.reason and "no hello" in denied.reason
@@ -238,7 +256,7 @@ def test_opens_at_threshold_within_window_and_recovers_through_a_probe() -> None
     assert probe.allowed and probe.probe
     assert not breaker.allow().allowed  # only one probe at a time by default
     breaker.probe_finished(True, probe.generation)
-    assert breaker.state is BreakerState.CLOSED
+    assert state_of(breaker) is BreakerState.CLOSED
 
 
 def test_failures_outside_the_window_do_not_open() -> None:
@@ -247,15 +265,15 @@ def test_failures_outside_the_window_do_not_open() -> None:
     breaker.record_failure("crash", "a")
     clock.now = 1.0
     breaker.record_failure("crash", "b")
-    assert breaker.state is BreakerState.CLOSED
+    assert state_of(breaker) is BreakerState.CLOSED
     breaker.record_failure("health_failure", "c")
-    assert breaker.state is BreakerState.OPEN
+    assert state_of(breaker) is BreakerState.OPEN
 
 
 def test_uncounted_kinds_are_ignored() -> None:
     breaker = CircuitBreaker(failure_threshold=1, clock=FakeClock())
     breaker.record_failure("remote_error", "handler raised")
-    assert breaker.state is BreakerState.CLOSED
+    assert state_of(breaker) is BreakerState.CLOSED
     assert breaker.statistics().ignored_failures == 1
 
 
@@ -270,9 +288,9 @@ def test_stale_probe_report_is_ignored() -> None:
     new_probe = breaker.allow()
     assert new_probe.probe and new_probe.generation != old_probe.generation
     breaker.probe_finished(False, old_probe.generation)
-    assert breaker.state is BreakerState.HALF_OPEN
+    assert state_of(breaker) is BreakerState.HALF_OPEN
     breaker.probe_finished(True, new_probe.generation)
-    assert breaker.state is BreakerState.CLOSED
+    assert state_of(breaker) is BreakerState.CLOSED
 
 
 def test_raising_transition_callback_is_logged_and_harmless(
@@ -286,7 +304,7 @@ def test_raising_transition_callback_is_logged_and_harmless(
                              on_transition=[broken, lambda o, n, r: seen.append(n)])
     with caplog.at_level(logging.ERROR, logger="engine.resilience"):
         breaker.record_failure("crash", "x")
-    assert breaker.state is BreakerState.OPEN
+    assert state_of(breaker) is BreakerState.OPEN
     assert seen == [BreakerState.OPEN]
     assert "on_transition" in caplog.text
 
