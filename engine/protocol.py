@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import struct
 
-TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
-
 from engine.errors import ProtocolError
 
+TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any

@@ -53,7 +53,7 @@ __all__ = ["DEFAULT_MIX", "KINDS", "LiveStatus", "StressConfig", "parse_mix", "r
 DEFAULT_MIX: Mapping[str, float] = {"anon": 60, "session": 30, "slow": 10, "fail": 0,
                                     "crash": 0, "hang": 0, "garbage": 0}
 #: What ``--chaos`` adds for kinds the mix does not mention.
-CHAOS_MIX: Mapping[str, float] = {"crash": 1, "hang": 0.5, "garbage": 0.5}
+CHAOS_MIX: Mapping[str, float] = {"crash": 0.1, "hang": 0.05, "garbage": 0.05}
 CHAOS_KILL_EVERY = 0.5
 
 _run_ids = itertools.count(1)
@@ -116,6 +116,8 @@ class StressConfig:
     sessions_per_client: int = 2
     start_timeout: float = attrs.field(default=10.0, validator=_positive)
     restart_backoff: tuple[float, float] | None = None
+    #: Any other PoolConfig fields, applied last (e.g. {"healthy_period": 1.0}).
+    pool_options: Mapping[str, Any] = attrs.field(factory=dict)
     seed: int | None = None
     recovery_timeout: float = attrs.field(default=30.0, validator=_positive)
 
@@ -144,11 +146,14 @@ class StressConfig:
         if self.restart_backoff is not None:
             low, high = self.restart_backoff
             overrides["restart_backoff"] = (low, high, 1.0)
+        overrides.update(self.pool_options)
         return overrides
 
     def as_dict(self) -> dict[str, Any]:
         out = attrs.asdict(self)
         out["mix"] = dict(self.mix)
+        out["pool_options"] = {k: v if isinstance(v, int | float | str | bool) or v is None
+                               else repr(v) for k, v in self.pool_options.items()}
         return out
 
 

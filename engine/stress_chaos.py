@@ -253,6 +253,6 @@ async def wait_gone(pids: set[int], timeout: float) -> set[int]:
     kernel has finished tearing a process down.
     """
     with trio.move_on_after(timeout):
-        while any(pid_alive(p) for p in pids):
+        while any(pid_alive(p) for p in pids):  # noqa: ASYNC110 - an OS condition
             await trio.sleep(0.02)
     return {p for p in pids if pid_alive(p)}

@@ -222,11 +222,16 @@ def _sessions(f: RunFacts) -> dict[str, Any]:
 
 def _timeline(f: RunFacts) -> dict[str, Any]:
     bins = []
+    end = f.clients_done_at - f.t0
     for i, b in enumerate(f.recorder.bins):
-        ordered = sorted(b.samples)
-        bins.append({"t": i * f.bin_width, "ok": b.ok, "failed": b.failed,
-                     "p50": _quantile(ordered, 50), "p90": _quantile(ordered, 90),
-                     "p99": _quantile(ordered, 99), "max": b.max})
+        call, wait = sorted(b.call.samples), sorted(b.wait.samples)
+        # The last bin is cut short by the end of the run: rates use its real width.
+        width = max(1e-3, min(f.bin_width, end - i * f.bin_width))
+        bins.append({"t": i * f.bin_width, "width": width, "ok": b.ok, "failed": b.failed,
+                     "calls": b.call.seen, "p50": _quantile(call, 50),
+                     "p90": _quantile(call, 90), "p99": _quantile(call, 99), "max": b.call.max,
+                     "wait_p50": _quantile(wait, 50), "wait_p99": _quantile(wait, 99),
+                     "wait_max": b.wait.max})
     t0 = f.t0
     shutdown = f.watch.shutdown_started
     return {
@@ -269,8 +274,8 @@ def _invariants(r: dict[str, Any], f: RunFacts) -> list[dict[str, Any]]:
                  and not deaths["unexplained"] and not deaths["misreported"]
                  and deaths["pool_crash_counter"] == deaths["expected_crash_counter"])
     check("detected deaths == injected deaths", deaths_ok,
-          f"injected {deaths['injected_total']} {_kinds(deaths['injected'])}, detected "
-          f"{deaths['detected_total']} {_kinds(deaths['detected'])}; pool crash counter "
+          f"injected {deaths['injected_total']}{_kinds(deaths['injected'])}, detected "
+          f"{deaths['detected_total']}{_kinds(deaths['detected'])}; pool crash counter "
           f"{deaths['pool_crash_counter']} (expected {deaths['expected_crash_counter']}); "
           f"{len(deaths['unexplained'])} unexplained, {len(deaths['undetected'])} undetected, "
           f"{len(deaths['misreported'])} misreported")
@@ -295,7 +300,7 @@ def _invariants(r: dict[str, Any], f: RunFacts) -> list[dict[str, Any]]:
 
 def _kinds(counts: Mapping[str, int]) -> str:
     parts = [f"{k} {n}" for k, n in counts.items() if n]
-    return f"({', '.join(parts)})" if parts else ""
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 # --- text rendering ---------------------------------------------------------------------
@@ -347,7 +352,7 @@ def render_text(report: Mapping[str, Any], console: Console) -> None:
     for col in ("", "count", "p50", "p90", "p99", "max"):
         t.add_column(col, justify="left" if not col else "right")
     rows = [("checkout wait", lat["checkout_wait"]),
-            (f"call ({'+'.join(lat['call_kinds'])})", lat["call"])]
+            (f"call ({', '.join(lat['call_kinds'])})", lat["call"])]
     rows += [(f"  call: {k}", s) for k, s in lat["call_by_kind"].items()]
     for name, s in rows:
         t.add_row(name, str(s["count"]), _ms(s["p50"]), _ms(s["p90"]), _ms(s["p99"]),
@@ -379,7 +384,7 @@ def render_text(report: Mapping[str, Any], console: Console) -> None:
         f"sessions: {s['sessions']} sessions, {s['epochs']} epochs; SessionLost observed "
         f"{s['lost_observed']} ({s['lost_during_run']} during the run, "
         f"{s['lost_at_verification']} at verification); epochs whose worker died "
-        f"{s['worker_died']} {_kinds(s['worker_died_by_cause'])}")
+        f"{s['worker_died']}{_kinds(s['worker_died_by_cause'])}")
     for line in (s["mismatches"] + s["duplicate_losses"])[:10]:
         console.print(f"  [red]![/] {line}")
     p = report["processes"]

@@ -36,9 +36,11 @@ logger = logging.getLogger("engine.stress")
 
 KINDS = ("anon", "session", "slow", "fail", "crash", "hang", "garbage")
 FAULT_KINDS = frozenset({"crash", "hang", "garbage"})
-#: Kinds whose latency is the workload's, not the fault's: these feed the
-#: headline latency figures and the charts.
-MEASURED_KINDS = frozenset({"anon", "session", "slow", "fail"})
+#: The quick calls: their latency is the pool's overhead plus a little work, so
+#: they feed the headline latency and the charts. Slow calls (a sleep) and
+#: fault calls are reported per kind only: their latency is the sleep's or the
+#: fault's.
+MEASURED_KINDS = frozenset({"anon", "session", "fail"})
 _BIN_SAMPLES = 256  # latencies kept per time bin (reservoir), for the charts
 
 
@@ -54,13 +56,36 @@ class WorkloadSettings:
     payload_bytes: int
 
 
+class Reservoir:
+    """A uniform sample of at most ``size`` values, plus the exact count and max."""
+
+    __slots__ = ("max", "samples", "seen", "size")
+
+    def __init__(self, size: int = _BIN_SAMPLES) -> None:
+        self.size = size
+        self.seen = 0
+        self.max = 0.0
+        self.samples: list[float] = []
+
+    def add(self, value: float, rng: random.Random) -> None:
+        self.seen += 1
+        self.max = max(self.max, value)
+        if len(self.samples) < self.size:
+            self.samples.append(value)
+        else:
+            j = rng.randrange(self.seen)
+            if j < self.size:
+                self.samples[j] = value
+
+
 @attrs.define
 class TimeBin:
+    """Calls that ended within one time bin of the run."""
+
     ok: int = 0
     failed: int = 0
-    max: float = 0.0
-    seen: int = 0
-    samples: list[float] = attrs.Factory(list)
+    call: Reservoir = attrs.Factory(Reservoir)
+    wait: Reservoir = attrs.Factory(Reservoir)
 
 
 class Recorder:
@@ -100,26 +125,21 @@ class Recorder:
             self.call_by_kind[kind].record(latency)
             if kind in MEASURED_KINDS:
                 self.call.record(latency)
-        self._bin(now, outcome == "ok", latency if kind in MEASURED_KINDS else None)
-
-    def _bin(self, now: float, ok: bool, latency: float | None) -> None:
-        index = max(0, int((now - self.t0) / self.bin_width))
-        while len(self.bins) <= index:
-            self.bins.append(TimeBin())
-        b = self.bins[index]
-        if ok:
+        b = self._bin(now)
+        if outcome == "ok":
             b.ok += 1
         else:
             b.failed += 1
-        if latency is not None:
-            b.seen += 1
-            b.max = max(b.max, latency)
-            if len(b.samples) < _BIN_SAMPLES:
-                b.samples.append(latency)
-            else:  # reservoir sampling keeps the kept samples uniform
-                j = self.rng.randrange(b.seen)
-                if j < _BIN_SAMPLES:
-                    b.samples[j] = latency
+        if latency is not None and kind in MEASURED_KINDS:
+            b.call.add(latency, self.rng)
+        if wait is not None:
+            b.wait.add(wait, self.rng)
+
+    def _bin(self, now: float) -> TimeBin:
+        index = max(0, int((now - self.t0) / self.bin_width))
+        while len(self.bins) <= index:
+            self.bins.append(TimeBin())
+        return self.bins[index]
 
     @property
     def succeeded(self) -> int:
@@ -137,8 +157,10 @@ class Recorder:
         return dict(out.most_common())
 
     def note_untyped(self, exc: BaseException) -> None:
-        if len(self.untyped) < 10:
-            self.untyped.append("".join(traceback.format_exception(exc)))
+        """Keep the first few distinct tracebacks (the same bug repeats)."""
+        text = "".join(traceback.format_exception(exc))
+        if len(self.untyped) < 10 and text not in self.untyped:
+            self.untyped.append(text)
 
 
 @attrs.define
@@ -279,8 +301,8 @@ class Workload:
             outcome = type(exc).__name__
         except Exception as exc:
             outcome = f"untyped:{type(exc).__name__}"
-            rec.note_untyped(exc)
-            logger.exception("stress call %s ended with an untyped error", kind)
+            rec.note_untyped(exc)  # the report prints the first tracebacks
+            logger.debug("stress call %s ended with an untyped error", kind, exc_info=True)
         rec.end(kind, outcome, trio.current_time(), wait, latency)
         return outcome
 

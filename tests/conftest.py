@@ -18,7 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from engine.testing.profiles import load_profile
 from tests.leaks import child_pids, open_fds
+
+load_profile()  # Hypothesis profiles dev / ci / campaign ($HYPOTHESIS_PROFILE, CI)
 
 LAYERS = {"mock_adapter": 1, "bridge_mock": 2, "full_integration": 3}
 _MODE_FOR_LAYER = {1: "mock_adapter", 2: "bridge_mock", 3: "full_integration"}

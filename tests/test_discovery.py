@@ -65,10 +65,9 @@ class PoolLike:
     def closed(self) -> bool:
         return self._closed
 
-    # The real signature has a timeout option, hence the noqa.
     async def call(
         self, command: str, args: Any = None, *, session: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         retry: object = None,
     ) -> Any:
         await trio.lowlevel.checkpoint()

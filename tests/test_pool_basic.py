@@ -282,3 +282,25 @@ async def test_close_while_a_waiter_is_queued_gives_pool_closed() -> None:
                     assert pool.statistics().waiting == 1
                     await pool.aclose()
                 assert len(errors) == 1
+
+
+async def test_close_while_workers_are_starting() -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(app="tests.apps.slow_start", size=2,
+                                    start_timeout=30) as pool:
+            await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+            assert pool.statistics().starting == 2
+    # The abandoned starts were killed and reaped (the leak fixture checks too).
+    stats = pool.statistics()
+    assert stats.stopped == 2 and stats.start_failures == 0
+
+
+async def test_cancelling_the_scope_around_the_pool_reaps_every_worker() -> None:
+    with trio.CancelScope() as scope:
+        async with engine.open_pool(size=2) as pool:
+            await pool.wait_ready(2, timeout=READY)
+            pids = pool.worker_pids()
+            scope.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert len(pids) == 2 and not any(pid_alive(p) for p in pids)

@@ -43,7 +43,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0,
                      what: str = "condition") -> None:
     """Poll an external (OS or stream) condition with a deadline."""
     with trio.move_on_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - no event exists for an OS condition
             await trio.sleep(0.01)
         return
     raise AssertionError(f"{what} not reached within {timeout}s")
@@ -260,3 +260,47 @@ def test_python_path_is_this_interpreter() -> None:
 
     argv = build_argv(request(launcher=("x", "y")))
     assert argv[:3] == ["x", "y", sys.executable]
+
+
+async def test_cancelling_the_scope_around_a_running_worker_reaps_it() -> None:
+    # The exit watcher is cancelled along with the block: the shielded stop
+    # must still reap the process itself (it used to wait for the watcher forever).
+    with trio.CancelScope() as scope:
+        async with open_process_worker(request()) as worker:
+            scope.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert worker.exit_info is not None
+    assert not pid_alive(worker.os_pid)
+
+
+async def test_cancelling_a_start_reaps_the_process() -> None:
+    with trio.move_on_after(0.5) as scope:
+        async with open_process_worker(request(app="tests.apps.slow_start")):
+            pytest.fail("must not start")
+    assert scope.cancelled_caught
+    # The autouse fixture checks that no child process is left behind.
+
+
+async def test_write_to_a_dead_peer_is_peer_gone_not_broken_resource() -> None:
+    # The worker died before reading the request: the write fails with EPIPE.
+    # The channel must report PeerGone (the owner's WorkerCrashed), never leak
+    # trio.BrokenResourceError to the caller.
+    from engine.workers.channel import FramedChannel, PeerGone
+
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    os.close(request_r)  # nobody will ever read the request
+    send = trio.lowlevel.FdStream(request_w)
+    receive = trio.lowlevel.FdStream(reply_r)
+    try:
+        channel = FramedChannel(send, receive, worker_id="dead-0.1", max_frame_size=1 << 20)
+        with pytest.raises(PeerGone):
+            await channel.call("echo", 1)
+        assert channel.broken
+        with pytest.raises(PeerGone):
+            await channel.call("echo", 2)
+    finally:
+        await send.aclose()
+        await receive.aclose()
+        os.close(reply_w)

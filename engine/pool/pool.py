@@ -211,6 +211,7 @@ class Pool:
         self.crashes = 0
         self.start_failures = 0
         self.last_start_error: WorkerStartError | None = None
+        self.failing_slots: set[int] = set()  # slots whose last start failed
         self.metrics_store = telemetry.Metrics(histograms=("checkout_wait", "call"))
 
     # --- public API ------------------------------------------------------------
@@ -284,7 +285,7 @@ class Pool:
             degraded=c.degraded, stopping=c.stopping, stopped=c.stopped, waiting=c.waiting,
             sessions=c.sessions, restarts=c.restarts, crashes=self.crashes,
             start_failures=self.start_failures, leases=len(self._leases),
-            breaker=self.breaker.state, closed=self.closing,
+            breaker=self.breaker.state.value, closed=self.closing,
         )
 
     def workers_snapshot(self) -> tuple[WorkerSnapshot, ...]:
@@ -455,7 +456,9 @@ class Pool:
         request = CheckoutRequest(waiter.session, trio.current_time() - waiter.enqueued_at)
         verdict = vet_checkout(self.policy, self._info(slot, worker), request)
         if verdict.violation is not None:
-            self._report_violation(verdict)
+            # Count it only: the core emits the telemetry event for every
+            # checkout verdict it is handed (emitting here too sent it twice).
+            self.metrics_store.increment("contract_violations")
         return verdict
 
     def _info(self, slot: Slot, worker: WorkerHandle) -> WorkerInfo:
@@ -519,15 +522,36 @@ class Pool:
         self.start_failures += 1
         self.last_start_error = exc
         self.metrics_store.increment("worker_start_failures")
-        self.breaker.record_failure("start_failure", exc.reason)
-        logger.warning("%s", exc)
+        # The breaker is pool-wide: it opens when *most* slots fail to start. One
+        # slot that keeps failing is paced by its own backoff and must not shut
+        # out the callers that the healthy slots are serving.
+        self.failing_slots.add(index)
+        if 2 * len(self.failing_slots) > self.config.size:
+            self.breaker.record_failure("start_failure", exc.reason)
+        # A crash-looping slot would flood the log: report the 1st, 2nd, 4th,
+        # 8th... consecutive failure of a slot.
+        failures = self.slots[index].start_failures
+        if failures & (failures - 1) == 0:
+            logger.warning("%s (%d consecutive start failures on slot %d)", exc, failures, index)
 
     def breaker_success(self) -> None:
+        # Called by a slot task once its worker is ready (in self.workers).
+        self.failing_slots = {i for i in self.failing_slots if self.workers[i] is None}
         self.breaker.record_success()
 
-    def _breaker_moved(self, old: str, new: str, reason: str) -> None:
+    def _breaker_moved(self, old: Any, new: Any, reason: str) -> None:
+        old, new = getattr(old, "value", old), getattr(new, "value", new)
+        logger.warning("circuit breaker %s -> %s: %s", old, new, reason)
         telemetry.emit(("engine", "breaker", "transition"), {},
                        {"pool": self.label, "old": old, "new": new, "reason": reason})
+        if new == "open" and not self.closing:
+            self._nursery.start_soon(self._breaker_timer)
+
+    async def _breaker_timer(self) -> None:
+        # The breaker moves to half-open lazily, when someone looks; look on time
+        # so the transition (and its event) happens even with no checkouts.
+        await trio.sleep(self.config.breaker_reset)
+        _ = self.breaker.state
 
     # --- internals: background ---------------------------------------------------
 

@@ -106,12 +106,14 @@ class SlotSupervisor:
                     reason, crashed = await self._serve(worker)
         except WorkerStartError as exc:
             reason, crashed = f"start failed: {exc.reason}", True
+            self.start_failures += 1
             pool.record_start_failure(self.index, exc)
         except Exception as exc:
             # A worker factory bug must not take the whole pool down: count it as
             # a failed start and let backoff pace the retries.
             logger.exception("worker factory for slot %d failed", self.index)
             reason, crashed = f"start failed: {type(exc).__name__}: {exc}", True
+            self.start_failures += 1
             pool.record_start_failure(self.index, WorkerStartError(
                 f"{type(exc).__name__}: {exc}", worker_id=request.worker_id))
         finally:
@@ -129,6 +131,7 @@ class SlotSupervisor:
         pool.workers[self.index] = worker
         pool.core.worker_ready(self.index, worker.worker_id, worker.pid)
         pool.flush()
+        self.start_failures = 0
         pool.breaker_success()
         telemetry.emit(("engine", "worker", "ready"), {},
                        {"slot": self.index, "worker_id": worker.worker_id, "pid": worker.pid})

@@ -88,7 +88,13 @@ class FramedChannel:
                 # From the first byte written until the reply is parsed, an
                 # interruption leaves a stray request or reply on the pipe.
                 self.dirty = True
-                await self._send.send_all(frame)
+                try:
+                    await self._send.send_all(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    # The worker died before reading the request (EPIPE): the
+                    # owner reports it as a crash, like an EOF on the read side.
+                    self.broken = True
+                    raise PeerGone(f"stream broken: {exc!r}") from None
                 message = await self._read_message()
                 self.dirty = False
                 return self._result(request_id, command, session, message)

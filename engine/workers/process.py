@@ -177,16 +177,20 @@ class ProcessWorker:
         elif self._exit is None:
             self._stop_reason = "killed"
         await self._close_stdin()
+        # Wait on the process itself, not on the exit watcher: when the scope
+        # around the worker is cancelled (a start abandoned, a parent scope
+        # timing out) the watcher task is cancelled too, and waiting for it to
+        # report would hang this shielded stop forever.
         if self._exit is None and grace > 0 and self._stop_reason == "stopped":
             with trio.move_on_after(grace):
-                await self._exited.wait()
+                await self._reap()
         if self._exit is None and self._stop_reason == "stopped":
             self._signal_group(signal.SIGTERM)
             with trio.move_on_after(_TERM_WAIT):
-                await self._exited.wait()
+                await self._reap()
         if self._exit is None:
             self._signal_group(signal.SIGKILL)
-        await self._exited.wait()
+        await self._reap()
         assert self._exit is not None
         return self._exit
 
@@ -200,7 +204,14 @@ class ProcessWorker:
     # --- background tasks -----------------------------------------------------
 
     async def _watch_exit(self) -> None:
+        await self._reap()
+
+    async def _reap(self) -> None:
+        """Wait for the process (trio.Process.wait may be awaited by several tasks)
+        and record its exit, once."""
         returncode = await self._process.wait()
+        if self._exit is not None:
+            return
         self._exit = ExitInfo.from_returncode(returncode, self._stop_reason)
         # Grandchildren die with the worker, and a grandchild holding our pipe
         # open must not keep a caller waiting for an EOF that never comes.

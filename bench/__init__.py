@@ -1,0 +1,1 @@
+"""Benchmarks against peers (design section 13): ``python -m bench``."""

@@ -1,0 +1,666 @@
+"""Scripted fake workers that speak the real wire protocol over in-memory streams.
+
+A :class:`FakeWorker` is a :class:`~engine.workers.handle.WorkerHandle` whose
+"process" is a Trio task (the *peer*) on the far side of two memory streams.
+The parent side is the real :class:`~engine.workers.channel.FramedChannel`, and
+the peer decodes requests with the real :class:`~engine.protocol.FrameDecoder`
+and answers with :func:`~engine.protocol.encode_frame`, so the pool under test
+sees exactly the bytes a subprocess would send, only faster and scriptable:
+start delays, crashes before or after the hello, bad hellos, hangs, garbage,
+truncated, fragmented or mis-numbered replies, per-command handlers. Sleeping
+handlers use ``trio.sleep``, so a ``MockClock`` drives them.
+
+Process semantics are kept where the pool depends on them: :meth:`FakeWorker.kill`
+makes ``is_alive()`` false at once and wakes a call in flight with
+``WorkerCrashed``; the peer handles one request at a time, exits on stdin EOF or
+``shutdown``; a crash closes its end of both pipes.
+
+Use :class:`FakeWorkerFactory` as ``open_pool(worker_factory=factory, ...)``::
+
+    factory = FakeWorkerFactory(Script(start_delay=0.5))
+    factory.plan.append(Script(crash_before_hello=3))   # the next spawn fails
+    async with open_pool(worker_factory=factory, size=2) as pool:
+        ...
+    assert all(not w.is_alive() for w in factory.workers)
+
+Kill and inspect fakes from inside the Trio run (``kill()`` wakes tasks).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import signal
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Literal
+
+import attrs
+import trio
+import trio.testing
+
+from engine.errors import ProtocolError, WorkerCrashed, WorkerStartError
+from engine.protocol import (
+    HEADER_SIZE,
+    FrameDecoder,
+    Hello,
+    Request,
+    encode_frame,
+    error_response,
+    hello_message,
+    ok_response,
+    parse_request,
+)
+from engine.workers.channel import FramedChannel, PeerGone
+from engine.workers.handle import ExitInfo, SpawnRequest
+
+__all__ = [
+    "DEFAULT_COMMANDS",
+    "NO_REPLY",
+    "FakeContext",
+    "FakeExit",
+    "FakeWorker",
+    "FakeWorkerFactory",
+    "Handler",
+    "ReplyMode",
+    "Script",
+    "garbage_frame",
+    "one_byte_writes",
+]
+
+ReplyMode = Literal["normal", "fragmented", "wrong_id", "garbage", "truncated", "hang", "crash"]
+"""How the peer answers a request:
+
+* ``normal``: one write of one well-formed frame;
+* ``fragmented``: the same frame, one byte per write (the parent reads it in pieces);
+* ``wrong_id``: a well-formed reply whose id is not the request's (``ProtocolError``);
+* ``garbage``: a frame whose body is not JSON (``ProtocolError``);
+* ``truncated``: the first half of the frame, then the peer dies (``WorkerCrashed``);
+* ``hang``: never answer (a ``CallTimeout``, or a kill, ends the call);
+* ``crash``: die without answering (``WorkerCrashed``).
+"""
+
+NO_REPLY: Any = object()
+"""Return this from a handler that wrote its own reply (or wants none)."""
+
+
+class FakeExit(Exception):
+    """Raise from a handler to make the fake process exit with ``code``."""
+
+    def __init__(self, code: int = 1) -> None:
+        super().__init__(f"fake worker exits with code {code}")
+        self.code = code
+
+
+Handler = Callable[["FakeContext", Any], Awaitable[Any]]
+"""``async def handler(ctx, args) -> result``; raise to answer ``ok: false``."""
+
+
+def one_byte_writes(frame: bytes) -> list[bytes]:
+    """A ``Script.split`` that writes every byte on its own."""
+    return [frame[i:i + 1] for i in range(len(frame))]
+
+
+def garbage_frame(body: bytes = b"\x00not json\xff") -> bytes:
+    """A frame with a correct length prefix and a body that is not JSON."""
+    return len(body).to_bytes(HEADER_SIZE, "big") + body
+
+
+@attrs.frozen(kw_only=True)
+class Script:
+    """What one fake worker does. Times are Trio seconds (virtual under MockClock).
+
+    ``start_delay``: sleep before the hello. ``crash_before_hello``: exit with this
+    code instead of sending the hello (the pool sees ``WorkerStartError``).
+    ``bad_hello``: send a frame that is not a valid hello, then wait to be killed.
+    ``crash_after``: exit with ``crash_code`` this long after the hello, whatever
+    it is doing. ``reply_mode``: how every request is answered; ``faults`` maps a
+    command to the mode for that command only. ``split``: how each outgoing frame
+    is cut into writes (e.g. :func:`one_byte_writes`). ``handlers`` add to or
+    override :data:`DEFAULT_COMMANDS`. ``program_list``: ``list_programs`` answers
+    the current map (``"map"``) or the legacy bare list (``"legacy"``).
+    ``commands``: the hello's command list (default: every handler's name).
+    """
+
+    start_delay: float = 0.0
+    crash_before_hello: int | None = None
+    bad_hello: bool = False
+    crash_after: float | None = None
+    crash_code: int = 1
+    reply_mode: ReplyMode = "normal"
+    faults: Mapping[str, ReplyMode] = attrs.field(factory=dict)
+    split: Callable[[bytes], Sequence[bytes]] | None = None
+    handlers: Mapping[str, Handler] = attrs.field(factory=dict)
+    program_list: Literal["map", "legacy"] = "map"
+    app: str = "fake"
+    commands: tuple[str, ...] | None = None
+    stderr_lines: tuple[str, ...] = ()
+
+    def evolve(self, **changes: Any) -> Script:
+        return attrs.evolve(self, **changes)
+
+
+@attrs.define(eq=False)
+class FakeContext:
+    """What a handler sees: the request, its session's state, the worker."""
+
+    request: Request
+    worker: FakeWorker
+    _peer: _Peer
+
+    @property
+    def session(self) -> str | None:
+        return self.request.session
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The per-session state dict of this fake worker (anonymous calls share one)."""
+        return self.worker.sessions.setdefault(self.request.session, {})
+
+    async def write_raw(self, data: bytes) -> None:
+        """Write bytes onto the frame channel, as the ``garbage`` command does."""
+        await self._peer.write(data)
+
+    def log(self, line: str) -> None:
+        """A line on the worker's stderr (shows up in ``stderr_tail()``)."""
+        self.worker._log(line)
+
+
+# --- default handlers (the fake counterpart of engine.workers.programs) -------------
+
+
+def _object(args: Any, command: str) -> dict[str, Any]:
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise TypeError(f"{command}: args must be an object, got {type(args).__name__}")
+    return args
+
+
+async def _ping(ctx: FakeContext, args: Any) -> Any:
+    return {"pid": ctx.worker.pid, "worker_id": ctx.worker.worker_id,
+            "app": ctx.worker.script.app}
+
+
+async def _health(ctx: FakeContext, args: Any) -> Any:
+    return {"status": "ok", "rss_mb": 10.0, "sessions": len(ctx.worker.sessions),
+            "calls": ctx.worker.calls}
+
+
+async def _stats(ctx: FakeContext, args: Any) -> Any:
+    return {"calls": ctx.worker.calls, "sessions": len(ctx.worker.sessions),
+            "pid": ctx.worker.pid, "worker_id": ctx.worker.worker_id}
+
+
+async def _cleanup_session(ctx: FakeContext, args: Any) -> Any:
+    session = _object(args, "cleanup_session").get("session", ctx.session)
+    return {"removed": ctx.worker.sessions.pop(session, None) is not None}
+
+
+async def _shutdown(ctx: FakeContext, args: Any) -> Any:
+    ctx._peer.stopping = True
+    return {"shutting_down": True}
+
+
+async def _echo(ctx: FakeContext, args: Any) -> Any:
+    return args
+
+
+async def _sleep(ctx: FakeContext, args: Any) -> Any:
+    seconds = _object(args, "sleep").get("seconds", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise ValueError(f"sleep: 'seconds' must be a number >= 0, got {seconds!r}")
+    await trio.sleep(seconds)
+    return {"slept": seconds}
+
+
+async def _fail(ctx: FakeContext, args: Any) -> Any:
+    raise RuntimeError(_object(args, "fail").get("message", "fail requested"))
+
+
+async def _crash(ctx: FakeContext, args: Any) -> Any:
+    raise FakeExit(int(_object(args, "crash").get("code", 1)))
+
+
+async def _hang(ctx: FakeContext, args: Any) -> Any:
+    await trio.sleep_forever()
+
+
+async def _noise(ctx: FakeContext, args: Any) -> Any:
+    text = str(_object(args, "noise").get("text", "noise"))
+    ctx.log(text)
+    return {"printed": len(text)}
+
+
+async def _garbage(ctx: FakeContext, args: Any) -> Any:
+    data = str(_object(args, "garbage").get("data", "garbage")).encode()
+    await ctx.write_raw(data)
+    return {"written": len(data)}
+
+
+def _programs(ctx: FakeContext) -> dict[str, dict[str, Any]]:
+    programs: dict[str, dict[str, Any]] = ctx.state.setdefault("programs", {})
+    return programs
+
+
+async def _create_program(ctx: FakeContext, args: Any) -> Any:
+    args = _object(args, "create_program")
+    program_id = args.get("id")
+    if not isinstance(program_id, str) or not program_id:
+        raise ValueError(f"create_program: 'id' must be a non-empty string, got {program_id!r}")
+    if program_id in _programs(ctx):
+        raise ValueError(f"create_program: program {program_id!r} already exists")
+    signature = args.get("signature", {"inputs": ["x"], "outputs": ["x"]})
+    program = {"id": program_id, "signature": signature,
+               "handler": args.get("handler", "echo")}
+    _programs(ctx)[program_id] = program
+    return dict(program)
+
+
+async def _execute_program(ctx: FakeContext, args: Any) -> Any:
+    args = _object(args, "execute_program")
+    program = _programs(ctx).get(args.get("id"))
+    if program is None:
+        raise LookupError(f"no program {args.get('id')!r}")
+    inputs = args.get("inputs", {})
+    return {"outputs": dict(zip(program["signature"]["outputs"],
+                                [inputs.get(n) for n in program["signature"]["inputs"]],
+                                strict=False))}
+
+
+async def _list_programs(ctx: FakeContext, args: Any) -> Any:
+    programs = [dict(p) for p in _programs(ctx).values()]
+    if ctx.worker.script.program_list == "legacy":
+        return programs
+    return {"programs": programs, "total_count": len(programs)}
+
+
+async def _get_program_info(ctx: FakeContext, args: Any) -> Any:
+    program = _programs(ctx).get(_object(args, "get_program_info").get("id"))  # type: ignore[arg-type]
+    if program is None:
+        raise LookupError(f"no program {args.get('id')!r}")
+    return dict(program)
+
+
+async def _delete_program(ctx: FakeContext, args: Any) -> Any:
+    program_id = _object(args, "delete_program").get("id")
+    if _programs(ctx).pop(program_id, None) is None:  # type: ignore[arg-type]
+        raise LookupError(f"no program {program_id!r}")
+    return {"deleted": True}
+
+
+DEFAULT_COMMANDS: Mapping[str, Handler] = {
+    "ping": _ping, "health": _health, "stats": _stats, "cleanup_session": _cleanup_session,
+    "shutdown": _shutdown, "echo": _echo, "sleep": _sleep, "fail": _fail, "crash": _crash,
+    "hang": _hang, "noise": _noise, "garbage": _garbage, "create_program": _create_program,
+    "execute_program": _execute_program, "list_programs": _list_programs,
+    "get_program_info": _get_program_info, "delete_program": _delete_program,
+}
+"""The fake app: the built-ins plus the default app's load, fault and program commands."""
+
+
+# --- the fake process ------------------------------------------------------------------
+
+
+class _Peer:
+    """The fake worker process: a task reading requests and writing replies."""
+
+    def __init__(self, worker: FakeWorker, stdin: trio.abc.ReceiveStream,
+                 stdout: trio.testing.MemorySendStream,
+                 stdin_closer: Callable[[], None]) -> None:
+        self.worker = worker
+        self.script = worker.script
+        self.stdin = stdin
+        self.stdout = stdout
+        self._close_stdin = stdin_closer
+        self.scope = trio.CancelScope()
+        self.stopping = False
+        self.handlers = {**DEFAULT_COMMANDS, **self.script.handlers}
+
+    async def run(self) -> None:
+        with self.scope:
+            script = self.script
+            if script.start_delay > 0:
+                await trio.sleep(script.start_delay)
+            for line in script.stderr_lines:
+                self.worker._log(line)
+            if script.crash_before_hello is not None:
+                self.worker._log(f"fake worker: crashing before its hello "
+                                 f"(code {script.crash_before_hello})")
+                self.exit(script.crash_before_hello)
+                return
+            if script.bad_hello:
+                await self.write(encode_frame({"id": 0, "ok": True, "result": "not a hello"}))
+                await trio.sleep_forever()
+            commands = list(script.commands if script.commands is not None else self.handlers)
+            await self.send(hello_message(self.worker.worker_id, self.worker.pid, script.app,
+                                          commands), "normal")
+            async with trio.open_nursery() as nursery:
+                if script.crash_after is not None:
+                    nursery.start_soon(self._crash_later, script.crash_after)
+                await self._serve()
+                nursery.cancel_scope.cancel()
+
+    async def _crash_later(self, delay: float) -> None:
+        await trio.sleep(delay)
+        self.worker._log(f"fake worker: crashing (code {self.script.crash_code})")
+        self.exit(self.script.crash_code)
+
+    async def _serve(self) -> None:
+        decoder = FrameDecoder(self.worker.request.max_frame_size)
+        while True:
+            try:
+                data = await self.stdin.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.exit(5)
+                return
+            if not data:
+                self.exit(0)  # stdin closed: the parent asks us to stop
+                return
+            try:
+                decoder.feed(data)
+                while (message := decoder.next_message()) is not None:
+                    if await self._handle(parse_request(message)):
+                        return
+            except ProtocolError as exc:
+                await self.send(error_response(0, "ProtocolError", str(exc)), "normal")
+                self.exit(4)
+                return
+
+    async def _handle(self, request: Request) -> bool:
+        """Serve one request; True when the fake process is gone."""
+        worker = self.worker
+        worker.calls += 1
+        worker.requests.append(request)
+        mode = self.script.faults.get(request.command, self.script.reply_mode)
+        if mode == "hang":
+            await trio.sleep_forever()
+        if mode == "crash":
+            self.exit(self.script.crash_code)
+            return True
+        handler = self.handlers.get(request.command)
+        if handler is None:
+            reply = error_response(request.id, "UnknownCommand",
+                                   f"unknown command {request.command!r} for fake app "
+                                   f"{self.script.app!r}")
+        else:
+            try:
+                result = await handler(FakeContext(request, worker, self), request.args)
+            except FakeExit as exc:
+                self.exit(exc.code)
+                return True
+            except Exception as exc:
+                reply = error_response(request.id, type(exc).__name__, str(exc),
+                                       "".join(traceback.format_exception(exc)))
+            else:
+                if result is NO_REPLY:
+                    return False
+                reply = ok_response(request.id, result)
+        if await self.send(reply, mode):
+            return True
+        if self.stopping:
+            self.exit(0)
+            return True
+        return False
+
+    async def send(self, message: dict[str, Any], mode: ReplyMode) -> bool:
+        """Write one reply the way ``mode`` says; True if the peer died doing so."""
+        if mode == "wrong_id":
+            message = {**message, "id": message["id"] + 1000}
+        frame = encode_frame(message, self.worker.request.max_frame_size)
+        if mode == "garbage":
+            frame = garbage_frame()
+        if mode == "truncated":
+            await self.write(frame[: max(1, len(frame) // 2)])
+            self.worker._log("fake worker: died in the middle of a reply")
+            self.exit(1)
+            return True
+        if mode == "fragmented":
+            chunks: Sequence[bytes] = one_byte_writes(frame)
+        elif self.script.split is not None:
+            chunks = [c for c in self.script.split(frame) if c]
+        else:
+            chunks = [frame]
+        for i, chunk in enumerate(chunks):
+            if i:
+                # Let the parent read what is there, so it sees the frame in pieces.
+                await trio.testing.wait_all_tasks_blocked()
+            await self.write(chunk)
+        return False
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self.stdout.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the parent closed its end; the process would get EPIPE and carry on
+
+    def exit(self, code: int) -> None:
+        # A process that exits on its own has already written whatever it wrote:
+        # the parent reads it, then EOF (no abort, unlike a kill).
+        self.worker._died(ExitInfo(exit_code=code, signal=None, reason="exited"), abort=False)
+
+    def close_pipes(self) -> None:
+        """The process is gone: its ends of stdin and stdout close."""
+        self.scope.cancel()
+        self.stdout.close()
+        self._close_stdin()
+
+
+class FakeWorker:
+    """A :class:`~engine.workers.handle.WorkerHandle` backed by a scripted peer task.
+
+    Besides the protocol: ``script``, ``request`` (the SpawnRequest), ``sessions``
+    (per-session state dicts), ``calls`` and ``requests`` (what it was asked),
+    ``reaped`` (its factory context has exited: the "process" was waited for).
+    """
+
+    def __init__(self, request: SpawnRequest, script: Script, pid: int) -> None:
+        self.request = request
+        self.script = script
+        self._pid = pid
+        self._worker_id = request.worker_id
+        to_child, child_stdin = trio.testing.memory_stream_one_way_pair()
+        child_stdout, from_child = trio.testing.memory_stream_one_way_pair()
+        self._channel = FramedChannel(to_child, from_child, worker_id=request.worker_id,
+                                      max_frame_size=request.max_frame_size,
+                                      pid=lambda: self._pid)
+        self._to_child = to_child
+        self._peer = _Peer(self, child_stdin, child_stdout, child_stdin.close)
+        self._tail: collections.deque[str] = collections.deque(maxlen=request.stderr_tail_lines)
+        self._hello: Hello | None = None
+        self._exit: ExitInfo | None = None
+        self._exited = trio.Event()
+        self.sessions: dict[str | None, dict[str, Any]] = {}
+        self.calls = 0
+        self.requests: list[Request] = []
+        self.reaped = False
+
+    # --- WorkerHandle -----------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def hello(self) -> Hello:
+        if self._hello is None:
+            raise RuntimeError("worker has not sent its hello yet")
+        return self._hello
+
+    @property
+    def ready(self) -> bool:
+        """True once the hello arrived (the pool may use it)."""
+        return self._hello is not None
+
+    @property
+    def dirty(self) -> bool:
+        return self._channel.dirty or self._channel.broken
+
+    @property
+    def exit_info(self) -> ExitInfo | None:
+        return self._exit
+
+    def is_alive(self) -> bool:
+        return self._exit is None and not self._channel.broken
+
+    def stderr_tail(self) -> tuple[str, ...]:
+        return tuple(self._tail)
+
+    async def call(self, command: str, args: Any = None, *, session: str | None = None,
+                   timeout: float | None = None) -> Any:
+        try:
+            return await self._channel.call(command, args, session=session, timeout=timeout)
+        except PeerGone as exc:
+            info = self._exit
+            raise WorkerCrashed(
+                worker_id=self._worker_id, pid=self._pid,
+                exit_code=info.exit_code if info else None,
+                signal=info.signal if info else None, stderr_tail=self.stderr_tail(),
+                command=command, session=session, detail="" if info else str(exc),
+            ) from None
+
+    async def wait_exited(self) -> ExitInfo:
+        await self._exited.wait()
+        assert self._exit is not None
+        return self._exit
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the fake process now: ``is_alive()`` is False on return and a call in
+        flight gets ``WorkerCrashed``. Call it from inside the Trio run."""
+        self._died(ExitInfo(exit_code=None, signal=int(sig), reason="killed"))
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _log(self, line: str) -> None:
+        self._tail.append(line)
+
+    def _died(self, info: ExitInfo, *, abort: bool = True) -> None:
+        if self._exit is not None:
+            return
+        self._exit = info
+        self._peer.close_pipes()
+        if abort:
+            # Like ProcessWorker's exit watcher: a killed process wakes the call in
+            # flight at once instead of leaving it to find EOF.
+            self._channel.abort(f"fake process {self._describe_exit()}")
+        self._exited.set()
+
+    def _describe_exit(self) -> str:
+        info = self._exit
+        if info is None:
+            return "running"
+        if info.signal is not None:
+            return f"killed by signal {info.signal}"
+        return f"exited with code {info.exit_code}"
+
+    def _start_error(self, reason: str) -> WorkerStartError:
+        info = self._exit
+        return WorkerStartError(reason, worker_id=self._worker_id, pid=self._pid,
+                                exit_code=info.exit_code if info else None,
+                                signal=info.signal if info else None,
+                                stderr_tail=self.stderr_tail())
+
+    async def _read_hello(self, start_timeout: float) -> Hello:
+        with trio.move_on_after(start_timeout):
+            try:
+                self._hello = await self._channel.read_hello()
+                return self._hello
+            except PeerGone:
+                raise self._start_error(
+                    f"fake process {self._describe_exit()} before its hello") from None
+            except ProtocolError as exc:
+                raise self._start_error(f"bad hello: {exc}") from exc
+        raise self._start_error(f"no hello within start_timeout={start_timeout:g}s")
+
+    async def _stop(self, grace: float) -> None:
+        """Like ProcessWorker.stop: shutdown + stdin EOF, wait ``grace``, then kill."""
+        if self._exit is None and self.ready and not self.dirty and not self._channel.busy:
+            try:
+                await self._channel.send_raw(encode_frame(
+                    {"id": 1 << 30, "command": "shutdown", "args": None, "session": None}))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            self._to_child.close()
+            with trio.move_on_after(grace):
+                await self._exited.wait()
+        if self._exit is None:
+            self.kill(signal.SIGTERM if not self.dirty else signal.SIGKILL)
+
+
+class FakeWorkerFactory:
+    """A ``worker_factory`` for ``open_pool`` that makes :class:`FakeWorker` s.
+
+    ``script``: a :class:`Script` for every worker, or a callable picking one from
+    the :class:`SpawnRequest` (its ``worker_id`` ends with ``<slot>.<generation>``).
+    Scripts appended to ``plan`` are used first, one per spawn, in order.
+    Every worker created is kept in ``workers`` (kill them, count them).
+    """
+
+    def __init__(self, script: Script | Callable[[SpawnRequest], Script] | None = None, *,
+                 grace: float = 2.0, first_pid: int = 40_000) -> None:
+        self.script = script if script is not None else Script()
+        self.plan: collections.deque[Script] = collections.deque()
+        self.grace = grace
+        self.workers: list[FakeWorker] = []
+        self._pids = itertools.count(first_pid)
+
+    def __call__(self, request: SpawnRequest) -> AbstractAsyncContextManager[FakeWorker]:
+        return self._open(request)
+
+    def script_for(self, request: SpawnRequest) -> Script:
+        if self.plan:
+            return self.plan.popleft()
+        if isinstance(self.script, Script):
+            return self.script
+        return self.script(request)
+
+    @property
+    def alive(self) -> list[FakeWorker]:
+        """Workers whose fake process is running."""
+        return [w for w in self.workers if w.exit_info is None]
+
+    @property
+    def unreaped(self) -> list[FakeWorker]:
+        """Workers whose factory context has not exited yet (not yet waited for)."""
+        return [w for w in self.workers if not w.reaped]
+
+    def worker(self, worker_id: str) -> FakeWorker:
+        for w in self.workers:
+            if w.worker_id == worker_id:
+                return w
+        raise KeyError(worker_id)
+
+    def kill_all(self) -> None:
+        for w in self.alive:
+            w.kill()
+
+    @asynccontextmanager
+    async def _open(self, request: SpawnRequest) -> AsyncIterator[FakeWorker]:
+        worker = FakeWorker(request, self.script_for(request), next(self._pids))
+        self.workers.append(worker)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker._peer.run, name=f"fake {request.worker_id}")
+                try:
+                    await worker._read_hello(request.start_timeout)
+                    yield worker
+                finally:
+                    graceful = worker.ready and not worker.dirty
+                    with trio.CancelScope(shield=True):
+                        await worker._stop(self.grace if graceful else 0.0)
+        except BaseExceptionGroup as group:
+            # The peer task never raises, so a group of one holds the body's own
+            # exception (a start failure, or what the caller raised): unwrap it,
+            # as open_process_worker does, so `except WorkerStartError` works.
+            if len(group.exceptions) == 1:
+                error = group.exceptions[0]
+                raise error from error.__cause__
+            raise
+        finally:
+            worker.kill()  # no-op unless something above failed before the stop
+            worker.reaped = True

@@ -1,0 +1,93 @@
+"""Pools for tests: ``start_test_pool`` and ``wait_for_pool_ready``.
+
+``start_test_pool`` opens an *eager* pool (every worker starts at once) under a
+unique name, registered for discovery, small by default, waits until its
+workers are really ready and closes it (waiting for every process) when the
+block ends::
+
+    async with start_test_pool(size=2) as pool:
+        assert await pool.call("ping")
+
+``wait_for_pool_ready`` waits on the pool's own change notifications (its
+``live`` value changes whenever a worker starts, becomes ready or dies) and
+re-checks *real* readiness each time: the slot is READY or BUSY, its worker
+has sent its hello and is alive right now. A counter alone could count a
+worker whose process has just died.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from engine.errors import PoolClosed, PoolTimeout
+from engine.pool.config import PoolConfig
+from engine.pool.lifecycle import WorkerState
+from engine.pool.pool import Pool, open_pool
+
+__all__ = ["ready_workers", "start_test_pool", "wait_for_pool_ready"]
+
+_names = itertools.count(1)
+
+_DEFAULT_SIZE = 2
+
+
+def ready_workers(pool: Pool) -> list[str]:
+    """Ids of the workers that can serve now: READY/BUSY, hello received, alive."""
+    ready = []
+    for slot in pool.core.slots:
+        worker = pool.workers[slot.index]
+        if slot.state in (WorkerState.READY, WorkerState.BUSY) and worker is not None \
+                and worker.is_alive():
+            ready.append(worker.worker_id)
+    return ready
+
+
+async def wait_for_pool_ready(pool: Pool, n: int | None = None,
+                              timeout: float | None = None) -> list[str]:
+    """Wait until at least ``n`` workers (default: all) are really ready.
+
+    Returns their ids. Raises ``PoolTimeout`` after ``timeout`` seconds (default:
+    twice the pool's ``start_timeout``) naming the last start failure, and
+    ``PoolClosed`` if the pool closes meanwhile.
+    """
+    want = pool.config.size if n is None else n
+    if not 0 <= want <= pool.config.size:
+        raise ValueError(f"n={want} must be between 0 and the pool size {pool.config.size}")
+    limit = pool.config.start_timeout * 2 if timeout is None else timeout
+    with trio.move_on_after(limit):
+        await pool.live.wait_value(lambda _: pool.closing or len(ready_workers(pool)) >= want)
+        if pool.closing:
+            raise PoolClosed(pool=pool.label)
+        return ready_workers(pool)
+    why = f"{len(ready_workers(pool))} of {want} workers ready"
+    if pool.last_start_error is not None:
+        why += f"; last start failure: {pool.last_start_error.reason}"
+    raise PoolTimeout(timeout=limit, pool=pool.label, reason=why)
+
+
+@asynccontextmanager
+async def start_test_pool(config: PoolConfig | None = None, *, ready: int | None = None,
+                          ready_timeout: float | None = None,
+                          **overrides: Any) -> AsyncIterator[Pool]:
+    """Open an eager, uniquely named, small pool; wait for ``ready`` workers (default all).
+
+    Any ``PoolConfig`` field may be passed. ``size`` defaults to 2 and ``name``
+    to a fresh ``test-pool-<pid>-<n>`` (registered for discovery). ``lazy=True``
+    is refused: a test pool is eager so that readiness means something.
+    """
+    if overrides.get("lazy"):
+        raise ValueError("start_test_pool starts eager pools; use open_pool(lazy=True)")
+    overrides["lazy"] = False
+    if config is None or "size" in overrides:
+        overrides.setdefault("size", _DEFAULT_SIZE)
+    if config is None or config.name is None:
+        overrides.setdefault("name", f"test-pool-{os.getpid()}-{next(_names)}")
+    async with open_pool(config, **overrides) as pool:
+        await wait_for_pool_ready(pool, ready, ready_timeout)
+        yield pool

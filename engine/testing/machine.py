@@ -1,0 +1,825 @@
+"""The public pool state machine: concurrent checkouts, calls, deaths and close.
+
+:class:`PoolMachine` is a Hypothesis ``RuleBasedStateMachine`` that runs one
+pool per example inside a :class:`~engine.testing.driver.TrioDriver` (guest mode)
+and drives it with synchronous rules:
+
+* checkouts (anonymous or for a session, with a checkout timeout), each a task
+  holding its lease until a rule releases or cancels it; pending ones live in
+  the ``checkouts`` bundle, so any of them can be cancelled at any point;
+* calls on held leases (``ping``, ``echo``, and, when the app has them,
+  ``sleep``, ``fail``, ``garbage``, ``crash``, ``hang``, ``create_program``,
+  ``list_programs``), checked against what the command must return;
+* deaths: kill a worker (idle, leased, or in the middle of a call), kill the
+  worker selected for a hand-off just before it is handed over (fault
+  injection), cancel a checkout between selection and receipt;
+* fake workers only: scripted next starts (slow, crash before or after the
+  hello, bad hello, garbage or mis-numbered replies, fragmented replies, legacy
+  list answers), killing a worker while it starts, and virtual time;
+* ``end_session`` and ``close``.
+
+After every step it checks the invariants of design section 12: busy + ready +
+starting <= size; every waiter queued or served, never both; no worker leased
+twice; no dead worker handed over; sessions bound only to live workers and
+never lost silently; no waiter kept waiting beside an idle worker; every call
+ended with a result or a typed error; after close, no process left.
+
+Make a concrete machine with :func:`pool_machine`::
+
+    FakePoolMachine = pool_machine(workers="fake")
+    TestFakePool = FakePoolMachine.TestCase
+
+    RealPoolMachine = pool_machine(workers="real", app="myproject.worker:app")
+
+With ``workers="fake"`` time is virtual (a ``MockClock`` moved by the
+``advance`` rule); with ``workers="real"`` every process is a real subprocess and
+the clock is real, so use few examples.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from typing import Any, ClassVar, Literal
+
+import attrs
+import trio
+import trio.testing
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from engine import shapes
+from engine.errors import (
+    CallTimeout,
+    EngineError,
+    PoolClosed,
+    PoolTimeout,
+    ProtocolError,
+    RemoteError,
+    SessionLost,
+    WorkerCrashed,
+)
+from engine.pool.lifecycle import WorkerState
+from engine.pool.pool import Pool, open_pool
+from engine.testing.driver import ContextHandle, TaskHandle, TrioDriver
+from engine.testing.fakes import FakeWorkerFactory, Script
+from engine.testing.faults import FaultRecord, inject_fault, kill_and_settle
+
+__all__ = ["Checkout", "PoolMachine", "pool_machine"]
+
+S = WorkerState
+SESSIONS = st.sampled_from([None, None, "s1", "s2"])
+SLOT_PICKS = st.integers(0, 7)
+COMMANDS = st.sampled_from(["ping", "echo", "echo", "sleep", "fail", "garbage", "crash", "hang",
+                            "create_program", "list_programs", "list_programs"])
+#: Errors a call may end with when its worker died or was found broken.
+_DEATH = (WorkerCrashed, ProtocolError, CallTimeout, PoolClosed)
+
+# Scripts a fake worker may be started with (rule ``plan_next_start``).
+PLANS: dict[str, Script] = {
+    "slow": Script(start_delay=2.0),
+    "crash_before_hello": Script(crash_before_hello=3),
+    "bad_hello": Script(bad_hello=True),
+    "crash_after_hello": Script(crash_after=1.0, crash_code=9),
+    "legacy_lists": Script(program_list="legacy"),
+    "fragmented_replies": Script(reply_mode="fragmented"),
+    "wrong_reply_ids": Script(reply_mode="wrong_id"),
+    "garbage_replies": Script(reply_mode="garbage"),
+    "truncated_replies": Script(reply_mode="truncated"),
+}
+
+
+@attrs.define(eq=False)
+class CallRecord:
+    command: str
+    args: Any
+    timeout: float | None
+    worker_id: str
+    session: str | None
+    broken_before: bool  # the lease's worker was already dead or broken
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    checked: bool = False
+    killed_during: bool = False
+    closed_during: bool = False
+    cancelled: bool = False
+
+
+@attrs.define(eq=False)
+class Checkout:
+    """One checkout: a task that requests a lease, holds it and makes calls."""
+
+    number: int
+    session: str | None
+    timeout: float
+    handle: TaskHandle[None] | None = None
+    phase: Literal["requesting", "holding", "calling", "done"] = "requesting"
+    worker: Any = None
+    worker_id: str | None = None
+    slot: int | None = None
+    lease: Any = None
+    ops: trio.MemorySendChannel[tuple[str, Any]] | None = None
+    calls: list[CallRecord] = attrs.Factory(list)
+    error: BaseException | None = None
+    received: bool = False
+    broken: bool = False
+    cancel_at_handoff: bool = False
+    settled: bool = False
+    one_call: tuple[str, int] | None = None  # make this call, then release
+
+    def __repr__(self) -> str:
+        return f"<checkout {self.number} session={self.session!r} {self.phase}>"
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """The pool state machine; configure it with :func:`pool_machine`."""
+
+    workers: ClassVar[Literal["fake", "real"]] = "fake"
+    app: ClassVar[str] = "engine.workers.programs"
+    sizes: ClassVar[tuple[int, ...]] = (1, 2, 3)
+    max_checkouts: ClassVar[int] = 5
+    settle_timeout: ClassVar[float] = 30.0
+    checkout_timeouts: ClassVar[tuple[float, ...]] = (0.5, 3.0)
+    call_timeout: ClassVar[float] = 1.0
+    extra_config: ClassVar[dict[str, Any]] = {}
+    #: Totals over every example run by this class (the campaign reports them).
+    totals: ClassVar[collections.Counter[str]]
+
+    checkouts = Bundle("checkouts")
+
+    def __init__(self) -> None:
+        super().__init__()
+        type(self).totals["examples"] += 1
+        self.driver: TrioDriver = None  # type: ignore[assignment]
+        self.pool: Pool = None  # type: ignore[assignment]
+        self.ctx: ContextHandle[Pool] | None = None
+        self.factory: FakeWorkerFactory | None = None
+        self.numbers = itertools.count(1)
+        self.program_ids = itertools.count(1)
+        self.active: list[Checkout] = []
+        self.violations: list[str] = []
+        self.commands: set[str] = {"ping"}
+        self.closed = False
+        self.fault_cm: Any = None
+        self.fault: FaultRecord | None = None
+        self.fault_kind: str | None = None
+        self.handoff_cancels: list[tuple[int, str, Checkout]] = []
+        self.seen: dict[str, Any] = {}  # worker id -> handle, every worker ever used
+        self.bound: dict[str, str] = {}  # session -> worker id holding its state (model)
+        self.programs: dict[tuple[str, str | None], set[str]] = {}
+        self.stranded: set[int] = set()
+        self.real_pids: set[int] = set()
+
+    @property
+    def fake(self) -> bool:
+        return self.workers == "fake"
+
+    # --- the run -----------------------------------------------------------------------
+
+    @initialize(size_pick=st.integers(0, 5))
+    def start_pool(self, size_pick: int) -> None:
+        size = self.sizes[size_pick % len(self.sizes)]
+        self.driver = TrioDriver(clock=trio.testing.MockClock() if self.fake else None,
+                                 timeout=self.settle_timeout)
+        self.driver.start()
+        config: dict[str, Any] = {
+            "app": self.app, "size": size, "checkout_timeout": max(self.checkout_timeouts),
+            "call_timeout": self.call_timeout, "restart_backoff": (0.05, 0.5, 1.0),
+            "max_restarts": 1000, "restart_cooldown": 0.5, "shutdown_grace": 0.5,
+            "start_timeout": 5.0 if self.fake else 30.0, "seed": 0,
+            **self.extra_config,
+        }
+        if self.fake:
+            self.factory = FakeWorkerFactory(Script(), grace=0.5)
+            config["worker_factory"] = self.factory
+        self.ctx = self.driver.enter_handle(open_pool(**config))
+        self.pool = self.ctx.value
+        self.settle()
+        for worker in self.pool.workers:
+            if worker is not None:
+                self.commands = set(worker.hello.commands)
+                break
+
+    def teardown(self) -> None:
+        try:
+            self.disarm_fault()
+        finally:
+            if self.driver is not None:
+                self.driver.close()
+        if self.factory is not None:
+            left = [w.worker_id for w in self.factory.unreaped]
+            assert not left, f"fake workers never reaped after close: {left}"
+        alive = [pid for pid in self.real_pids if _pid_alive(pid)]
+        assert not alive, f"worker processes left after close: {alive}"
+
+    def settle(self, until: Any = None) -> None:
+        """Let the run go until nothing more happens, then check what happened.
+
+        Fake workers: until the run is idle (virtual time stands still). Real
+        workers: until ``until()`` holds and nothing is in transit (:meth:`quiet`).
+        """
+        type(self).totals["steps"] += 1
+        if self.fake:
+            self.driver.pump()
+        else:
+            self.driver.pump(until=lambda: (until is None or until()) and self.quiet(),
+                             timeout=self.settle_timeout)
+        self.after_settle()
+
+    def quiet(self) -> bool:
+        """Real workers: nothing is in transit (starting, stopping, running a call)."""
+        pool = self.pool
+        if pool.closing and not self.closed:
+            return False
+        for slot in pool.core.slots:
+            if slot.state in (S.STARTING, S.STOPPING):
+                return False
+            if slot.state is S.STOPPED and slot.wanted and not pool.closing:
+                return False
+            if slot.state in (S.READY, S.BUSY, S.DEGRADED):
+                worker = pool.workers[slot.index]
+                if worker is None or not worker.is_alive():
+                    return False
+        requesting = 0
+        for c in self.active:
+            if c.phase == "requesting":
+                requesting += 1
+            elif c.phase == "calling":
+                return False
+        return requesting == len(pool.core.queue)
+
+    # --- model upkeep after each settle --------------------------------------------
+
+    def after_settle(self) -> None:
+        for worker in self.pool.workers:
+            if worker is not None:
+                self.remember(worker)
+        for session, binding in self.pool.core.bindings.items():
+            # A binding made for a checkout cancelled before receipt is not in the
+            # model yet: learn it (which worker holds that session's state).
+            if binding.lost is None and binding.worker_id is not None \
+                    and self.alive(binding.worker_id):
+                self.bound.setdefault(session, binding.worker_id)
+        for c in list(self.active):
+            for record in c.calls:
+                if record.done and not record.checked:
+                    self.check_call(c, record)
+            if c.phase == "done":
+                self.finish(c)
+        self.check_fault()
+        if self.violations:
+            raise AssertionError("; ".join(self.violations))
+
+    def remember(self, worker: Any) -> None:
+        self.seen.setdefault(worker.worker_id, worker)
+        os_pid = getattr(worker, "os_pid", None)
+        if os_pid is not None:
+            self.real_pids.add(os_pid)
+
+    def alive(self, worker_id: str) -> bool:
+        worker = self.seen.get(worker_id)
+        return worker is not None and worker.is_alive()
+
+    def finish(self, c: Checkout) -> None:
+        self.active.remove(c)
+        c.settled = True
+        error = c.error
+        if error is None:
+            return
+        if not isinstance(error, EngineError):
+            self.violations.append(f"{c!r} ended with untyped {error!r}")
+        elif c.received:
+            self.violations.append(f"{c!r} failed after receipt with {error!r}")
+
+    # --- the checkout task ------------------------------------------------------------
+
+    async def hold(self, c: Checkout) -> None:
+        send, receive = trio.open_memory_channel[tuple[str, Any]](100)
+        c.ops = send
+        try:
+            async with self.pool.checkout(session=c.session, timeout=c.timeout) as lease:
+                self.received(c, lease)
+                if c.one_call is not None:
+                    c.phase = "calling"
+                    await self.run_call(lease, self.new_call(c, *c.one_call))
+                    return
+                async for kind, payload in receive:
+                    if kind == "release":
+                        break
+                    assert isinstance(payload, CallRecord)
+                    c.phase = "calling"
+                    await self.run_call(lease, payload)
+                    c.phase = "holding"
+        except EngineError as exc:
+            c.error = exc
+            if isinstance(exc, SessionLost):
+                self.session_lost(c)
+        except Exception as exc:
+            c.error = exc
+            self.violations.append(f"{c!r}: checkout raised untyped {exc!r}")
+        finally:
+            c.phase = "done"
+
+    def session_lost(self, c: Checkout) -> None:
+        """Runs in the checkout's task when it gets SessionLost: was the state gone?"""
+        assert c.session is not None
+        worker_id = self.bound.pop(c.session, None)
+        if worker_id is not None and self.alive(worker_id):
+            self.violations.append(f"{c!r}: SessionLost although worker {worker_id}, "
+                                   "which holds the session, is alive")
+
+    def received(self, c: Checkout, lease: Any) -> None:
+        """Runs in the checkout's task the moment it holds the lease."""
+        c.received = True
+        c.phase = "holding"
+        c.lease = lease
+        c.slot = lease.slot
+        c.worker_id = lease.worker_id
+        worker = self.pool.workers[lease.slot]
+        c.worker = worker
+        if worker is None or worker.worker_id != lease.worker_id:
+            self.violations.append(f"{c!r} leased {lease.worker_id}, not its slot's worker")
+            return
+        self.remember(worker)
+        if not worker.is_alive():
+            self.violations.append(f"{c!r} was handed dead worker {lease.worker_id}")
+        for other in self.active:
+            if other is not c and other.phase in ("holding", "calling") \
+                    and other.worker_id == lease.worker_id and not other.broken:
+                self.violations.append(f"worker {lease.worker_id} leased to {other!r} and {c!r}")
+        if c.session is not None:
+            binding = self.pool.core.bindings.get(c.session)
+            if binding is None or binding.slot != lease.slot:
+                self.violations.append(f"{c!r} for session {c.session!r} not routed to "
+                                       "its bound worker")
+            expected = self.bound.get(c.session)
+            if expected is not None and expected != lease.worker_id:
+                if self.alive(expected):
+                    self.violations.append(f"session {c.session!r} lives in {expected} but "
+                                           f"{c!r} got {lease.worker_id}")
+                else:
+                    self.violations.append(f"session {c.session!r} lost its state silently: "
+                                           f"{expected} died and {c!r} got "
+                                           f"{lease.worker_id} without SessionLost")
+            self.bound[c.session] = lease.worker_id
+
+    async def run_call(self, lease: Any, record: CallRecord) -> None:
+        try:
+            record.result = await lease.call(record.command, record.args,
+                                             timeout=record.timeout)
+        except (EngineError, trio.ClosedResourceError) as exc:  # LeaseReleased included
+            record.error = exc
+        except trio.Cancelled:
+            record.cancelled = True  # our own cancellation (the cancel rule)
+            raise
+        except Exception as exc:
+            record.error = exc
+            self.violations.append(f"call {record.command!r} raised untyped {exc!r}")
+        finally:
+            record.done = True
+
+    # --- call expectations --------------------------------------------------------
+
+    def script_of(self, worker_id: str) -> Script:
+        if self.factory is None:
+            return Script()
+        try:
+            return self.factory.worker(worker_id).script
+        except KeyError:  # pragma: no cover - every fake is recorded
+            return Script()
+
+    def check_call(self, c: Checkout, record: CallRecord) -> None:
+        record.checked = True
+        error, result, command = record.error, record.result, record.command
+        what = f"{c!r} call {command!r}"
+        if error is not None and not isinstance(error, EngineError | trio.ClosedResourceError):
+            self.violations.append(f"{what} ended with untyped {error!r}")
+            return
+        if isinstance(error, _DEATH):
+            c.broken = True
+        if record.cancelled:
+            return  # cancelled by the caller: nothing to expect (the worker is dirty)
+        if record.broken_before or record.closed_during:
+            if error is None or not isinstance(error, _DEATH):
+                self.violations.append(f"{what} on a dead/closed lease gave {error or result!r}")
+            return
+        if isinstance(error, WorkerCrashed) and (record.killed_during
+                                                  or not self.alive(record.worker_id)):
+            return  # the worker died (a kill, or a scripted crash): a correct answer
+        if record.killed_during:
+            self.violations.append(f"{what}: worker killed mid-call but got {error or result!r}")
+            return
+        script = self.script_of(record.worker_id)
+        mode = script.faults.get(command, script.reply_mode)
+        expected: type[BaseException] | None = {
+            "wrong_id": ProtocolError, "garbage": ProtocolError, "truncated": WorkerCrashed,
+            "crash": WorkerCrashed, "hang": CallTimeout,
+        }.get(mode)
+        if expected is None:
+            expected = {"fail": RemoteError, "garbage": ProtocolError, "crash": WorkerCrashed,
+                        "hang": CallTimeout}.get(command)
+        if command == "sleep" and record.timeout is not None \
+                and record.args["seconds"] >= record.timeout:
+            expected = CallTimeout
+        if expected is not None:
+            if not isinstance(error, expected):
+                self.violations.append(f"{what}: expected {expected.__name__}, "
+                                       f"got {error or result!r}")
+            return
+        if error is not None:
+            self.violations.append(f"{what}: expected a result, got {error!r}")
+            return
+        self.check_result(c, record, what)
+
+    def check_result(self, c: Checkout, record: CallRecord, what: str) -> None:
+        result, command = record.result, record.command
+        key = (record.worker_id, record.session)
+        if command == "ping":
+            if not isinstance(result, dict) or result.get("worker_id") != record.worker_id:
+                self.violations.append(f"{what}: answered by {result!r}, not the leased worker")
+        elif command == "echo":
+            if result != record.args:
+                self.violations.append(f"{what}: echoed {result!r} for {record.args!r}")
+        elif command == "create_program":
+            self.programs.setdefault(key, set()).add(record.args["id"])
+        elif command == "list_programs":
+            try:
+                parsed = shapes.parse_program_list(result)
+            except EngineError as exc:
+                self.violations.append(f"{what}: answer {result!r} did not normalise: {exc}")
+                return
+            if not isinstance(parsed, shapes.ProgramList):
+                self.violations.append(f"{what}: parse_program_list gave {parsed!r}")
+                return
+            if self.script_of(record.worker_id).program_list == "map" \
+                    and not isinstance(result, dict):
+                self.violations.append(f"{what}: a current worker answered {result!r}, "
+                                       "not the map")
+            ids = {p.id for p in parsed.programs}
+            if ids != self.programs.get(key, set()):
+                self.violations.append(f"{what}: programs {sorted(ids)} but the session "
+                                       f"created {sorted(self.programs.get(key, set()))}")
+
+    # --- rules: checkouts ------------------------------------------------------------
+
+    @precondition(lambda self: len(self.active) < self.max_checkouts)
+    @rule(target=checkouts, session=SESSIONS, timeout_pick=st.integers(0, 1),
+          then=st.sampled_from(["hold", "call", "call"]), command=COMMANDS,
+          arg=st.integers(0, 3))
+    def checkout(self, session: str | None, timeout_pick: int, then: str, command: str,
+                 arg: int) -> Checkout:
+        """Start a checkout: it holds its lease until a rule releases or cancels it
+        (``hold``), or makes one call and releases (``call``, what pool.call does)."""
+        timeout = self.checkout_timeouts[timeout_pick % len(self.checkout_timeouts)]
+        c = Checkout(next(self.numbers), session, timeout,
+                     one_call=(command, arg) if then == "call" else None)
+        self.active.append(c)
+        c.handle = self.driver.spawn(self.hold, c, name=f"checkout {c.number}")
+        self.settle()
+        return c
+
+    @rule(c=consumes(checkouts))
+    def release(self, c: Checkout) -> None:
+        """End the checkout block normally (the lease goes back)."""
+        if c.phase in ("holding", "calling") and c.ops is not None:
+            ops = c.ops
+            self.driver.call_soon(lambda: ops.send_nowait(("release", None)))
+        elif c.handle is not None and not c.handle.done:
+            c.handle.cancel()  # still waiting for a worker: give up
+        self.settle(until=lambda: c.phase == "done" or c.phase == "calling")
+        if c.phase == "holding" and c.lease is not None and self.pool is not None:
+            self.violations.append(f"{c!r} still holds its lease after release")
+
+    @rule(c=consumes(checkouts))
+    def cancel(self, c: Checkout) -> None:
+        """Cancel the checkout's task wherever it is: queued, holding, mid-call."""
+        if c.handle is not None and not c.handle.done:
+            c.handle.cancel()
+        self.settle(until=lambda: c.handle is None or c.handle.done)
+        if c.handle is not None and not c.handle.done:
+            self.violations.append(f"{c!r} did not end when cancelled")
+            raise AssertionError("; ".join(self.violations))
+
+    @precondition(lambda self: any(c.phase == "holding" for c in self.active))
+    @rule(pick=SLOT_PICKS, command=COMMANDS, arg=st.integers(0, 3))
+    def call(self, pick: int, command: str, arg: int) -> None:
+        """One call on a held lease (the command is skipped if the app lacks it)."""
+        holding = [c for c in self.active if c.phase == "holding"]
+        c = holding[pick % len(holding)]
+        record = self.new_call(c, command, arg)
+        ops = c.ops
+        assert ops is not None
+        c.phase = "calling"  # what the task will be doing once it reads the op
+        self.driver.call_soon(lambda: ops.send_nowait(("call", record)))
+        self.settle()
+
+    def new_call(self, c: Checkout, command: str, arg: int) -> CallRecord:
+        if command not in self.commands:
+            command = "ping"
+        args: Any = None
+        timeout: float | None = None
+        if command == "echo":
+            args = [arg, {"n": arg, "s": "x" * arg}]
+        elif command == "sleep":
+            seconds = [0.02, 0.1, 1.0, 0.0][arg]
+            args, timeout = {"seconds": seconds}, 0.5  # the third one times out
+        elif command == "hang":
+            timeout = [0.2, 0.5, 0.2, 0.5][arg]
+        elif command == "garbage":
+            args = {"data": "xxxx"}  # reads as a frame length far above the limit
+        elif command == "crash":
+            args = {"code": 3}
+        elif command == "fail":
+            args = {"message": f"planned failure {arg}"}
+        elif command == "create_program":
+            args = {"id": f"p{next(self.program_ids)}", "handler": "echo",
+                    "signature": {"inputs": ["x"], "outputs": ["x"]}}
+        assert c.worker_id is not None
+        worker = self.seen.get(c.worker_id)
+        record = CallRecord(command, args, timeout, c.worker_id, c.session,
+                            broken_before=c.broken or worker is None or not worker.is_alive()
+                            or self.pool.closing)
+        c.calls.append(record)
+        return record
+
+    # --- rules: deaths ----------------------------------------------------------------
+
+    @rule(pick=SLOT_PICKS)
+    def kill_worker(self, pick: int) -> None:
+        """Kill a started worker, whatever it is doing (SIGKILL / the fake's kill)."""
+        workers = [w for w in self.pool.workers if w is not None and w.is_alive()]
+        if not workers:
+            return
+        worker = workers[pick % len(workers)]
+        for c in self.active:
+            if c.phase == "calling" and c.worker_id == worker.worker_id:
+                c.calls[-1].killed_during = True
+        # A real process takes a moment to die after SIGKILL: wait until it is
+        # dead, or settle() could find everything quiet before the death.
+        self.driver.run_sync(kill_and_settle, worker, 2.0)
+        self.settle()
+
+    @precondition(lambda self: self.fault is None and not self.closed)
+    @rule()
+    def kill_at_next_handoff(self) -> None:
+        """Arm a fault: the next worker selected for a waiter dies before hand-off."""
+        self.arm_fault("kill_before_handoff", inject_fault("kill_before_handoff", times=1))
+        self.settle()
+
+    @precondition(lambda self: self.fault is None and not self.closed
+                  and len(self.active) < self.max_checkouts)
+    @rule(target=checkouts, session=SESSIONS)
+    def checkout_cancelled_at_handoff(self, session: str | None) -> Checkout:
+        """A checkout cancelled after its worker was selected, before it took it.
+
+        The fault fires inside the hand-off check run by the checkout's own task
+        (a worker was free); the worker must go back to READY, unharmed.
+        """
+        c = Checkout(next(self.numbers), session, max(self.checkout_timeouts),
+                     cancel_at_handoff=True)
+
+        def cancel_requester(pool: Any, slot: int, worker: Any) -> None:
+            if c.handle is not None and trio.lowlevel.current_task() is c.handle.task:
+                c.handle._cancel_in_run()
+                self.handoff_cancels.append((slot, worker.worker_id, c))
+
+        self.arm_fault("cancel_before_handoff",
+                       inject_fault("before_handoff", action=cancel_requester))
+        self.active.append(c)
+        c.handle = self.driver.spawn(self.hold, c, name=f"checkout {c.number}")
+        self.settle()
+        self.disarm_fault()
+        return c
+
+    def arm_fault(self, kind: str, cm: Any) -> None:
+        self.fault = cm.__enter__()
+        self.fault_cm = cm
+        self.fault_kind = kind
+
+    def disarm_fault(self) -> None:
+        if self.fault_cm is not None:
+            cm, self.fault_cm, self.fault, self.fault_kind = self.fault_cm, None, None, None
+            cm.__exit__(None, None, None)
+
+    def check_fault(self) -> None:
+        if self.fault is not None and self.fault_kind == "kill_before_handoff" \
+                and self.fault.fired:
+            self.disarm_fault()  # fired once: the receipt checks caught any dead hand-off
+        for slot, worker_id, c in self.handoff_cancels:
+            if not c.settled and c.phase != "done":
+                continue
+            worker = self.pool.workers[slot]
+            # The waiter was cancelled between selection and receipt: the same
+            # worker is back (idle, or leased to someone else since), not killed.
+            if not self.pool.closing and (worker is None or worker.worker_id != worker_id
+                                          or not worker.is_alive()):
+                self.violations.append(f"worker {worker_id} lost after {c!r} was cancelled "
+                                       "between selection and receipt")
+            if c.received:
+                self.violations.append(f"{c!r} received a lease despite being cancelled")
+        self.handoff_cancels = [h for h in self.handoff_cancels
+                                if not (h[2].settled or h[2].phase == "done")]
+
+    # --- rules: fake workers only --------------------------------------------------
+
+    @precondition(lambda self: self.fake and not self.closed)
+    @rule(plan=st.sampled_from(sorted(PLANS)))
+    def plan_next_start(self, plan: str) -> None:
+        """Script the next worker the pool starts (after a kill or crash)."""
+        assert self.factory is not None
+        self.factory.plan.append(PLANS[plan])
+
+    @precondition(lambda self: self.fake)
+    @rule(pick=SLOT_PICKS)
+    def kill_starting_worker(self, pick: int) -> None:
+        """Kill a worker that has not sent its hello yet (death during start)."""
+        assert self.factory is not None
+        starting = [w for w in self.factory.workers if not w.ready and w.exit_info is None]
+        if starting:
+            self.driver.run_sync(starting[pick % len(starting)].kill)
+        self.settle()
+
+    @precondition(lambda self: self.fake)
+    @rule(seconds=st.sampled_from([0.1, 0.6, 2.5, 10.0]))
+    def advance(self, seconds: float) -> None:
+        """Let virtual time pass: slow starts finish, timeouts expire, backoffs end."""
+        self.driver.advance(seconds)
+        self.settle()
+
+    # --- rules: sessions and close ------------------------------------------------
+
+    @rule(session=st.sampled_from(["s1", "s2"]))
+    def end_session(self, session: str) -> None:
+        """``pool.end_session`` when the session's worker is free (it completes now)."""
+        if self.closed:
+            return
+        core = self.pool.core
+        binding = core.bindings.get(session)
+        if binding is not None and binding.lost is None:
+            slot = core.slots[binding.slot]
+            if slot.state is not S.READY or slot.lease is not None:
+                return
+        self.stranded.update(w.id for w in core.queue.values() if w.session == session)
+        worker_id = self.bound.get(session)
+        task = self.driver.spawn(self.pool.end_session, session, name="end_session")
+        if self.fake:
+            self.settle()
+        else:
+            self.driver.pump(until=lambda: task.done, timeout=self.settle_timeout)
+            self.settle()
+        if not task.done:
+            self.violations.append(f"end_session({session!r}) did not complete")
+        elif task.exception is not None and not isinstance(task.exception, EngineError):
+            self.violations.append(f"end_session raised untyped {task.exception!r}")
+        self.bound.pop(session, None)
+        if worker_id is not None:
+            self.programs.pop((worker_id, session), None)
+        if self.violations:
+            raise AssertionError("; ".join(self.violations))
+
+    @precondition(lambda self: not self.closed)
+    @rule(dice=st.integers(0, 5))
+    def close(self, dice: int) -> None:
+        """Close the pool (one time in six: it ends the interesting part)."""
+        if dice:
+            return
+        self.closed = True
+        assert self.ctx is not None
+        self.disarm_fault()
+        for c in self.active:
+            for record in c.calls:
+                if not record.done:
+                    record.closed_during = True
+        self.ctx.exit(autojump=self.fake, timeout=self.settle_timeout)
+        self.settle()
+        stats = self.pool.statistics()
+        assert stats.closed
+        assert not self.pool.worker_pids(), f"pids after close: {self.pool.worker_pids()}"
+        if self.factory is not None:
+            assert not self.factory.unreaped, \
+                f"fakes alive after close: {[w.worker_id for w in self.factory.unreaped]}"
+        alive = [pid for pid in self.real_pids if _pid_alive(pid)]
+        assert not alive, f"processes left after close: {alive}"
+
+    # --- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def consistent(self) -> None:
+        if self.pool is None:
+            return
+        try:
+            self.check_consistent()
+        except AssertionError as exc:
+            # Real workers are not deterministic, so a failure may not replay:
+            # say what the pool looked like here.
+            raise AssertionError(f"{exc}\n{self.describe()}") from None
+
+    def describe(self) -> str:
+        lines = ["pool state:"]
+        for slot in self.pool.core.slots:
+            worker = self.pool.workers[slot.index]
+            health = "-" if worker is None else \
+                f"alive={worker.is_alive()} dirty={worker.dirty} exit={worker.exit_info}"
+            lines.append(f"  slot {slot.index} {slot.state.value} lease={slot.lease} "
+                         f"{slot.worker_id} {health}")
+            lines.extend(f"    {t.old.value} -> {t.new.value}: {t.reason}"
+                         for t in list(slot.lifecycle.history)[-6:])
+        lines.append(f"  queue={list(self.pool.core.queue)} active={self.active}")
+        return "\n".join(lines)
+
+    def check_consistent(self) -> None:
+        pool, core = self.pool, self.pool.core
+        core.check_invariants()
+        stats = pool.statistics()
+        assert stats.busy + stats.ready + stats.starting <= stats.size, stats
+        # Every waiter is queued or served, never both: the checkouts still asking
+        # are exactly the core's queue (the run is settled, nobody is in transit).
+        requesting = [c for c in self.active if c.phase == "requesting"]
+        if not pool.closing:
+            assert len(requesting) == len(core.queue), \
+                f"{len(requesting)} checkouts waiting but {len(core.queue)} queued"
+        holders = [c for c in self.active if c.phase in ("holding", "calling")]
+        live_ids = [c.worker_id for c in holders if c.worker_id is not None
+                    and self.alive(c.worker_id)]
+        dupes = [w for w, n in collections.Counter(live_ids).items() if n > 1]
+        assert not dupes, f"workers leased twice: {dupes}"
+        for session, binding in core.bindings.items():
+            if binding.lost is None:
+                worker = pool.workers[binding.slot]
+                assert worker is not None and worker.worker_id == binding.worker_id, \
+                    f"session {session!r} bound to a replaced worker"
+                # A worker whose channel broke under a lease (garbage, timeout) is
+                # only replaced at checkin; its process is still running until then.
+                leased_broken = core.slots[binding.slot].lease is not None \
+                    and worker.exit_info is None
+                assert worker.is_alive() or leased_broken, \
+                    f"session {session!r} bound to dead worker {worker.worker_id}"
+        for slot in core.slots:
+            worker = pool.workers[slot.index]
+            if slot.state is S.READY and slot.lease is None and worker is not None:
+                # An idle worker is fit to hand out: alive, its channel clean.
+                assert worker.is_alive() and not worker.dirty, \
+                    f"idle worker {worker.worker_id} is dead or dirty"
+        if not pool.closing:
+            self.check_nobody_waits_beside_idle_worker()
+        if self.factory is not None:
+            unreaped = self.factory.unreaped
+            assert len(unreaped) <= core.size, \
+                f"{len(unreaped)} fake processes for {core.size} slots"
+
+    def check_nobody_waits_beside_idle_worker(self) -> None:
+        core = self.pool.core
+        free = [s for s in core.slots if s.state is S.READY and s.lease is None]
+        for waiter in core.queue.values():
+            if waiter.purpose != "call" or waiter.id in self.stranded:
+                continue
+            binding = core.bindings.get(waiter.session) if waiter.session else None
+            usable = free
+            if binding is not None and binding.lost is None:
+                usable = [s for s in free if s.index == binding.slot]
+            assert not usable, f"a waiter is queued while slot(s) " \
+                               f"{[s.index for s in usable]} sit idle"
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (Linux /proc; False elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def pool_machine(*, workers: Literal["fake", "real"] = "fake",
+                 app: str = "engine.workers.programs", sizes: tuple[int, ...] | None = None,
+                 name: str | None = None, **config: Any) -> type[PoolMachine]:
+    """A :class:`PoolMachine` subclass for fake or real workers running ``app``.
+
+    ``sizes``: the pool sizes examples choose from (default 1-3 for fakes, 1-2
+    for real workers). Extra keywords are PoolConfig fields for every pool.
+    """
+    if workers not in ("fake", "real"):
+        raise ValueError(f"workers must be 'fake' or 'real', got {workers!r}")
+    chosen = sizes or ((1, 2, 3) if workers == "fake" else (1, 2))
+    attributes: dict[str, Any] = {
+        "workers": workers, "app": app, "sizes": chosen, "extra_config": dict(config),
+        "totals": collections.Counter(),
+        "__doc__": f"PoolMachine over {workers} workers running {app!r}.",
+    }
+    if workers == "real":
+        attributes.update(checkout_timeouts=(0.5, 5.0), call_timeout=2.0,
+                          settle_timeout=30.0)
+    return type(name or f"{workers.capitalize()}PoolMachine", (PoolMachine,), attributes)
+
+
+PoolMachine.totals = collections.Counter()

@@ -1,0 +1,489 @@
+"""State machine over the sans-IO PoolCore (layer 1): thousands of interleavings.
+
+The machine plays the Trio shell and the slot tasks: it requests, receives,
+cancels and checks in leases, starts, readies, kills and stops workers when the
+core asks (StartWorker / StopWorker actions), lets time pass (the shell's
+timers call ``expire``), runs health probes, lets a worker die without the core
+noticing (the hand-off check, ``vet``, then says "process_dead"), makes the
+policy Skip, unbinds sessions and closes. Lifecycle tables are strict, so an
+invalid transition raises at once.
+
+A small model alongside checks what the core's own ``check_invariants`` cannot
+see: who holds which slot (never two waiters), that every served or failed
+waiter is woken, that a dead worker or a waiter past its deadline is never
+granted, that a queued waiter never waits while a worker it may use sits idle,
+that session state is never lost silently, and that nothing starts after close.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from engine.contract import Ok, Remove, Skip, Verdict
+from engine.errors import PoolClosed, PoolSaturated, PoolTimeout, SessionLost, WorkerBusy
+from engine.pool.core import (
+    Emit,
+    PoolCore,
+    Slot,
+    StartWorker,
+    StopWorker,
+    Waiter,
+    WaiterStatus,
+    Wake,
+)
+from engine.pool.lifecycle import WorkerState
+from engine.testing.profiles import scaled
+
+pytestmark = pytest.mark.layer1
+
+S = WorkerState
+W = WaiterStatus
+SESSIONS = st.sampled_from([None, None, "a", "b"])
+SLOTS = st.integers(0, 2)
+
+
+class PolicySkipped(Exception):
+    """What the scripted policy's Skip hands to the waiter."""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CoreMachine(RuleBasedStateMachine):
+    waiters = Bundle("waiters")  # requested, not taken
+    probes = Bundle("probes")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.core: PoolCore = None  # type: ignore[assignment]
+        self.dead: set[int] = set()  # the worker died; the slot task has not noticed yet
+        self.skip_next = False
+        self.starts: dict[int, int] = {}  # slot -> generation the core asked to start
+        self.stops: dict[int, int] = {}  # slot -> generation the core asked to stop
+        self.spawned: set[int] = set()  # worker_starting called, no hello yet
+        self.holder: dict[int, int] = {}  # slot -> waiter id granted it (model)
+        self.bound: dict[str, int] = {}  # session -> slot (model)
+        self.lost: set[str] = set()  # sessions whose worker died, not yet reported
+        self.closed = False
+        self.stranded: set[int] = set()  # queued for a session that was then unbound
+        self.requested: dict[int, Waiter] = {}  # call waiters not yet checked in/cancelled
+        self.requeued_after_close: set[int] = set()
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def vet(self, slot: Slot, waiter: Waiter) -> Verdict:
+        if slot.index in self.dead:
+            return Verdict(Remove("process_dead"))
+        if self.skip_next:
+            self.skip_next = False
+            return Verdict(Skip(PolicySkipped("policy said skip")))
+        return Verdict(Ok())
+
+    def step(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Call the core, then act on its actions and check what it decided."""
+        before = {w.id: (w.status, w.slot, w.generation) for w in self.core.waiters.values()}
+        result = fn(*args, **kwargs)
+        if isinstance(result, Waiter):
+            before.setdefault(result.id, (W.QUEUED, None, None))
+        woken = set()
+        for action in self.core.take_actions():
+            if isinstance(action, Wake):
+                woken.add(action.waiter)
+            elif isinstance(action, StartWorker):
+                assert not self.core.closing, f"{action} after close"
+                slot = self.core.slots[action.slot]
+                assert slot.state is S.STOPPED, f"{action} for a {slot.state} slot"
+                assert action.generation == slot.generation + 1
+                self.starts[action.slot] = action.generation
+            elif isinstance(action, StopWorker):
+                slot = self.core.slots[action.slot]
+                assert slot.state is S.STOPPING, f"{action} for a {slot.state} slot"
+                self.stops[action.slot] = action.generation
+            else:
+                assert isinstance(action, Emit) and action.event[0] == "engine"
+        for waiter_id, old in before.items():  # old: (status, slot, generation)
+            waiter = self.core.waiters.get(waiter_id)
+            if waiter is None and isinstance(result, Waiter) and result.id == waiter_id:
+                waiter = result
+            if waiter is None:
+                continue
+            now = (waiter.status, waiter.slot, waiter.generation)
+            if waiter.status is W.GRANTED and now != old:
+                self.granted(waiter, woken, fresh=old[0] is not W.GRANTED)
+            if waiter.status is W.FAILED and old[0] is not W.FAILED:
+                self.failed(waiter, woken)
+        return result
+
+    def granted(self, waiter: Waiter, woken: set[int], fresh: bool) -> None:
+        assert waiter.slot is not None
+        assert waiter.id in woken or waiter.purpose == "health" or not fresh, \
+            f"waiter {waiter.id} granted but never woken"
+        # Health probes skip the hand-off check on purpose: probing a dead worker
+        # is how the pool finds out.
+        assert waiter.slot not in self.dead or waiter.purpose == "health", \
+            f"dead worker of slot {waiter.slot} handed over"
+        if waiter.deadline is not None:
+            assert self.clock.now < waiter.deadline, "waiter past its deadline was served"
+        other = self.holder.get(waiter.slot)
+        assert other is None, f"slot {waiter.slot} handed to waiter {waiter.id} while " \
+                              f"waiter {other} holds it"
+        self.holder[waiter.slot] = waiter.id
+        session = waiter.session
+        if session is not None and waiter.purpose == "call":
+            assert session not in self.lost, f"session {session!r} lost its worker silently"
+            if session in self.bound and self.core.affinity != "hint":
+                assert self.bound[session] == waiter.slot, f"session {session!r} misrouted"
+            self.bound.setdefault(session, waiter.slot)
+
+    def failed(self, waiter: Waiter, woken: set[int]) -> None:
+        error = waiter.error
+        assert isinstance(error, PoolClosed | PoolSaturated | PoolTimeout | SessionLost
+                          | WorkerBusy | PolicySkipped), f"untyped failure {error!r}"
+        if isinstance(error, SessionLost):
+            assert waiter.session in self.lost, f"SessionLost for live {waiter.session!r}"
+            self.lost.discard(waiter.session)
+            self.bound.pop(waiter.session, None)
+        if isinstance(error, PoolTimeout):
+            assert waiter.deadline is not None and self.clock.now >= waiter.deadline
+
+    def release_model(self, waiter: Waiter) -> None:
+        if waiter.slot is not None and self.holder.get(waiter.slot) == waiter.id:
+            del self.holder[waiter.slot]
+
+    def slot(self, index: int) -> Slot:
+        return self.core.slots[index % self.core.size]
+
+    # --- set-up -----------------------------------------------------------------------
+
+    @initialize(size=st.integers(1, 3), affinity=st.sampled_from(["strict", "fail_fast", "hint"]),
+                lazy=st.sampled_from([False, False, True]), max_waiters=st.integers(1, 4),
+                max_calls=st.none() | st.integers(1, 3),
+                warm=st.sampled_from([True, True, False]))
+    def setup(self, size: int, affinity: str, lazy: bool, max_waiters: int,
+              max_calls: int | None, warm: bool) -> None:
+        self.core = PoolCore(size, clock=self.clock, affinity=affinity, max_waiters=max_waiters,
+                             lazy=lazy, max_calls_per_worker=max_calls, max_health_failures=2,
+                             vet=self.vet, strict=True, name="core-machine")
+        self.step(self.core.start)
+        if warm:  # most interesting interleavings need ready workers: start there too
+            while self.starts:
+                self.start_and_ready(0)
+
+    # --- callers ----------------------------------------------------------------------
+
+    @rule(target=waiters, session=SESSIONS, timeout=st.sampled_from([None, 0.5, 1.0, 5.0]),
+          then=st.sampled_from(["wait", "receive", "receive", "cycle"]))
+    def request(self, session: str | None, timeout: float | None, then: str) -> Waiter:
+        """A checkout. If served at once, the caller may take the lease right away
+        (``receive``) and even return it (``cycle``); ``wait`` leaves the grant
+        pending so that cancellation and worker death can come in between."""
+        waiter = self.step(self.core.request, session, timeout)
+        self.requested[waiter.id] = waiter
+        if waiter.status is W.GRANTED and then != "wait":
+            assert self.step(self.core.receive, waiter.id)
+            if then == "cycle":
+                self._checkin(waiter, clean=True, remove=False, calls=1)
+        return waiter
+
+    def _pick(self, status: WaiterStatus, pick: int) -> Waiter | None:
+        found = [w for w in self.requested.values() if w.status is status]
+        return found[pick % len(found)] if found else None
+
+    @rule(pick=st.integers(0, 7))
+    def receive(self, pick: int) -> None:
+        """A granted waiter's task runs and takes its lease."""
+        waiter = self._pick(W.GRANTED, pick)
+        if waiter is not None:
+            assert self.step(self.core.receive, waiter.id)
+            assert waiter.status is W.HELD
+
+    @rule(waiter=waiters)
+    def receive_any(self, waiter: Waiter) -> None:
+        """receive() on a waiter in any state: only a granted one may take a lease."""
+        was = waiter.status
+        took = self.step(self.core.receive, waiter.id)
+        assert took == (was is W.GRANTED and waiter.id in self.core.waiters)
+
+    @rule(waiter=consumes(waiters))
+    def cancel(self, waiter: Waiter) -> None:
+        if waiter.status is W.HELD:
+            return  # the shell checks a held lease in, it never cancels it
+        self.requested.pop(waiter.id, None)
+        was = waiter.status
+        index = waiter.slot
+        generation = self.slot(index).generation if index is not None else None
+        self.release_model(waiter)
+        self.step(self.core.cancel, waiter.id)
+        assert waiter.id not in self.core.queue
+        if was is W.GRANTED and index is not None:
+            slot = self.core.slots[index]
+            # Cancelled between grant and receipt: the worker goes back unharmed.
+            assert slot.generation == generation
+            assert slot.lease != waiter.id
+            if not self.core.closing and not slot.stop_requested and index not in self.dead:
+                assert slot.state in (S.READY, S.BUSY), f"cancelled grant left {slot.state}"
+
+    @rule(pick=st.integers(0, 7), clean=st.sampled_from([True, True, True, False]),
+          remove=st.sampled_from([False, False, False, True]), calls=st.integers(0, 2))
+    def checkin(self, pick: int, clean: bool, remove: bool, calls: int) -> None:
+        waiter = self._pick(W.HELD, pick)
+        if waiter is not None:
+            self._checkin(waiter, clean, remove, calls)
+
+    def _checkin(self, waiter: Waiter, clean: bool, remove: bool, calls: int) -> None:
+        del self.requested[waiter.id]
+        current = waiter.slot is not None and self.core.slots[waiter.slot].lease == waiter.id
+        self.release_model(waiter)
+        ok = self.step(self.core.checkin, waiter.id, clean=clean,
+                       remove="policy said remove" if remove else None, calls=calls)
+        assert ok == current
+
+    # --- workers ----------------------------------------------------------------------
+
+    @precondition(lambda self: self.starts)
+    @rule(pick=SLOTS)
+    def worker_starting(self, pick: int) -> None:
+        index = sorted(self.starts)[pick % len(self.starts)]
+        wanted = self.starts.pop(index)
+        generation = self.step(self.core.worker_starting, index)
+        assert generation == wanted
+        self.spawned.add(index)
+
+    @precondition(lambda self: self.starts)
+    @rule(pick=SLOTS)
+    def start_and_ready(self, pick: int) -> None:
+        """The common case in one step: the slot task spawns and the hello arrives."""
+        index = sorted(self.starts)[pick % len(self.starts)]
+        self.worker_starting(pick)
+        self.worker_ready(sorted(self.spawned).index(index))
+
+    @precondition(lambda self: self.spawned)
+    @rule(pick=SLOTS)
+    def worker_ready(self, pick: int) -> None:
+        index = sorted(self.spawned)[pick % len(self.spawned)]
+        self.spawned.discard(index)
+        slot = self.core.slots[index]
+        self.step(self.core.worker_ready, index, f"w{index}.{slot.generation}",
+                  1000 * index + slot.generation)
+
+    @rule(pick=SLOTS, crash=st.booleans())
+    def worker_exited(self, pick: int, crash: bool) -> None:
+        slot = self.slot(pick)
+        if slot.state is S.STOPPED:
+            return
+        if not crash and slot.index not in self.stops:
+            return  # a clean exit only follows a stop request
+        if slot.index in self.spawned and slot.state is not S.STOPPING and not crash:
+            return
+        for session, index in list(self.bound.items()):
+            if index == slot.index:
+                self.lost.add(session)
+                del self.bound[session]
+        holder = self.holder.pop(slot.index, None)
+        self.step(self.core.worker_exited, slot.index, "crashed" if crash else "stopped")
+        self.dead.discard(slot.index)
+        self.stops.pop(slot.index, None)
+        self.spawned.discard(slot.index)
+        if holder is not None:
+            waiter = self.core.waiters.get(holder)
+            # Granted but not taken: back in the queue (or served by another worker).
+            assert waiter is None or waiter.status is not W.GRANTED or waiter.slot != slot.index
+            if waiter is not None and waiter.status is W.QUEUED and self.core.closing:
+                # Known bug (reported): after close the core re-queues it instead of
+                # failing it with PoolClosed; see test_no_requeue_after_close.
+                self.requeued_after_close.add(waiter.id)
+
+    @rule(pick=SLOTS)
+    def worker_dies_unnoticed(self, pick: int) -> None:
+        slot = self.slot(pick)
+        if slot.state in (S.READY, S.BUSY, S.DEGRADED):
+            self.dead.add(slot.index)
+
+    @rule(dice=st.integers(0, 3))
+    def policy_skips_next(self, dice: int) -> None:
+        self.skip_next = dice == 0
+
+    @rule(pick=SLOTS, dice=st.integers(0, 3))
+    def retire(self, pick: int, dice: int) -> None:
+        if dice == 0:  # rarer than the rest: it takes a worker away
+            self.step(self.core.retire, self.slot(pick).index, "retired by test")
+
+    # --- health probes ------------------------------------------------------------------
+
+    @rule(target=probes, pick=SLOTS)
+    def health_probe(self, pick: int) -> Waiter:
+        # As the health loop does: take the slot now or give up at once.
+        waiter = self.step(self.core.request, purpose="health", target=self.slot(pick).index)
+        if waiter.status is W.GRANTED:
+            assert self.step(self.core.receive, waiter.id)
+        else:
+            self.step(self.core.cancel, waiter.id)
+            assert waiter.id not in self.core.queue
+        return waiter
+
+    @rule(probe=consumes(probes), ok=st.booleans())
+    def health_result(self, probe: Waiter, ok: bool) -> None:
+        if probe.status is W.HELD:
+            self.release_model(probe)
+            self.step(self.core.health_result, probe.id, ok, "" if ok else "probe failed")
+
+    # --- time, sessions, close --------------------------------------------------------
+
+    @rule(seconds=st.sampled_from([0.25, 0.5, 1.0, 5.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        for waiter in list(self.core.queue.values()):
+            if waiter.deadline is not None and waiter.deadline <= self.clock.now:
+                self.step(self.core.expire, waiter.id)
+
+    @rule(session=st.sampled_from(["a", "b"]))
+    def unbind(self, session: str) -> None:
+        # Known gap (reported): unbind() does not re-dispatch, so a waiter queued
+        # for the bound worker keeps waiting until the next event even if other
+        # workers are idle. Exempt those from the liveness check; see
+        # test_unbind_redispatches_queued_waiters below.
+        self.stranded.update(w.id for w in self.core.queue.values() if w.session == session)
+        self.step(self.core.unbind, session)
+        self.bound.pop(session, None)
+        self.lost.discard(session)
+
+    @rule(dice=st.integers(0, 5))
+    def close(self, dice: int) -> None:
+        if dice:
+            return  # closing ends the interesting part: do it one time in six
+        self.step(self.core.close)
+        self.closed = True
+        assert not self.core.queue
+        self.starts.clear()
+
+    # --- invariants ---------------------------------------------------------------------
+
+    @invariant()
+    def core_is_consistent(self) -> None:
+        self.core.check_invariants()
+        c = self.core.counts()
+        assert c.busy + c.ready + c.starting <= c.size
+
+    @invariant()
+    def queued_iff_in_queue(self) -> None:
+        for waiter in self.core.waiters.values():
+            assert (waiter.status is W.QUEUED) == (waiter.id in self.core.queue), \
+                f"waiter {waiter.id} is {waiter.status} but queued={waiter.id in self.core.queue}"
+
+    @invariant()
+    def holders_match_model(self) -> None:
+        for slot in self.core.slots:
+            if slot.lease is not None:
+                assert self.holder.get(slot.index) == slot.lease, \
+                    f"slot {slot.index} leased to {slot.lease}, model says " \
+                    f"{self.holder.get(slot.index)}"
+
+    @invariant()
+    def no_waiter_waits_beside_an_idle_worker(self) -> None:
+        if self.core is None or self.core.closing:
+            return
+        free = [s for s in self.core.slots
+                if s.state is S.READY and s.lease is None and s.index not in self.dead]
+        for waiter in self.core.queue.values():
+            if waiter.purpose != "call" or waiter.id in self.stranded:
+                continue
+            binding = self.core.bindings.get(waiter.session) if waiter.session else None
+            usable = free
+            if binding is not None and binding.lost is None and self.core.affinity != "hint":
+                usable = [s for s in free if s.index == binding.slot]
+            if binding is not None and self.core.affinity == "hint" \
+                    and self.core.slots[binding.slot].state is S.STOPPING:
+                # Known bug (reported): a hint waiter whose bound worker failed the
+                # hand-off check is not offered the other idle workers until the
+                # next event; see test_hint_waiter_falls_back_after_removal.
+                continue
+            assert not usable, f"waiter {waiter.id} queued while slot(s) " \
+                               f"{[s.index for s in usable]} sit idle"
+
+    @invariant()
+    def nothing_starts_after_close(self) -> None:
+        if self.closed:
+            assert not self.starts
+            assert set(self.core.queue) <= self.requeued_after_close, "waiter queued after close"
+
+
+CoreMachine.TestCase.settings = scaled(max_examples=1000, stateful_step_count=40)
+TestCoreMachine = CoreMachine.TestCase
+
+
+@pytest.mark.xfail(strict=True, reason="reported: PoolCore.unbind() does not re-dispatch")
+def test_unbind_redispatches_queued_waiters() -> None:
+    """A strict waiter queued for a session's busy worker may use any idle worker
+    once the session is unbound (end_session, TTL expiry); it should not wait for
+    an unrelated event."""
+    clock = Clock()
+    core = PoolCore(2, clock=clock, strict=True)
+    core.start()
+    for index in (0, 1):
+        core.worker_starting(index)
+    core.worker_ready(0, "w0", 1)
+    first = core.request("s")
+    assert first.status is W.GRANTED and first.slot == 0
+    core.receive(first.id)
+    second = core.request("s")
+    assert second.status is W.QUEUED  # strict: waits for slot 0
+    core.worker_ready(1, "w1", 2)  # slot 1 idle, but not for session s
+    assert second.status is W.QUEUED
+    core.unbind("s")
+    assert second.status is W.GRANTED and second.slot == 1
+
+
+@pytest.mark.xfail(strict=True, reason="reported: worker_exited re-queues a granted waiter "
+                                       "after close")
+def test_no_requeue_after_close() -> None:
+    """A waiter granted a worker that dies after close must get PoolClosed, not wait
+    in the queue of a closed pool until its own deadline."""
+    core = PoolCore(1, clock=Clock(), strict=True)
+    core.start()
+    core.worker_starting(0)
+    waiter = core.request(None, None)
+    core.worker_ready(0, "w0", 1)
+    assert waiter.status is W.GRANTED
+    core.close()
+    core.worker_exited(0, "crashed")
+    assert waiter.status is W.FAILED and isinstance(waiter.error, PoolClosed)
+
+
+@pytest.mark.xfail(strict=True, reason="reported: hint waiter not served after its bound "
+                                       "worker is removed at hand-off")
+def test_hint_waiter_falls_back_after_removal() -> None:
+    """affinity='hint': when the session's worker fails the hand-off check, the
+    waiter should get another idle worker at once."""
+    dead: set[int] = set()
+
+    def vet(slot: Slot, waiter: Waiter) -> Verdict:
+        return Verdict(Remove("process_dead") if slot.index in dead else Ok())
+
+    core = PoolCore(2, clock=Clock(), affinity="hint", vet=vet, strict=True)
+    core.start()
+    for index in (0, 1):
+        core.worker_starting(index)
+        core.worker_ready(index, f"w{index}", index)
+    first = core.request("s")
+    bound = first.slot
+    assert bound is not None
+    core.cancel(first.id)  # the worker goes back; the session stays bound to it
+    dead.add(bound)
+    second = core.request("s")
+    assert second.status is W.GRANTED and second.slot == 1 - bound
