@@ -86,7 +86,7 @@ async def test_detect_service_prefers_live_pool_then_bridge() -> None:
         assert whereis(pool_name) is None
         assert detect_service() is bridge
         assert (await client.ping(service=bridge_name)).pid > 0
-    with pytest.raises(BridgeUnavailable, match="^Python bridge not available:"):
+    with pytest.raises(BridgeUnavailable, match=r"^Python bridge not available:"):
         detect_service()
 
 

@@ -99,7 +99,7 @@ class SlotSupervisor:
         reason = "start abandoned"
         crashed = False
         telemetry.emit(("engine", "worker", "spawn"), {},
-                       {"slot": self.index, "worker_id": request.worker_id})
+                       {"pool": pool.label, "slot": self.index, "worker_id": request.worker_id})
         try:
             with self.run_scope:
                 async with pool.factory(request) as worker:
@@ -122,7 +122,7 @@ class SlotSupervisor:
             pool.core.worker_exited(self.index, reason)
             pool.flush()
             telemetry.emit(("engine", "worker", "exit"), {},
-                           {"slot": self.index, "reason": reason})
+                           {"pool": pool.label, "slot": self.index, "reason": reason})
 
     async def _serve(self, worker: WorkerHandle) -> tuple[str, bool]:
         """Hand the worker to the core and wait until it dies or must stop."""
@@ -134,7 +134,8 @@ class SlotSupervisor:
         self.start_failures = 0
         pool.breaker_success()
         telemetry.emit(("engine", "worker", "ready"), {},
-                       {"slot": self.index, "worker_id": worker.worker_id, "pid": worker.pid})
+                       {"pool": pool.label, "slot": self.index, "worker_id": worker.worker_id,
+                        "pid": worker.pid})
         await trio_util.wait_any(worker.wait_exited, self.stop_wanted.wait)
         if trio.current_time() - started >= pool.config.healthy_period:
             self.backoff.reset()
