@@ -233,8 +233,13 @@ class PoolCore:
             lease = self.waiters.get(slot.lease)
             if lease is not None and lease.status is WaiterStatus.GRANTED:
                 # Granted but not yet taken: the waiter goes back to the queue
-                # rather than being handed a dead worker.
-                self._requeue(lease)
+                # rather than being handed a dead worker (or, if the pool is
+                # closing, learns that at once).
+                if self.closing:
+                    lease.slot = lease.generation = None
+                    self._fail(lease, PoolClosed(pool=self.name))
+                else:
+                    self._requeue(lease)
             slot.lease = None
         self._lose_sessions(slot, reason)
         slot.worker_id = None
@@ -416,6 +421,8 @@ class PoolCore:
             return None
         slot = self.slots[binding.slot]
         slot.sessions.discard(session)
+        # A strict waiter queued for that worker may now take any worker.
+        self._dispatch()
         if binding.lost is None and slot.generation == binding.generation:
             return slot.index
         return None
@@ -519,11 +526,13 @@ class PoolCore:
             binding = self.bindings.get(waiter.session)
             if binding is not None:
                 bound = self.slots[binding.slot]
-                if bound in free:
-                    return [bound]
                 if self.affinity == "hint":
-                    return sorted(free, key=lambda s: -s.last_used)
-                return []
+                    # The session's worker first; any other if it is busy or fails
+                    # the hand-off check.
+                    others = sorted((s for s in free if s is not bound),
+                                    key=lambda s: -s.last_used)
+                    return [bound, *others] if bound in free else others
+                return [bound] if bound in free else []
             # First use: the worker with the fewest sessions, warmest first.
             return sorted(free, key=lambda s: (len(s.sessions), -s.last_used))
         # Anonymous: most recently used first, to keep caches warm.

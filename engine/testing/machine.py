@@ -420,16 +420,21 @@ class PoolMachine(RuleBasedStateMachine):
             return
         script = self.script_of(record.worker_id)
         mode = script.faults.get(command, script.reply_mode)
+        # A scripted hang or crash comes before the handler runs; the garbage
+        # command's raw bytes come before any (scripted) reply; then the reply mode.
         expected: type[BaseException] | None = {
-            "wrong_id": ProtocolError, "garbage": ProtocolError, "truncated": WorkerCrashed,
-            "crash": WorkerCrashed, "hang": CallTimeout,
-        }.get(mode)
+            "crash": WorkerCrashed, "hang": CallTimeout}.get(mode)
+        if expected is None and command == "garbage":
+            expected = ProtocolError
         if expected is None:
-            expected = {"fail": RemoteError, "garbage": ProtocolError, "crash": WorkerCrashed,
+            expected = {"wrong_id": ProtocolError, "garbage": ProtocolError,
+                        "truncated": WorkerCrashed}.get(mode)
+        if expected is None:
+            expected = {"fail": RemoteError, "crash": WorkerCrashed,
                         "hang": CallTimeout}.get(command)
-        if command == "sleep" and record.timeout is not None \
+        if command == "sleep" and mode != "crash" and record.timeout is not None \
                 and record.args["seconds"] >= record.timeout:
-            expected = CallTimeout
+            expected = CallTimeout  # the timeout fires before any reply
         if expected is not None:
             if not isinstance(error, expected):
                 self.violations.append(f"{what}: expected {expected.__name__}, "

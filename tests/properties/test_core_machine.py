@@ -427,7 +427,6 @@ CoreMachine.TestCase.settings = scaled(max_examples=1000, stateful_step_count=40
 TestCoreMachine = CoreMachine.TestCase
 
 
-@pytest.mark.xfail(strict=True, reason="reported: PoolCore.unbind() does not re-dispatch")
 def test_unbind_redispatches_queued_waiters() -> None:
     """A strict waiter queued for a session's busy worker may use any idle worker
     once the session is unbound (end_session, TTL expiry); it should not wait for
@@ -449,8 +448,6 @@ def test_unbind_redispatches_queued_waiters() -> None:
     assert second.status is W.GRANTED and second.slot == 1
 
 
-@pytest.mark.xfail(strict=True, reason="reported: worker_exited re-queues a granted waiter "
-                                       "after close")
 def test_no_requeue_after_close() -> None:
     """A waiter granted a worker that dies after close must get PoolClosed, not wait
     in the queue of a closed pool until its own deadline."""
@@ -465,8 +462,6 @@ def test_no_requeue_after_close() -> None:
     assert waiter.status is W.FAILED and isinstance(waiter.error, PoolClosed)
 
 
-@pytest.mark.xfail(strict=True, reason="reported: hint waiter not served after its bound "
-                                       "worker is removed at hand-off")
 def test_hint_waiter_falls_back_after_removal() -> None:
     """affinity='hint': when the session's worker fails the hand-off check, the
     waiter should get another idle worker at once."""
