@@ -39,7 +39,6 @@ from engine.stress_chaos import (
 )
 from engine.stress_report import RunFacts, build_report
 from engine.stress_workload import (
-    FAULT_KINDS,
     KINDS,
     Recorder,
     SessionBook,
@@ -205,9 +204,8 @@ class _Run:
         self.load_end = 0.0
         self.clients_done_at = 0.0
         self.hung = 0
-        self.aborted = 0
         self.facts: dict[str, Any] = {}
-        self._last_rate = (0.0, 0)
+        self._rate_mark = (0.0, 0)  # (time, calls ended) of the last rate sample
 
     async def run(self) -> dict[str, Any]:
         handler_id = f"engine.stress-{next(_run_ids)}"
@@ -327,10 +325,11 @@ class _Run:
             progress = min(1.0, rec.started / (config.calls or 1))
         if self.phase in ("draining", "verifying", "closing"):
             progress = 1.0
-        last_t, last_n = self._last_rate
-        rate = (rec.ended - last_n) / (now - last_t) if now - last_t > 0 and last_t else 0.0
-        if now - last_t >= 1.0 or not last_t:
-            self._last_rate = (now, rec.ended)
+        # Throughput over roughly the last second: the mark moves once a second.
+        mark_t, mark_n = self._rate_mark
+        rate = (rec.ended - mark_n) / (now - mark_t) if mark_t and now > mark_t else 0.0
+        if not mark_t or now - mark_t >= 1.0:
+            self._rate_mark = (now, rec.ended)
         stats = pool.statistics()
         call = rec.call.snapshot()
         self.on_status(LiveStatus(
@@ -413,7 +412,7 @@ class _Run:
             load_end=self.load_end, clients_done_at=self.clients_done_at,
             bin_width=self.bin_width, recorder=self.recorder, ledger=self.ledger,
             watch=self.watch, book=self.book, samples=self.samples, hung=self.hung,
-            fault_kinds=tuple(sorted(FAULT_KINDS)), facts=self.facts)
+            facts=self.facts)
 
 
 async def run_stress(config: StressConfig,

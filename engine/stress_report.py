@@ -51,7 +51,6 @@ class RunFacts:
     book: SessionBook
     samples: Sequence[tuple[float, int, int, int, int]]
     hung: int
-    fault_kinds: tuple[str, ...]
     facts: Mapping[str, Any]
 
 

@@ -94,6 +94,7 @@ class Slot:
     last_used: float = 0.0
     ready_at: float = 0.0
     calls: int = 0
+    leases_granted: int = 0  # since this worker became ready (health probes excluded)
     wanted: bool = False
     health_failures: int = 0
     stop_requested: bool = False
@@ -156,6 +157,9 @@ class PoolCore:
         self.slots = [
             Slot(i, Lifecycle(f"slot {i}", clock=clock, strict=strict)) for i in range(size)
         ]
+        # Kept up to date by _move, so the shell can read counts in O(1).
+        self.state_counts: dict[WorkerState, int] = {state: 0 for state in S}
+        self.state_counts[S.STOPPED] = size
         self.waiters: dict[int, Waiter] = {}
         self.queue: dict[int, Waiter] = {}  # insertion-ordered: FIFO
         self.bindings: dict[str, Binding] = {}
@@ -178,7 +182,11 @@ class PoolCore:
         self._actions.append(Emit(("engine", *event), measurements or {}, metadata))
 
     def _move(self, slot: Slot, new: WorkerState, reason: str) -> None:
+        old = slot.lifecycle.state
         transition = slot.lifecycle.move(new, reason)
+        if old is not slot.lifecycle.state:
+            self.state_counts[old] -= 1
+            self.state_counts[new] += 1
         if transition is not None and self.telemetry_enabled():
             self._emit_transition(slot, transition)
 
@@ -216,6 +224,7 @@ class PoolCore:
         slot.worker_id = worker_id
         slot.pid = pid
         slot.calls = 0
+        slot.leases_granted = 0
         slot.health_failures = 0
         slot.ready_at = slot.last_used = self.clock()
         if slot.state is S.STOPPING:
@@ -488,11 +497,13 @@ class PoolCore:
             return
         now = self.clock()
         for waiter in list(self.queue.values()):
-            if not any(s.state is S.READY and s.lease is None for s in self.slots) \
-                    and not any(w.purpose == "health" for w in self.queue.values()):
+            if not self._has_free_slot():
                 return
             if waiter.status is WaiterStatus.QUEUED:
                 self._try_serve(waiter, now)
+
+    def _has_free_slot(self) -> bool:
+        return any(s.lifecycle.state is S.READY and s.lease is None for s in self.slots)
 
     def _try_serve(self, waiter: Waiter, now: float) -> None:
         if waiter.deadline is not None and now >= waiter.deadline:
@@ -521,7 +532,12 @@ class PoolCore:
             slot = self.slots[waiter.target] if waiter.target is not None else None
             ok = slot is not None and slot.lease is None and slot.state in (S.READY, S.DEGRADED)
             return [slot] if ok and slot is not None else []
-        free = [s for s in self.slots if s.state is S.READY and s.lease is None]
+        free = [s for s in self.slots if s.lifecycle.state is S.READY and s.lease is None]
+        if len(free) > 1 or waiter.session is not None:
+            return self._order(waiter, free)
+        return free
+
+    def _order(self, waiter: Waiter, free: list[Slot]) -> list[Slot]:
         if waiter.session is not None:
             binding = self.bindings.get(waiter.session)
             if binding is not None:
@@ -544,6 +560,8 @@ class PoolCore:
         waiter.slot = slot.index
         waiter.generation = slot.generation
         slot.lease = waiter.id
+        if waiter.purpose == "call":
+            slot.leases_granted += 1
         self._move(slot, S.BUSY, "health probe" if waiter.purpose == "health" else "checkout")
         if waiter.session is not None and waiter.purpose == "call":
             binding = self.bindings.get(waiter.session)
@@ -571,33 +589,21 @@ class PoolCore:
     # --- introspection -----------------------------------------------------------
 
     def counts(self) -> CoreCounts:
-        ready = busy = starting = degraded = stopping = stopped = leased = 0
-        for slot in self.slots:
-            state = slot.lifecycle.state
-            if state is S.READY:
-                ready += 1
-            elif state is S.BUSY:
-                busy += 1
-            elif state is S.STARTING:
-                starting += 1
-            elif state is S.DEGRADED:
-                degraded += 1
-            elif state is S.STOPPING:
-                stopping += 1
-            else:
-                stopped += 1
-            if slot.lease is not None:
-                leased += 1
+        c = self.state_counts
         return CoreCounts(
-            size=self.size, ready=ready, busy=busy, starting=starting, degraded=degraded,
-            stopping=stopping, stopped=stopped, waiting=len(self.queue),
-            sessions=len(self.bindings), restarts=self.restarts, leased=leased,
+            size=self.size, ready=c[S.READY], busy=c[S.BUSY], starting=c[S.STARTING],
+            degraded=c[S.DEGRADED], stopping=c[S.STOPPING], stopped=c[S.STOPPED],
+            waiting=len(self.queue), sessions=len(self.bindings), restarts=self.restarts,
+            leased=sum(1 for s in self.slots if s.lease is not None),
         )
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the core's bookkeeping is inconsistent."""
         counts = self.counts()
         assert counts.busy + counts.ready + counts.starting <= self.size
+        for state in S:
+            actual = sum(1 for s in self.slots if s.lifecycle.state is state)
+            assert self.state_counts[state] == actual, f"{state} count drifted"
         leases = [s.lease for s in self.slots if s.lease is not None]
         assert len(leases) == len(set(leases)), f"a waiter holds two slots: {leases}"
         for slot in self.slots:

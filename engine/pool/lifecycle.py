@@ -15,8 +15,8 @@ import collections
 import enum
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
-import attrs
 
 logger = logging.getLogger("engine.lifecycle")
 
@@ -28,6 +28,10 @@ class WorkerState(enum.Enum):
     DEGRADED = "degraded"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+    # Members are singletons: identity hashing (a C slot) instead of Enum's
+    # Python-level __hash__, which showed up on the checkout hot path.
+    __hash__ = object.__hash__
 
 
 S = WorkerState
@@ -57,8 +61,9 @@ class InvalidTransition(RuntimeError):
         self.new = new
 
 
-@attrs.frozen
-class Transition:
+class Transition(NamedTuple):
+    """One accepted move. A tuple, not attrs: two are made per checkout."""
+
     old: WorkerState
     new: WorkerState
     reason: str

@@ -61,6 +61,7 @@ from engine.workers.handle import WorkerFactory, WorkerHandle
 logger = logging.getLogger("engine.pool")
 _pool_ids = itertools.count(1)
 _OK_VERDICT = Verdict(Ok())
+_OUTCOME_COUNTERS: dict[str, str] = {}
 
 
 @attrs.frozen
@@ -213,6 +214,8 @@ class Pool:
         self.last_start_error: WorkerStartError | None = None
         self.failing_slots: set[int] = set()  # slots whose last start failed
         self.metrics_store = telemetry.Metrics(histograms=("checkout_wait", "call"))
+        self._call_latency = self.metrics_store.histogram("call")
+        self._checkout_latency = self.metrics_store.histogram("checkout_wait")
 
     # --- public API ------------------------------------------------------------
 
@@ -252,13 +255,26 @@ class Pool:
                    timeout: float | None = None, checkout_timeout: float | None = None,
                    retry: Retry | None = None) -> Any:
         """Check out a worker, send one command, check it back in."""
-        async def once(attempt: int) -> Any:
-            async with self.checkout(session=session, timeout=checkout_timeout) as lease:
-                return await lease.call(command, args, timeout=timeout)
-
         if retry is None:
-            return await once(1)
+            return await self._call_once(command, args, session, timeout, checkout_timeout)
+
+        async def once(attempt: int) -> Any:
+            return await self._call_once(command, args, session, timeout, checkout_timeout)
+
         return await retry.run(once, rng=self.rng)
+
+    async def _call_once(self, command: str, args: Any, session: str | None,
+                         timeout: float | None, checkout_timeout: float | None) -> Any:
+        # checkout() + lease.call() without the generator-based context manager,
+        # and without the checkout's own checkpoint: the call checkpoints anyway.
+        lease = await self._acquire(session, checkout_timeout, checkpoint=False)
+        try:
+            result = await lease.call(command, args, timeout=timeout)
+        except BaseException as exc:
+            self._release(lease, exc)
+            raise
+        self._release(lease, None)
+        return result
 
     async def end_session(self, session: str) -> bool:
         """Drop a session: its worker is sent ``cleanup_session`` and it is unbound.
@@ -337,16 +353,18 @@ class Pool:
 
     # --- internals: checkout -----------------------------------------------------
 
-    async def _acquire(self, session: str | None, timeout: float | None) -> Lease:
+    async def _acquire(self, session: str | None, timeout: float | None, *,
+                       checkpoint: bool = True) -> Lease:
         decision = self.breaker.allow()
         if not decision.allowed and not self.closing:
+            await trio.lowlevel.checkpoint()
             raise PoolUnavailable(reason=decision.reason, retry_in=decision.retry_in,
                                   pool=self.label)
         if not decision.probe:
-            return await self._acquire_lease(session, timeout)
+            return await self._acquire_lease(session, timeout, checkpoint)
         # Half-open: this checkout is the probe that decides whether to close.
         try:
-            lease = await self._acquire_lease(session, timeout)
+            lease = await self._acquire_lease(session, timeout, checkpoint)
         except trio.Cancelled:
             self.breaker.probe_abandoned(decision.generation)
             raise
@@ -356,13 +374,16 @@ class Pool:
         self.breaker.probe_finished(True, decision.generation)
         return lease
 
-    async def _acquire_lease(self, session: str | None, timeout: float | None) -> Lease:
+    async def _acquire_lease(self, session: str | None, timeout: float | None,
+                             checkpoint: bool) -> Lease:
         started = trio.current_time()
         waiter = self.core.request(
             session, self.config.checkout_timeout if timeout is None else timeout)
         self.flush()
-        if waiter.status is not WaiterStatus.QUEUED:
-            # Served at once: still a checkpoint, as every Trio blocking call is.
+        if waiter.status is WaiterStatus.FAILED or (
+                checkpoint and waiter.status is WaiterStatus.GRANTED):
+            # Served (or refused) at once: still a checkpoint, as every Trio
+            # blocking call is. pool.call skips it: its call checkpoints anyway.
             try:
                 await trio.lowlevel.checkpoint()
             except BaseException:
@@ -382,9 +403,10 @@ class Pool:
         assert worker is not None
         lease = Lease(self, waiter, worker)
         self._leases[waiter.id] = lease
-        self.leased.value = len(self._leases)
+        if self.leased.value != len(self._leases):
+            self.leased.value = len(self._leases)
         wait = trio.current_time() - started
-        self.metrics_store.observe("checkout_wait", wait)
+        self._checkout_latency.record(wait)
         if telemetry.active():
             telemetry.emit(("engine", "checkout"), {"wait": wait},
                            {"pool": self.label, "worker_id": worker.worker_id,
@@ -420,9 +442,12 @@ class Pool:
             return
         lease.released = True
         self._leases.pop(lease._waiter.id, None)
-        self.leased.value = len(self._leases)
+        if self.leased.value != len(self._leases):
+            self.leased.value = len(self._leases)
         worker = lease._worker
-        clean = lease.error is None and not worker.dirty and worker.is_alive()
+        # No poll here: a death is reported by the exit watcher (exit_info) or
+        # the channel (dirty), and the next hand-off polls anyway.
+        clean = lease.error is None and not worker.dirty and worker.exit_info is None
         remove: str | None = None
         if not self._default_policy:
             info = self._info(self.core.slots[lease.slot], worker)
@@ -489,13 +514,10 @@ class Pool:
             elif isinstance(action, Emit):
                 telemetry.emit(action.event, action.measurements,
                                {"pool": self.label, **action.metadata})
-        live = stopped = 0
-        for slot in self.core.slots:
-            state = slot.lifecycle.state
-            if state is WorkerState.STOPPED:
-                stopped += 1
-            elif state is not WorkerState.STARTING and state is not WorkerState.STOPPING:
-                live += 1
+        counts = self.core.state_counts
+        live = counts[WorkerState.READY] + counts[WorkerState.BUSY] \
+            + counts[WorkerState.DEGRADED]
+        stopped = counts[WorkerState.STOPPED]
         # AsyncValue wakes its waiters on every assignment; assign only changes.
         if self.live.value != live:
             self.live.value = live
@@ -504,8 +526,11 @@ class Pool:
 
     def observe_call(self, command: str, duration: float, outcome: str,
                      worker_id: str) -> None:
-        self.metrics_store.observe("call", duration)
-        self.metrics_store.increment(f"calls_{outcome}")
+        self._call_latency.record(duration)
+        counter = _OUTCOME_COUNTERS.get(outcome)
+        if counter is None:
+            counter = _OUTCOME_COUNTERS[outcome] = f"calls_{outcome}"
+        self.metrics_store.increment(counter)
         if telemetry.active():
             telemetry.emit(("engine", "call"), {"duration": duration},
                            {"pool": self.label, "command": command, "outcome": outcome,

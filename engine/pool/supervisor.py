@@ -48,6 +48,7 @@ class SlotSupervisor:
         self.start_failures = 0
         self.run_scope = trio.CancelScope()
         self.running = False
+        self.looping = False
 
     def request_start(self) -> None:
         self.start_wanted.set()
@@ -73,7 +74,8 @@ class SlotSupervisor:
 
     async def _pause_before_start(self) -> None:
         delay = self.backoff.next_delay(self.rng) if self.failed_last else 0.0
-        if self.failed_last and not self.intensity.record():
+        # Intensity counts crash loops only (failed starts, deaths before serving).
+        if self.failed_last and self.looping and not self.intensity.record():
             delay = max(delay, self.pool.config.restart_cooldown)
             logger.warning("slot %d restarted more than %d times in %gs; cooling down %gs",
                            self.index, self.pool.config.max_restarts,
@@ -106,6 +108,7 @@ class SlotSupervisor:
                     reason, crashed = await self._serve(worker)
         except WorkerStartError as exc:
             reason, crashed = f"start failed: {exc.reason}", True
+            self.looping = True
             self.start_failures += 1
             pool.record_start_failure(self.index, exc)
         except Exception as exc:
@@ -113,6 +116,7 @@ class SlotSupervisor:
             # a failed start and let backoff pace the retries.
             logger.exception("worker factory for slot %d failed", self.index)
             reason, crashed = f"start failed: {type(exc).__name__}: {exc}", True
+            self.looping = True
             self.start_failures += 1
             pool.record_start_failure(self.index, WorkerStartError(
                 f"{type(exc).__name__}: {exc}", worker_id=request.worker_id))
@@ -137,7 +141,12 @@ class SlotSupervisor:
                        {"pool": pool.label, "slot": self.index, "worker_id": worker.worker_id,
                         "pid": worker.pid})
         await trio_util.wait_any(worker.wait_exited, self.stop_wanted.wait)
-        if trio.current_time() - started >= pool.config.healthy_period:
+        # A worker that served callers and was then killed says nothing about the
+        # app: its replacement starts at once. Backoff is for crash loops: starts
+        # that fail, and workers that die before serving anyone.
+        served = pool.core.slots[self.index].leases_granted > 0
+        self.looping = not (served or trio.current_time() - started >= pool.config.healthy_period)
+        if not self.looping:
             self.backoff.reset()
         info = worker.exit_info
         # We have not stopped it yet (that happens when the factory's block ends),

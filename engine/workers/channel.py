@@ -20,13 +20,9 @@ import trio
 
 from engine.errors import CallTimeout, ProtocolError, RemoteError
 from engine.protocol import FrameDecoder, Hello, encode_frame, parse_hello, parse_response
+from engine.workers.transport import PeerGone, transport_for
 
-_READ_SIZE = 65536
-
-
-class PeerGone(Exception):
-    """Internal: the stream ended (EOF or broken pipe). The owner turns this into
-    WorkerCrashed or WorkerStartError with the exit status."""
+__all__ = ["FramedChannel", "PeerGone"]
 
 
 class FramedChannel:
@@ -35,6 +31,7 @@ class FramedChannel:
                  pid: Callable[[], int | None] = lambda: None) -> None:
         self._send = send
         self._receive = receive
+        self._io = transport_for(send, receive)
         self._decoder = FrameDecoder(max_frame_size)
         self._max_frame_size = max_frame_size
         self._ids = itertools.count(1)
@@ -89,12 +86,12 @@ class FramedChannel:
                 # interruption leaves a stray request or reply on the pipe.
                 self.dirty = True
                 try:
-                    await self._send.send_all(frame)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    await self._io.write(frame)
+                except PeerGone:
                     # The worker died before reading the request (EPIPE): the
                     # owner reports it as a crash, like an EOF on the read side.
                     self.broken = True
-                    raise PeerGone(f"stream broken: {exc!r}") from None
+                    raise
                 message = await self._read_message()
                 self.dirty = False
                 return self._result(request_id, command, session, message)
@@ -114,6 +111,10 @@ class FramedChannel:
 
     def _result(self, request_id: int, command: str, session: str | None,
                 message: dict[str, Any]) -> Any:
+        # Fast path for the common, well-formed success reply.
+        if message.get("ok") is True and message.get("id") == request_id \
+                and "result" in message and type(request_id) is type(message["id"]):
+            return message["result"]
         try:
             response = parse_response(message)
         except ProtocolError as exc:
@@ -145,13 +146,10 @@ class FramedChannel:
             if message is not None:
                 return message
             try:
-                data = await self._receive.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                data = await self._io.read()
+            except PeerGone:
                 self.broken = True
-                raise PeerGone(f"stream broken: {exc}") from None
-            if not data:
-                self.broken = True
-                raise PeerGone("end of stream")
+                raise
             try:
                 self._decoder.feed(data)
             except ProtocolError as exc:
@@ -159,7 +157,7 @@ class FramedChannel:
 
     async def send_raw(self, frame: bytes) -> None:
         """Write a frame without waiting for a reply (used for shutdown)."""
-        await self._send.send_all(frame)
+        await self._io.write(frame)
 
     async def aclose(self) -> None:
         await self._send.aclose()

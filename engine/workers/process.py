@@ -172,8 +172,8 @@ class ProcessWorker:
                     await self._channel.send_raw(
                         encode_frame({"id": 1 << 30, "command": "shutdown", "args": None,
                                       "session": None}))
-                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-                    pass
+                except (PeerGone, trio.BusyResourceError):
+                    pass  # already gone, or a call is in flight: stdin close and signals follow
         elif self._exit is None:
             self._stop_reason = "killed"
         await self._close_stdin()

@@ -9,11 +9,29 @@ from __future__ import annotations
 
 import pytest
 
+from engine.testing.fakes import FakeWorkerFactory
+from engine.testing.faults import inject_fault
+from engine.testing.fixtures import start_test_pool
 from engine.testing.machine import pool_machine
 from engine.testing.profiles import scaled
 
 pytestmark = pytest.mark.layer2
 
 FakePoolMachine = pool_machine(workers="fake")
-FakePoolMachine.TestCase.settings = scaled(max_examples=100, stateful_step_count=30)
+# Reported pool bug, tolerated until fixed (see the xfail test below): a worker
+# that dies after the grant and before the waiter takes it is handed over dead.
+FakePoolMachine.tolerate = frozenset({"dead_worker_after_grant"})
+FakePoolMachine.TestCase.settings = scaled(max_examples=300, stateful_step_count=50)
 TestFakePoolMachine = FakePoolMachine.TestCase
+
+
+@pytest.mark.xfail(strict=True, reason="reported pool bug: _acquire does not re-check the "
+                                       "worker between grant and receipt")
+async def test_worker_killed_after_grant_is_not_handed_over() -> None:
+    async with start_test_pool(worker_factory=FakeWorkerFactory(), size=1) as pool:
+        with inject_fault("kill_after_grant", pool=pool, times=1) as fault:
+            async with pool.checkout(timeout=5) as lease:
+                worker = pool.workers[lease.slot]
+                assert fault.fired == 1
+                assert worker is not None and worker.worker_id == lease.worker_id
+                assert worker.is_alive(), "handed a worker that died after the grant"
