@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
-
 logger = logging.getLogger("engine.lifecycle")
 
 
