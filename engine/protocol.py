@@ -18,7 +18,7 @@ from engine.errors import ProtocolError
 
 TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -30,11 +30,44 @@ HELLO_ID = 0
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+def _make_fast_encoder() -> Callable[[Any, int], Any]:
+    """The C encoder behind ``_encoder``, built once.
+
+    ``JSONEncoder.encode`` builds a new one (and a markers dict) on every call,
+    a third of the cost of encoding a small reply. Without markers it keeps no
+    state, so one can serve every thread; a circular reference then ends in
+    RecursionError instead of ValueError, and :func:`encode_frame` encodes a
+    failed message again with ``_encoder`` to report the usual error.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)  # None without the _json accelerator
+    if make is not None:
+        try:
+            encode: Callable[[Any, int], Any] = make(
+                None, _encoder.default, json.encoder.encode_basestring, None,
+                _encoder.key_separator, _encoder.item_separator, False, False, False)
+        except TypeError:  # another interpreter's private signature
+            pass
+        else:
+            return encode
+    return lambda value, _level: (_encoder.encode(value),)
+
+
+_fast_encode = _make_fast_encoder()
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
+# ``JSONDecoder.decode`` matches a whitespace regex at both ends of the
+# scanner's run and wraps it in ``raw_decode``; frame bodies written by this
+# module have no whitespace, so decode_body calls the scanner (an attribute set
+# by ``JSONDecoder.__init__``; ``raw_decode`` if it is ever missing) directly
+# and falls back to ``decode`` (which skips whitespace and words the errors)
+# only when that scan does not cover the whole body.
+_scan_once: Callable[[str, int], tuple[Any, int]] = getattr(
+    _decoder, "scan_once", _decoder.raw_decode)
 
 
 def encode_frame(message: dict[str, Any], max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
@@ -42,18 +75,28 @@ def encode_frame(message: dict[str, Any], max_frame_size: int = DEFAULT_MAX_FRAM
     if not isinstance(message, dict):
         raise ProtocolError(f"a frame must hold a JSON object, not {type(message).__name__}")
     try:
-        body = _encoder.encode(message).encode("utf-8")
+        body = "".join(_fast_encode(message, 0)).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        body = _encode_or_explain(message)
+    size = len(body)
+    if size > max_frame_size:
+        raise ProtocolError(
+            f"frame of {size} bytes exceeds max_frame_size={max_frame_size}; "
+            "send less data per call or raise max_frame_size"
+        )
+    return _HEADER.pack(size) + body
+
+
+def _encode_or_explain(message: dict[str, Any]) -> bytes:
+    # The standard encoder's error messages say what was wrong (a circular
+    # reference, a set, NaN); a lone surrogate fails in .encode("utf-8").
+    try:
+        return _encoder.encode(message).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise ProtocolError(
             f"message is not JSON-serialisable ({exc}); send only dict/list/str/int/"
             "float/bool/None"
         ) from None
-    if len(body) > max_frame_size:
-        raise ProtocolError(
-            f"frame of {len(body)} bytes exceeds max_frame_size={max_frame_size}; "
-            "send less data per call or raise max_frame_size"
-        )
-    return _HEADER.pack(len(body)) + body
 
 
 class FrameDecoder:
@@ -103,8 +146,9 @@ class FrameDecoder:
         expected = self._expected
         if expected is None or len(self._buffer) < HEADER_SIZE + expected:
             return None
-        body = bytes(self._buffer[HEADER_SIZE : HEADER_SIZE + expected])
-        del self._buffer[: HEADER_SIZE + expected]
+        end = HEADER_SIZE + expected
+        body = self._buffer[HEADER_SIZE:end]  # one copy; decode_body takes a bytearray
+        del self._buffer[:end]
         # The next header is checked on the next call, so a good frame is never
         # lost because garbage follows it.
         self._expected = None
@@ -116,7 +160,7 @@ class FrameDecoder:
             yield message
 
 
-def decode_body(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes | bytearray) -> dict[str, Any]:
     """Decode one frame body into a JSON object."""
     try:
         text = body.decode("utf-8")
@@ -124,13 +168,24 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise ProtocolError(f"frame body is not valid UTF-8 ({exc.reason} at byte {exc.start})") \
             from None
     try:
-        value = _decoder.decode(text)
-    except (ValueError, RecursionError) as exc:
-        snippet = text[:60]
-        raise ProtocolError(f"frame body is not valid JSON ({exc}): {snippet!r}") from None
+        value, end = _scan_once(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        end = -1
+    if end != len(text):  # an error, or only whitespace around the value
+        value = _decode_or_explain(text)
     if not isinstance(value, dict):
         raise ProtocolError(f"frame must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def _decode_or_explain(text: str) -> Any:
+    # The slow path: surrounding whitespace is fine, anything else is an error
+    # worded by json itself.
+    try:
+        return _decoder.decode(text)
+    except (ValueError, RecursionError) as exc:
+        snippet = text[:60]
+        raise ProtocolError(f"frame body is not valid JSON ({exc}): {snippet!r}") from None
 
 
 # --- envelopes ---------------------------------------------------------------
@@ -222,11 +277,11 @@ def parse_request(message: Any) -> Request:
     """Validate a request envelope (worker side)."""
     if not isinstance(message, dict):
         raise ProtocolError(f"request must be a JSON object, got {type(message).__name__}")
-    missing = [k for k in ("id", "command") if k not in message]
-    if missing:
+    if "id" not in message or "command" not in message:
+        missing = [k for k in ("id", "command") if k not in message]
         raise ProtocolError(f"request is missing {', '.join(missing)}")
     rid = message["id"]
-    if not _is_int(rid) or rid < 1:
+    if (type(rid) is not int and not _is_int(rid)) or rid < 1:  # type(): skips a call
         raise ProtocolError(f"request id must be an integer >= 1, got {rid!r}")
     command = message["command"]
     if not isinstance(command, str) or not command:

@@ -232,8 +232,9 @@ class CoreMachine(RuleBasedStateMachine):
         if was is W.GRANTED and index is not None:
             slot = self.core.slots[index]
             # Cancelled between grant and receipt: the worker goes back unharmed.
-            assert slot.generation == generation
-            assert slot.lease != waiter.id
+            assert slot.generation == generation, "cancelled grant: the worker was replaced"
+            assert slot.lease != waiter.id, \
+                f"slot {index} still leased to waiter {waiter.id}, which was cancelled"
             if not self.core.closing and not slot.stop_requested and index not in self.dead:
                 assert slot.state in (S.READY, S.BUSY), f"cancelled grant left {slot.state}"
 
@@ -366,18 +367,25 @@ class CoreMachine(RuleBasedStateMachine):
     # --- invariants ---------------------------------------------------------------------
 
     @invariant()
+    def invariants(self) -> None:
+        if self.core is None:
+            return
+        self.core_is_consistent()
+        self.queued_iff_in_queue()
+        self.holders_match_model()
+        self.no_waiter_waits_beside_an_idle_worker()
+        self.nothing_starts_after_close()
+
     def core_is_consistent(self) -> None:
         self.core.check_invariants()
         c = self.core.counts()
         assert c.busy + c.ready + c.starting <= c.size
 
-    @invariant()
     def queued_iff_in_queue(self) -> None:
         for waiter in self.core.waiters.values():
             assert (waiter.status is W.QUEUED) == (waiter.id in self.core.queue), \
                 f"waiter {waiter.id} is {waiter.status} but queued={waiter.id in self.core.queue}"
 
-    @invariant()
     def holders_match_model(self) -> None:
         for slot in self.core.slots:
             if slot.lease is not None:
@@ -385,9 +393,8 @@ class CoreMachine(RuleBasedStateMachine):
                     f"slot {slot.index} leased to {slot.lease}, model says " \
                     f"{self.holder.get(slot.index)}"
 
-    @invariant()
     def no_waiter_waits_beside_an_idle_worker(self) -> None:
-        if self.core is None or self.core.closing:
+        if self.core.closing:
             return
         free = [s for s in self.core.slots
                 if s.state is S.READY and s.lease is None and s.index not in self.dead]
@@ -401,7 +408,6 @@ class CoreMachine(RuleBasedStateMachine):
             assert not usable, f"waiter {waiter.id} queued while slot(s) " \
                                f"{[s.index for s in usable]} sit idle"
 
-    @invariant()
     def nothing_starts_after_close(self) -> None:
         if self.closed:
             assert not self.starts
