@@ -19,7 +19,15 @@ from typing import Any
 import trio
 
 from engine.errors import CallTimeout, ProtocolError, RemoteError
-from engine.protocol import FrameDecoder, Hello, encode_frame, parse_hello, parse_response
+from engine.protocol import (
+    HEADER_SIZE,
+    FrameDecoder,
+    Hello,
+    decode_body,
+    encode_frame,
+    parse_hello,
+    parse_response,
+)
 from engine.workers.transport import PeerGone, transport_for
 
 __all__ = ["FramedChannel", "PeerGone"]
@@ -150,6 +158,15 @@ class FramedChannel:
             except PeerGone:
                 self.broken = True
                 raise
+            if not self._decoder.buffered and len(data) > HEADER_SIZE:
+                # Fast path: one read holding exactly one whole frame (the usual
+                # case for a reply) is decoded in place, without buffering.
+                length = int.from_bytes(data[:HEADER_SIZE], "big")
+                if length == len(data) - HEADER_SIZE and length <= self._max_frame_size:
+                    try:
+                        return decode_body(bytes(data[HEADER_SIZE:]))
+                    except ProtocolError as exc:
+                        self._fail_protocol(str(exc))
             try:
                 self._decoder.feed(data)
             except ProtocolError as exc:
