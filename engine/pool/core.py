@@ -325,6 +325,19 @@ class PoolCore:
         waiter.status = WaiterStatus.HELD
         return True
 
+    def reject_grant(self, waiter_id: int, reason: str) -> None:
+        """The waiter found its granted worker dead at receipt: stop that worker
+        and put the waiter back at the head of the queue."""
+        waiter = self.waiters.get(waiter_id)
+        if waiter is None or waiter.status is not WaiterStatus.GRANTED or waiter.slot is None:
+            return
+        slot = self.slots[waiter.slot]
+        if slot.lease == waiter.id and slot.generation == waiter.generation:
+            slot.lease = None
+            self._stop(slot, reason, graceful=False)
+        self._requeue(waiter)
+        self._dispatch()
+
     def cancel(self, waiter_id: int) -> None:
         """The caller gave up (cancelled or timed out) before taking its lease."""
         waiter = self.waiters.get(waiter_id)

@@ -390,17 +390,25 @@ class Pool:
                 self.core.cancel(waiter.id)
                 self.flush()
                 raise
-        if waiter.status is WaiterStatus.QUEUED:
-            await self._wait(waiter)
-        if waiter.status is WaiterStatus.FAILED:
-            self.core.cancel(waiter.id)
-            assert waiter.error is not None
-            raise waiter.error
+        yielded = checkpoint
+        while True:
+            if waiter.status is WaiterStatus.QUEUED:
+                await self._wait(waiter)
+                yielded = True
+            if waiter.status is WaiterStatus.FAILED:
+                self.core.cancel(waiter.id)
+                assert waiter.error is not None
+                raise waiter.error
+            assert waiter.slot is not None
+            worker = self.workers[waiter.slot]
+            # The hand-off check ran when the worker was granted; if this task
+            # slept since, the worker may have died in between: check again.
+            if worker is not None and (not yielded or (worker.is_alive() and not worker.dirty)):
+                break
+            self.core.reject_grant(waiter.id, "process_dead at receipt")
+            self.flush()
         if not self.core.receive(waiter.id):  # pragma: no cover - defensive
             raise PoolClosed(pool=self.label)
-        assert waiter.slot is not None
-        worker = self.workers[waiter.slot]
-        assert worker is not None
         lease = Lease(self, waiter, worker)
         self._leases[waiter.id] = lease
         if self.leased.value != len(self._leases):

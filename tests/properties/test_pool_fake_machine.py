@@ -25,8 +25,6 @@ FakePoolMachine.TestCase.settings = scaled(max_examples=300, stateful_step_count
 TestFakePoolMachine = FakePoolMachine.TestCase
 
 
-@pytest.mark.xfail(strict=True, reason="reported pool bug: _acquire does not re-check the "
-                                       "worker between grant and receipt")
 async def test_worker_killed_after_grant_is_not_handed_over() -> None:
     async with start_test_pool(worker_factory=FakeWorkerFactory(), size=1) as pool:
         with inject_fault("kill_after_grant", pool=pool, times=1) as fault:
