@@ -341,6 +341,7 @@ class CircuitBreaker:
     _ignored_failures: int = attrs.field(default=0, init=False)
     _successes: int = attrs.field(default=0, init=False)
     _times_opened: int = attrs.field(default=0, init=False)
+    _closed_decision: Decision | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         # Built here, after the validators ran, so a bad threshold is reported
@@ -356,6 +357,14 @@ class CircuitBreaker:
 
     def allow(self) -> Decision:
         """May a checkout proceed? Never raises; see :class:`Decision`."""
+        if self._state is BreakerState.CLOSED:
+            # Hot path (every checkout): closed never changes by itself, so no
+            # clock read, and one shared answer per generation.
+            decision = self._closed_decision
+            if decision is None or decision.generation != self._generation:
+                decision = self._closed_decision = Decision(
+                    True, False, None, "closed", self._generation)
+            return decision
         now = self.clock()
         state = self._tick(now)
         if state is BreakerState.CLOSED:

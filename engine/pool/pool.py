@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
@@ -146,7 +146,7 @@ class Lease:
             raise LeaseReleased(worker_id=self._worker.worker_id)
         if timeout is None:
             timeout = self._pool.config.call_timeout
-        started = trio.current_time()
+        started = self._pool.now()
         outcome = "ok"
         try:
             return await self._worker.call(command, args, session=self.session, timeout=timeout)
@@ -160,7 +160,7 @@ class Lease:
             raise
         finally:
             self.calls += 1
-            self._pool.observe_call(command, trio.current_time() - started, outcome,
+            self._pool.observe_call(command, self._pool.now() - started, outcome,
                                     self._worker.worker_id)
 
     def _force_close(self) -> None:
@@ -186,8 +186,11 @@ class Pool:
         # itself, so it needs no call at all on the hot path.
         self._default_policy = type(self.policy) is DefaultPolicy
         self.rng = random.Random(config.seed)
+        # The run's clock, bound once: trio.current_time() walks three layers,
+        # and a checkout reads the time about seven times. (MockClock included.)
+        self.now: Callable[[], float] = trio.lowlevel.current_clock().current_time
         self.core = PoolCore(
-            config.size, clock=trio.current_time, affinity=config.affinity,
+            config.size, clock=self.now, affinity=config.affinity,
             max_waiters=config.max_waiters, lazy=config.lazy,
             max_calls_per_worker=config.max_calls_per_worker,
             max_health_failures=config.max_health_failures, vet=self._vet, name=self.label,
@@ -198,14 +201,17 @@ class Pool:
                       for i in range(config.size)]
         self.breaker = CircuitBreaker(
             failure_threshold=config.effective_breaker_threshold, window=config.breaker_window,
-            reset_timeout=config.breaker_reset, clock=trio.current_time,
+            reset_timeout=config.breaker_reset, clock=self.now,
         )
         self.breaker.on_transition.append(self._breaker_moved)
         self._events: dict[int, trio.Event] = {}
         self._leases: dict[int, Lease] = {}
         self.live = trio_util.AsyncValue(0)
-        self.leased = trio_util.AsyncValue(0)
+        # Set when the last lease returns while aclose() waits for leases.
+        self._leases_drained: trio.Event | None = None
         self.stopped = trio_util.AsyncValue(config.size)
+        self._live_count = 0
+        self._stopped_count = config.size
         self.closed_event = trio.Event()
         self.closing = False
         self._closed_done = trio.Event()
@@ -338,7 +344,9 @@ class Pool:
         self.core.close()
         self.flush()
         with trio.move_on_after(self.config.shutdown_grace):
-            await self.leased.wait_value(0)
+            if self._leases:
+                self._leases_drained = trio.Event()
+                await self._leases_drained.wait()
         for lease in list(self._leases.values()):
             lease._force_close()
         for slot in self.core.slots:
@@ -376,7 +384,7 @@ class Pool:
 
     async def _acquire_lease(self, session: str | None, timeout: float | None,
                              checkpoint: bool) -> Lease:
-        started = trio.current_time()
+        started = self.now()
         waiter = self.core.request(
             session, self.config.checkout_timeout if timeout is None else timeout)
         self.flush()
@@ -411,9 +419,7 @@ class Pool:
             raise PoolClosed(pool=self.label)
         lease = Lease(self, waiter, worker)
         self._leases[waiter.id] = lease
-        if self.leased.value != len(self._leases):
-            self.leased.value = len(self._leases)
-        wait = trio.current_time() - started
+        wait = self.now() - started
         self._checkout_latency.record(wait)
         if telemetry.active():
             telemetry.emit(("engine", "checkout"), {"wait": wait},
@@ -450,8 +456,8 @@ class Pool:
             return
         lease.released = True
         self._leases.pop(lease._waiter.id, None)
-        if self.leased.value != len(self._leases):
-            self.leased.value = len(self._leases)
+        if not self._leases and self._leases_drained is not None:
+            self._leases_drained.set()
         worker = lease._worker
         # No poll here: a death is reported by the exit watcher (exit_info) or
         # the channel (dirty), and the next hand-off polls anyway.
@@ -526,11 +532,12 @@ class Pool:
         live = counts[WorkerState.READY] + counts[WorkerState.BUSY] \
             + counts[WorkerState.DEGRADED]
         stopped = counts[WorkerState.STOPPED]
-        # AsyncValue wakes its waiters on every assignment; assign only changes.
-        if self.live.value != live:
-            self.live.value = live
-        if self.stopped.value != stopped:
-            self.stopped.value = stopped
+        # AsyncValue wakes its waiters on every assignment; assign only changes
+        # (compared against plain ints: its property getter is not free).
+        if self._live_count != live:
+            self._live_count = self.live.value = live
+        if self._stopped_count != stopped:
+            self._stopped_count = self.stopped.value = stopped
 
     def observe_call(self, command: str, duration: float, outcome: str,
                      worker_id: str) -> None:

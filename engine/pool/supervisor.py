@@ -39,7 +39,7 @@ class SlotSupervisor:
         self.backoff = Backoff(initial=low, maximum=high, multiplier=2.0,
                                reset_after=config.healthy_period, jitter=jitter)
         self.intensity = RestartIntensity(max_restarts=config.max_restarts,
-                                          period=config.restart_period, clock=trio.current_time)
+                                          period=config.restart_period, clock=pool.now)
         self.start_wanted = trio.Event()
         self.stop_wanted = trio.Event()
         self.stop_reason = ""

@@ -1,7 +1,23 @@
-"""Public test kit (design section 12): strategies, fake workers, fault injection.
+"""Public test kit (design section 12).
 
-Submodules are imported on first use so that ``import engine.testing`` does not
-pull in Hypothesis (or Trio) for users who only need part of the kit.
+* :mod:`~engine.testing.fakes`: :class:`FakeWorker` / :class:`FakeWorkerFactory`,
+  scripted workers speaking the real framing over memory streams
+  (``open_pool(worker_factory=FakeWorkerFactory(Script(...)))``).
+* :mod:`~engine.testing.faults`: :func:`inject_fault`, kills at named points of
+  the hand-off.
+* :mod:`~engine.testing.strategies`: Hypothesis strategies for worker answers.
+* :mod:`~engine.testing.fixtures`: :func:`start_test_pool`,
+  :func:`wait_for_pool_ready`.
+* :mod:`~engine.testing.driver`: :class:`TrioDriver`, one Trio run in guest mode
+  pumped by the synchronous rules of a ``RuleBasedStateMachine``.
+* :mod:`~engine.testing.machine`: :class:`PoolMachine` / :func:`pool_machine`,
+  the pool state machine (fake or real workers).
+* :mod:`~engine.testing.campaign`: :func:`run_campaign`, ``engine campaign``.
+* :mod:`~engine.testing.profiles`: Hypothesis profiles ``dev``, ``ci``,
+  ``campaign`` (:func:`load_profile`, :func:`scaled`).
+
+Names are resolved on first use so that ``import engine.testing`` pulls in
+neither Hypothesis nor Trio for users who need only part of the kit.
 """
 
 from __future__ import annotations
@@ -10,16 +26,53 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from engine.testing import campaign as campaign
+    from engine.testing import driver as driver
+    from engine.testing import fakes as fakes
+    from engine.testing import faults as faults
+    from engine.testing import fixtures as fixtures
+    from engine.testing import machine as machine
+    from engine.testing import profiles as profiles
     from engine.testing import strategies as strategies
+    from engine.testing.campaign import CampaignResult as CampaignResult
+    from engine.testing.campaign import run_campaign as run_campaign
+    from engine.testing.driver import TaskHandle as TaskHandle
+    from engine.testing.driver import TrioDriver as TrioDriver
+    from engine.testing.fakes import FakeWorker as FakeWorker
+    from engine.testing.fakes import FakeWorkerFactory as FakeWorkerFactory
+    from engine.testing.fakes import Script as Script
+    from engine.testing.faults import FaultRecord as FaultRecord
+    from engine.testing.faults import inject_fault as inject_fault
+    from engine.testing.fixtures import start_test_pool as start_test_pool
+    from engine.testing.fixtures import wait_for_pool_ready as wait_for_pool_ready
+    from engine.testing.machine import PoolMachine as PoolMachine
+    from engine.testing.machine import pool_machine as pool_machine
+    from engine.testing.profiles import load_profile as load_profile
+    from engine.testing.profiles import scaled as scaled
 
-_SUBMODULES = {"strategies"}
+_SUBMODULES = {"campaign", "driver", "fakes", "faults", "fixtures", "machine", "profiles",
+               "strategies"}
+
+_NAMES = {
+    "CampaignResult": "campaign", "run_campaign": "campaign",
+    "TaskHandle": "driver", "TrioDriver": "driver",
+    "FakeWorker": "fakes", "FakeWorkerFactory": "fakes", "Script": "fakes",
+    "FaultRecord": "faults", "inject_fault": "faults",
+    "start_test_pool": "fixtures", "wait_for_pool_ready": "fixtures",
+    "PoolMachine": "machine", "pool_machine": "machine",
+    "load_profile": "profiles", "scaled": "profiles",
+}
+
+__all__ = sorted([*_SUBMODULES, *_NAMES])
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"engine.testing.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"engine.testing.{_NAMES[name]}"), name)
     raise AttributeError(f"module 'engine.testing' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(_SUBMODULES)
+    return __all__

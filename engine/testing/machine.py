@@ -77,6 +77,8 @@ __all__ = ["Checkout", "PoolMachine", "pool_machine"]
 S = WorkerState
 SESSIONS = st.sampled_from([None, None, "s1", "s2"])
 SLOT_PICKS = st.integers(0, 7)
+KNOWN_COMMANDS = frozenset({"ping", "echo", "sleep", "fail", "garbage", "crash", "hang",
+                            "create_program", "list_programs"})
 COMMANDS = st.sampled_from(["ping", "echo", "echo", "sleep", "fail", "garbage", "crash", "hang",
                             "create_program", "list_programs", "list_programs"])
 #: Errors a call may end with when its worker died or was found broken.
@@ -153,6 +155,8 @@ class PoolMachine(RuleBasedStateMachine):
     #: Known pool bugs to tolerate (each a name below), so a suite can stay green
     #: while a reported bug awaits its fix: "dead_worker_after_grant".
     tolerate: ClassVar[frozenset[str]] = frozenset()
+    #: App commands the machine may call (None: all of the app's; ping always).
+    allowed_commands: ClassVar[frozenset[str] | None] = None
     #: Totals over every example run by this class (the campaign reports them).
     totals: ClassVar[collections.Counter[str]]
 
@@ -210,6 +214,9 @@ class PoolMachine(RuleBasedStateMachine):
             if worker is not None:
                 self.commands = set(worker.hello.commands)
                 break
+        if self.allowed_commands is not None:
+            self.commands &= self.allowed_commands
+        self.commands.add("ping")
 
     def teardown(self) -> None:
         try:
@@ -553,7 +560,9 @@ class PoolMachine(RuleBasedStateMachine):
 
     def new_call(self, c: Checkout, command: str, arg: int) -> CallRecord:
         if command not in self.commands:
-            command = "ping"
+            # The app lacks it: use one the machine knows that the app has.
+            known = sorted(self.commands & KNOWN_COMMANDS) or ["ping"]
+            command = known[(arg + len(command)) % len(known)]
         args: Any = None
         timeout: float | None = None
         if command == "echo":
@@ -840,23 +849,27 @@ def _pid_alive(pid: int) -> bool:
 
 def pool_machine(*, workers: Literal["fake", "real"] = "fake",
                  app: str = "engine.workers.programs", sizes: tuple[int, ...] | None = None,
-                 name: str | None = None, **config: Any) -> type[PoolMachine]:
+                 commands: frozenset[str] | None = None, name: str | None = None,
+                 **config: Any) -> type[PoolMachine]:
     """A :class:`PoolMachine` subclass for fake or real workers running ``app``.
 
     ``sizes``: the pool sizes examples choose from (default 1-3 for fakes, 1-2
-    for real workers). Extra keywords are PoolConfig fields for every pool.
+    for real workers). ``commands``: the app commands calls may use (default:
+    every command the app's hello lists that the machine knows; ``ping`` always).
+    Extra keywords are PoolConfig fields for every pool.
     """
     if workers not in ("fake", "real"):
         raise ValueError(f"workers must be 'fake' or 'real', got {workers!r}")
     chosen = sizes or ((1, 2, 3) if workers == "fake" else (1, 2))
     attributes: dict[str, Any] = {
         "workers": workers, "app": app, "sizes": chosen, "extra_config": dict(config),
+        "allowed_commands": None if commands is None else frozenset(commands),
         "totals": collections.Counter(),
         "__doc__": f"PoolMachine over {workers} workers running {app!r}.",
     }
     if workers == "real":
         attributes.update(checkout_timeouts=(0.5, 5.0), call_timeout=2.0,
-                          settle_timeout=30.0)
+                          settle_timeout=20.0)
     return type(name or f"{workers.capitalize()}PoolMachine", (PoolMachine,), attributes)
 
 
