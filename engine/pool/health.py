@@ -15,6 +15,7 @@ import trio
 from engine import telemetry
 from engine.errors import EngineError
 from engine.pool.core import WaiterStatus
+from engine.pool.lifecycle import WorkerState
 
 if TYPE_CHECKING:
     from engine.pool.pool import Pool
@@ -58,9 +59,16 @@ async def _probe(pool: Pool, index: int) -> None:
             raise
     if ok and worker is not None and worker.dirty:
         ok, reason = False, "worker left dirty"
-    telemetry.emit(("engine", "health", "ok" if ok else "failed"), {},
-                   {"pool": pool.label, "slot": index, "reason": reason})
+    if ok:  # failures are reported by the core, with the count in a row
+        telemetry.emit(("engine", "health", "ok"), {},
+                       {"pool": pool.label, "slot": index,
+                        "worker_id": worker.worker_id if worker is not None else None})
     pool.core.health_result(waiter.id, ok, reason)
+    # Like start failures, health failures count towards the pool-wide breaker
+    # only when most of the pool is failing, not for one sick worker.
+    degraded = pool.core.state_counts[WorkerState.DEGRADED]
+    if not ok and 2 * degraded > pool.config.size:
+        pool.breaker.record_failure("health_failure", reason)
     if ok and worker is not None and worker.dirty is False:
         _check_rss(pool, index, answer)
     pool.flush()

@@ -21,7 +21,7 @@ import trio_util
 from engine import telemetry
 from engine.errors import WorkerStartError
 from engine.resilience import Backoff, RestartIntensity
-from engine.workers.handle import SpawnRequest, WorkerHandle
+from engine.workers.handle import ExitInfo, SpawnRequest, WorkerHandle
 
 if TYPE_CHECKING:
     from engine.pool.pool import Pool
@@ -49,6 +49,7 @@ class SlotSupervisor:
         self.run_scope = trio.CancelScope()
         self.running = False
         self.looping = False
+        self.last_exit: ExitInfo | None = None
 
     def request_start(self) -> None:
         self.start_wanted.set()
@@ -77,9 +78,15 @@ class SlotSupervisor:
         # Intensity counts crash loops only (failed starts, deaths before serving).
         if self.failed_last and self.looping and not self.intensity.record():
             delay = max(delay, self.pool.config.restart_cooldown)
+            telemetry.emit(("engine", "worker", "cooldown"), {"cooldown": delay},
+                           {"pool": self.pool.label, "slot": self.index})
             logger.warning("slot %d restarted more than %d times in %gs; cooling down %gs",
                            self.index, self.pool.config.max_restarts,
                            self.pool.config.restart_period, delay)
+        if self.pool.core.slots[self.index].generation > 0:
+            telemetry.emit(("engine", "worker", "restart"), {"delay": delay},
+                           {"pool": self.pool.label, "slot": self.index,
+                            "reason": "crash loop" if self.looping else "replacement"})
         if delay > 0:
             with trio.move_on_after(delay):
                 await self.pool.closed_event.wait()
@@ -98,6 +105,7 @@ class SlotSupervisor:
         self.stop_wanted = trio.Event()
         self.stop_reason = ""
         self.run_scope = trio.CancelScope()
+        self.last_exit = None
         reason = "start abandoned"
         crashed = False
         telemetry.emit(("engine", "worker", "spawn"), {},
@@ -125,8 +133,13 @@ class SlotSupervisor:
             self.failed_last = crashed
             pool.core.worker_exited(self.index, reason)
             pool.flush()
-            telemetry.emit(("engine", "worker", "exit"), {},
-                           {"pool": pool.label, "slot": self.index, "reason": reason})
+            info = self.last_exit
+            telemetry.emit(("engine", "worker", "exit"), {}, {
+                "pool": pool.label, "slot": self.index, "reason": reason,
+                "worker_id": request.worker_id,
+                "exit_code": info.exit_code if info is not None else None,
+                "signal": info.signal if info is not None else None,
+            })
 
     async def _serve(self, worker: WorkerHandle) -> tuple[str, bool]:
         """Hand the worker to the core and wait until it dies or must stop."""
@@ -148,7 +161,7 @@ class SlotSupervisor:
         self.looping = not (served or trio.current_time() - started >= pool.config.healthy_period)
         if not self.looping:
             self.backoff.reset()
-        info = worker.exit_info
+        info = self.last_exit = worker.exit_info
         # We have not stopped it yet (that happens when the factory's block ends),
         # so an exit status here means the worker died on its own.
         if info is not None:
