@@ -348,6 +348,8 @@ class Pool:
                 self._leases_drained = trio.Event()
                 await self._leases_drained.wait()
         for lease in list(self._leases.values()):
+            # Tell the slot first, so the kill is recorded as a stop, not a crash.
+            self.slots[lease.slot].killed_by_pool = True
             lease._force_close()
         for slot in self.core.slots:
             self.core.retire(slot.index, "pool closing", graceful=False)
@@ -411,7 +413,8 @@ class Pool:
             worker = self.workers[waiter.slot]
             # The hand-off check ran when the worker was granted; if this task
             # slept since, the worker may have died in between: check again.
-            if worker is not None and (not yielded or (worker.is_alive() and not worker.dirty)):
+            if worker is not None and not worker.dirty and (
+                    worker.is_alive() if yielded else worker.exit_info is None):
                 break
             self.core.reject_grant(waiter.id, "process_dead at receipt")
             self.flush()

@@ -50,6 +50,7 @@ class SlotSupervisor:
         self.running = False
         self.looping = False
         self.last_exit: ExitInfo | None = None
+        self.killed_by_pool = False  # the pool killed it on purpose (shutdown)
 
     def request_start(self) -> None:
         self.start_wanted.set()
@@ -106,6 +107,7 @@ class SlotSupervisor:
         self.stop_reason = ""
         self.run_scope = trio.CancelScope()
         self.last_exit = None
+        self.killed_by_pool = False
         reason = "start abandoned"
         crashed = False
         telemetry.emit(("engine", "worker", "spawn"), {},
@@ -164,7 +166,7 @@ class SlotSupervisor:
         info = self.last_exit = worker.exit_info
         # We have not stopped it yet (that happens when the factory's block ends),
         # so an exit status here means the worker died on its own.
-        if info is not None:
+        if info is not None and not self.killed_by_pool:
             how = f"signal {info.signal}" if info.signal is not None \
                 else f"exit code {info.exit_code}"
             reason = f"crashed: {how}"

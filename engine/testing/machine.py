@@ -11,8 +11,9 @@ and drives it with synchronous rules:
   ``sleep``, ``fail``, ``garbage``, ``crash``, ``hang``, ``create_program``,
   ``list_programs``), checked against what the command must return;
 * deaths: kill a worker (idle, leased, or in the middle of a call), kill the
-  worker selected for a hand-off just before it is handed over (fault
-  injection), cancel a checkout between selection and receipt;
+  worker selected for a hand-off before its check, or after the grant and
+  before the waiter takes it (fault injection), cancel a checkout between
+  selection and receipt;
 * fake workers only: scripted next starts (slow, crash before or after the
   hello, bad hello, garbage or mis-numbered replies, fragmented replies, legacy
   list answers), killing a worker while it starts, and virtual time;
@@ -32,8 +33,12 @@ Make a concrete machine with :func:`pool_machine`::
     RealPoolMachine = pool_machine(workers="real", app="myproject.worker:app")
 
 With ``workers="fake"`` time is virtual (a ``MockClock`` moved by the
-``advance`` rule); with ``workers="real"`` every process is a real subprocess and
-the clock is real, so use few examples.
+``advance`` rule) and each step runs until the Trio run is idle; with
+``workers="real"`` every process is a real subprocess and the clock is real:
+each step runs until nothing is in transit (no worker starting or stopping, no
+call in flight, every waiting checkout queued), so use few examples. A failure
+message ends with the pool's state (slots, recent transitions), because a run
+with real processes may not replay exactly.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ from engine.errors import (
 )
 from engine.pool.lifecycle import WorkerState
 from engine.pool.pool import Pool, open_pool
-from engine.testing.driver import ContextHandle, TaskHandle, TrioDriver
+from engine.testing.driver import ContextHandle, DriverTimeout, TaskHandle, TrioDriver
 from engine.testing.fakes import FakeWorkerFactory, Script
 from engine.testing.faults import FaultRecord, inject_fault, kill_and_settle
 
@@ -181,6 +186,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.handoff_cancels: list[tuple[int, str, Checkout]] = []
         self.seen: dict[str, Any] = {}  # worker id -> handle, every worker ever used
         self.bound: dict[str, str] = {}  # session -> worker id holding its state (model)
+        self.unreported: collections.Counter[str] = collections.Counter()
+        self.moved: list[tuple[str, str, str, Checkout]] = []
         self.programs: dict[tuple[str, str | None], set[str]] = {}
         self.real_pids: set[int] = set()
         self.tolerated: collections.Counter[str] = collections.Counter()
@@ -240,8 +247,12 @@ class PoolMachine(RuleBasedStateMachine):
         if self.fake:
             self.driver.pump()
         else:
-            self.driver.pump(until=lambda: (until is None or until()) and self.quiet(),
-                             timeout=self.settle_timeout)
+            try:
+                self.driver.pump(until=lambda: (until is None or until()) and self.quiet(),
+                                 timeout=self.settle_timeout)
+            except DriverTimeout as exc:
+                raise DriverTimeout(f"the pool did not settle within {self.settle_timeout:g}s "
+                                    f"({exc})\n{self.describe()}") from None
         self.after_settle()
 
     def quiet(self) -> bool:
@@ -256,7 +267,12 @@ class PoolMachine(RuleBasedStateMachine):
                 return False
             if slot.state in (S.READY, S.BUSY, S.DEGRADED):
                 worker = pool.workers[slot.index]
-                if worker is None or not worker.is_alive():
+                if worker is None:
+                    return False
+                # A leased worker whose channel broke (garbage, timeout) stays
+                # until its lease ends; a dead process must first be noticed.
+                fit = _process_running(worker) if slot.state is S.BUSY else worker.is_alive()
+                if not fit:
                     return False
         requesting = 0
         for c in self.active:
@@ -285,6 +301,12 @@ class PoolMachine(RuleBasedStateMachine):
             if c.phase == "done":
                 self.finish(c)
         self.check_fault()
+        for session, dead, fresh, c in self.moved:
+            if self.unreported[session] > 0:
+                self.violations.append(f"session {session!r} lost its state silently: {dead} "
+                                       f"died and {c!r} got {fresh}; nobody got SessionLost")
+        self.moved.clear()
+        self.unreported.clear()
         if self.violations:
             raise AssertionError("; ".join(self.violations))
 
@@ -339,8 +361,16 @@ class PoolMachine(RuleBasedStateMachine):
             c.phase = "done"
 
     def session_lost(self, c: Checkout) -> None:
-        """Runs in the checkout's task when it gets SessionLost: was the state gone?"""
+        """Runs in the checkout's task when it gets SessionLost: was the state gone?
+
+        Tasks woken in the same scheduler pass run in any order, so the caller
+        told about the loss may run after another caller of the session already
+        took a fresh worker: that one left an unreported loss, which this pays.
+        """
         assert c.session is not None
+        if self.unreported[c.session] > 0:
+            self.unreported[c.session] -= 1
+            return
         worker_id = self.bound.pop(c.session, None)
         if worker_id is not None and self.alive(worker_id):
             self.violations.append(f"{c!r}: SessionLost although worker {worker_id}, "
@@ -382,9 +412,10 @@ class PoolMachine(RuleBasedStateMachine):
                     self.violations.append(f"session {c.session!r} lives in {expected} but "
                                            f"{c!r} got {lease.worker_id}")
                 else:
-                    self.violations.append(f"session {c.session!r} lost its state silently: "
-                                           f"{expected} died and {c!r} got "
-                                           f"{lease.worker_id} without SessionLost")
+                    # The session's worker died and it starts afresh elsewhere:
+                    # someone must be told SessionLost (checked after the settle).
+                    self.unreported[c.session] += 1
+                    self.moved.append((c.session, expected, lease.worker_id, c))
             self.bound[c.session] = lease.worker_id
 
     async def run_call(self, lease: Any, record: CallRecord) -> None:
@@ -507,7 +538,11 @@ class PoolMachine(RuleBasedStateMachine):
 
     # --- rules: checkouts ------------------------------------------------------------
 
-    @precondition(lambda self: len(self.active) < self.max_checkouts)
+    # Real workers are not deterministic: a precondition that reads the pool's
+    # state could change which rules Hypothesis may draw on replay (a "flaky"
+    # strategy). With real workers those rules are always enabled and do nothing
+    # when they do not apply; fakes keep the preconditions (fewer wasted steps).
+    @precondition(lambda self: not self.fake or len(self.active) < self.max_checkouts)
     @rule(target=checkouts, session=SESSIONS, timeout_pick=st.integers(0, 1),
           then=st.sampled_from(["hold", "call", "call"]), command=COMMANDS,
           arg=st.integers(0, 3))
@@ -518,6 +553,8 @@ class PoolMachine(RuleBasedStateMachine):
         timeout = self.checkout_timeouts[timeout_pick % len(self.checkout_timeouts)]
         c = Checkout(next(self.numbers), session, timeout,
                      one_call=(command, arg) if then == "call" else None)
+        if len(self.active) >= self.max_checkouts:
+            return self.skipped(c)
         self.active.append(c)
         c.handle = self.driver.spawn(self.hold, c, name=f"checkout {c.number}")
         self.settle()
@@ -545,11 +582,13 @@ class PoolMachine(RuleBasedStateMachine):
             self.violations.append(f"{c!r} did not end when cancelled")
             raise AssertionError("; ".join(self.violations))
 
-    @precondition(lambda self: any(c.phase == "holding" for c in self.active))
+    @precondition(lambda self: not self.fake or any(c.phase == "holding" for c in self.active))
     @rule(pick=SLOT_PICKS, command=COMMANDS, arg=st.integers(0, 3))
     def call(self, pick: int, command: str, arg: int) -> None:
         """One call on a held lease (the command is skipped if the app lacks it)."""
         holding = [c for c in self.active if c.phase == "holding"]
+        if not holding:
+            return
         c = holding[pick % len(holding)]
         record = self.new_call(c, command, arg)
         ops = c.ops
@@ -606,24 +645,28 @@ class PoolMachine(RuleBasedStateMachine):
         self.driver.run_sync(kill_and_settle, worker, 2.0)
         self.settle()
 
-    @precondition(lambda self: self.fault is None and not self.closed)
+    @precondition(lambda self: not self.closed and (not self.fake or self.fault is None))
     @rule()
     def kill_at_next_handoff(self) -> None:
         """Arm a fault: the next worker selected for a waiter dies before hand-off."""
+        if self.fault is not None:
+            return
         self.arm_fault("kill_before_handoff", inject_fault("kill_before_handoff", times=1))
         self.settle()
 
-    @precondition(lambda self: self.fault is None and not self.closed)
+    @precondition(lambda self: not self.closed and (not self.fake or self.fault is None))
     @rule()
     def kill_after_next_grant(self) -> None:
         """Arm a fault: the next worker granted to a waiter dies before the waiter
         takes it (the waiter must not end up holding a dead worker)."""
+        if self.fault is not None:
+            return
         self.arm_fault("kill_after_grant",
                        inject_fault("kill_after_grant", times=1, pool=self.pool))
         self.settle()
 
-    @precondition(lambda self: self.fault is None and not self.closed
-                  and len(self.active) < self.max_checkouts)
+    @precondition(lambda self: not self.closed and (not self.fake or (
+        self.fault is None and len(self.active) < self.max_checkouts)))
     @rule(target=checkouts, session=SESSIONS)
     def checkout_cancelled_at_handoff(self, session: str | None) -> Checkout:
         """A checkout cancelled after its worker was selected, before it took it.
@@ -633,6 +676,8 @@ class PoolMachine(RuleBasedStateMachine):
         """
         c = Checkout(next(self.numbers), session, max(self.checkout_timeouts),
                      cancel_at_handoff=True)
+        if self.fault is not None or len(self.active) >= self.max_checkouts:
+            return self.skipped(c)
 
         def cancel_requester(pool: Any, slot: int, worker: Any) -> None:
             if c.handle is not None and trio.lowlevel.current_task() is c.handle.task:
@@ -645,6 +690,13 @@ class PoolMachine(RuleBasedStateMachine):
         c.handle = self.driver.spawn(self.hold, c, name=f"checkout {c.number}")
         self.settle()
         self.disarm_fault()
+        return c
+
+    def skipped(self, c: Checkout) -> Checkout:
+        """A checkout that was not started (the rule did not apply)."""
+        c.phase = "done"
+        c.settled = True
+        self.settle()
         return c
 
     def arm_fault(self, kind: str, cm: Any) -> None:
@@ -728,6 +780,7 @@ class PoolMachine(RuleBasedStateMachine):
         elif task.exception is not None and not isinstance(task.exception, EngineError):
             self.violations.append(f"end_session raised untyped {task.exception!r}")
         self.bound.pop(session, None)
+        self.unreported.pop(session, None)
         if worker_id is not None:
             self.programs.pop((worker_id, session), None)
         if self.violations:
@@ -835,6 +888,14 @@ class PoolMachine(RuleBasedStateMachine):
                 usable = [s for s in free if s.index == binding.slot]
             assert not usable, f"a waiter is queued while slot(s) " \
                                f"{[s.index for s in usable]} sit idle"
+
+
+def _process_running(worker: Any) -> bool:
+    """The worker's process has not exited (its channel may be broken)."""
+    pid = getattr(worker, "os_pid", None)
+    if pid is None:
+        return worker.exit_info is None
+    return worker.exit_info is None and _pid_alive(pid)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -18,14 +18,13 @@ from engine.testing.profiles import scaled
 pytestmark = pytest.mark.layer2
 
 FakePoolMachine = pool_machine(workers="fake")
-# Reported pool bug, tolerated until fixed (see the xfail test below): a worker
-# that dies after the grant and before the waiter takes it is handed over dead.
-FakePoolMachine.tolerate = frozenset({"dead_worker_after_grant"})
 FakePoolMachine.TestCase.settings = scaled(max_examples=300, stateful_step_count=50)
 TestFakePoolMachine = FakePoolMachine.TestCase
 
 
 async def test_worker_killed_after_grant_is_not_handed_over() -> None:
+    """Found by the machine (kill_after_next_grant + checkout): a worker that dies
+    after the grant, before the waiter takes it, must not be handed over."""
     async with start_test_pool(worker_factory=FakeWorkerFactory(), size=1) as pool:
         with inject_fault("kill_after_grant", pool=pool, times=1) as fault:
             async with pool.checkout(timeout=5) as lease:

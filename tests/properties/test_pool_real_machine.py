@@ -14,7 +14,5 @@ from engine.testing.profiles import scaled
 pytestmark = pytest.mark.layer3
 
 RealPoolMachine = pool_machine(workers="real")
-# Reported pool bug, tolerated until fixed (see test_pool_fake_machine.py).
-RealPoolMachine.tolerate = frozenset({"dead_worker_after_grant"})
-RealPoolMachine.TestCase.settings = scaled(max_examples=8, stateful_step_count=12)
+RealPoolMachine.TestCase.settings = scaled(max_examples=10, stateful_step_count=15)
 TestRealPoolMachine = RealPoolMachine.TestCase
