@@ -551,12 +551,7 @@ class FakeWorker:
         self._exited.set()
 
     def _describe_exit(self) -> str:
-        info = self._exit
-        if info is None:
-            return "running"
-        if info.signal is not None:
-            return f"killed by signal {info.signal}"
-        return f"exited with code {info.exit_code}"
+        return "running" if self._exit is None else self._exit.describe()
 
     def _start_error(self, reason: str) -> WorkerStartError:
         info = self._exit

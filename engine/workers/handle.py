@@ -22,6 +22,11 @@ class ExitInfo:
     signal: int | None
     reason: str
 
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"killed by signal {self.signal}"
+        return f"exited with code {self.exit_code}"
+
     @staticmethod
     def from_returncode(returncode: int | None, reason: str) -> ExitInfo:
         if returncode is not None and returncode < 0:

@@ -220,12 +220,7 @@ class ProcessWorker:
         self._exited.set()
 
     def _describe_exit(self) -> str:
-        info = self._exit
-        if info is None:
-            return "running"
-        if info.signal is not None:
-            return f"killed by signal {info.signal}"
-        return f"exited with code {info.exit_code}"
+        return "running" if self._exit is None else self._exit.describe()
 
     async def _drain_stderr(self) -> None:
         stream = self._process.stderr
