@@ -13,6 +13,7 @@ caller as the answer to its own request), and the owner must replace the worker.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -86,9 +87,10 @@ class FramedChannel:
         )
         self._busy = True
         try:
-            with trio.CancelScope() as scope:
-                if timeout is not None:
-                    scope.deadline = trio.current_time() + timeout
+            # The deadline is given at construction: setting it afterwards costs
+            # a second registration with Trio's deadline heap on every call.
+            deadline = math.inf if timeout is None else trio.current_time() + timeout
+            with trio.CancelScope(deadline=deadline) as scope:
                 self._scope = scope
                 # From the first byte written until the reply is parsed, an
                 # interruption leaves a stray request or reply on the pipe.
