@@ -30,13 +30,8 @@ import trio
 from engine import telemetry
 from engine.errors import EngineError, PoolTimeout, SessionLost
 from engine.pool.pool import Pool, open_pool
-from engine.stress_chaos import (
-    DeathLedger,
-    WorkerWatch,
-    child_pids,
-    run_killer,
-    wait_gone,
-)
+from engine.procfs import child_pids
+from engine.stress_chaos import DeathLedger, WorkerWatch, run_killer, wait_gone
 from engine.stress_report import RunFacts, build_report
 from engine.stress_workload import (
     KINDS,

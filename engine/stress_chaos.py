@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from engine.procfs import pid_alive
+
 if TYPE_CHECKING:
     from engine.pool.pool import Pool
 
@@ -175,33 +177,6 @@ class WorkerWatch:
         """Exits of running workers before shutdown, by pid."""
         return {e.pid: e for e in self.exits
                 if e.pid is not None and e.cause in ("killed", "crashed", "replaced")}
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (reads /proc; Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def child_pids() -> set[int]:
-    """Our direct children, zombies included (reads /proc; Linux)."""
-    me = os.getpid()
-    found: set[int] = set()
-    try:
-        tasks = os.listdir(f"/proc/{me}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            with open(f"/proc/{me}/task/{task}/children") as f:
-                found.update(int(p) for p in f.read().split())
-        except OSError:
-            continue
-    return found
 
 
 def kill_random_worker(pool: Pool, ledger: DeathLedger, rng: random.Random) -> Injection | None:

@@ -97,7 +97,7 @@ class Slot:
     leases_granted: int = 0  # since this worker became ready (health probes excluded)
     wanted: bool = False
     health_failures: int = 0
-    stop_requested: bool = False
+    retire_reason: str | None = None  # retire() asked while the worker was leased
 
     @property
     def state(self) -> WorkerState:
@@ -213,7 +213,7 @@ class PoolCore:
     def worker_starting(self, index: int) -> int:
         slot = self.slots[index]
         slot.generation += 1
-        slot.stop_requested = False
+        slot.retire_reason = None
         if slot.generation > 1:
             self.restarts += 1
         self._move(slot, S.STARTING, "spawn")
@@ -230,7 +230,7 @@ class PoolCore:
         if slot.state is S.STOPPING:
             return  # stopped while starting (e.g. the pool is closing): never served
         self._move(slot, S.READY, "hello received")
-        if self.closing or slot.stop_requested:
+        if self.closing:
             self._stop(slot, "pool closing", graceful=True)
         self._dispatch()
 
@@ -394,6 +394,9 @@ class PoolCore:
         elif not clean or remove is not None:
             self._move(slot, S.READY, "checked in")
             self._stop(slot, remove or "dirty after its lease", graceful=clean)
+        elif slot.retire_reason is not None:
+            self._move(slot, S.READY, "checked in")
+            self._stop(slot, slot.retire_reason, graceful=True)
         elif self.max_calls_per_worker and slot.calls >= self.max_calls_per_worker:
             self._move(slot, S.READY, "checked in")
             self._stop(slot, f"recycled after {slot.calls} calls", graceful=True)
@@ -432,6 +435,8 @@ class PoolCore:
             if slot.health_failures >= self.max_health_failures:
                 self._stop(slot, f"{slot.health_failures} health checks failed in a row",
                            graceful=False)
+        if slot.retire_reason is not None:
+            self._stop(slot, slot.retire_reason, graceful=True)
         self._dispatch()
 
     # --- sessions ----------------------------------------------------------------
@@ -463,7 +468,7 @@ class PoolCore:
         if slot.state in (S.READY, S.DEGRADED, S.STARTING):
             self._stop(slot, reason, graceful=graceful)
         elif slot.state is S.BUSY:
-            slot.stop_requested = True
+            slot.retire_reason = reason
 
     def shrink(self, index: int, reason: str) -> None:
         """Idle retirement: stop the worker and do not restart until demand returns."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from engine import telemetry
-from engine.errors import EngineError
+from engine.errors import CallTimeout, EngineError
 from engine.pool.core import WaiterStatus
 from engine.pool.lifecycle import WorkerState
 
@@ -46,10 +46,10 @@ async def _probe(pool: Pool, index: int) -> None:
     if worker is not None:
         timeout = pool.config.health_timeout
         try:
-            with trio.fail_after(timeout):
-                answer = await worker.call("health", None, timeout=timeout)
+            # The call's own timeout is the health timeout (one deadline, not two).
+            answer = await worker.call("health", None, timeout=timeout)
             ok, reason = True, ""
-        except trio.TooSlowError:
+        except CallTimeout:
             reason = f"no answer within health_timeout={timeout:g}s"
         except EngineError as exc:
             reason = str(exc)

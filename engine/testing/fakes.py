@@ -40,11 +40,10 @@ import attrs
 import trio
 import trio.testing
 
-from engine.errors import ProtocolError, WorkerCrashed, WorkerStartError
+from engine.errors import ProtocolError
 from engine.protocol import (
     HEADER_SIZE,
     FrameDecoder,
-    Hello,
     Request,
     encode_frame,
     error_response,
@@ -52,6 +51,7 @@ from engine.protocol import (
     ok_response,
     parse_request,
 )
+from engine.workers.base import ChannelWorker
 from engine.workers.channel import FramedChannel, PeerGone
 from engine.workers.handle import ExitInfo, SpawnRequest
 
@@ -447,7 +447,7 @@ class _Peer:
         self._close_stdin()
 
 
-class FakeWorker:
+class FakeWorker(ChannelWorker):
     """A :class:`~engine.workers.handle.WorkerHandle` backed by a scripted peer task.
 
     Besides the protocol: ``script``, ``request`` (the SpawnRequest), ``sessions``
@@ -455,22 +455,19 @@ class FakeWorker:
     ``reaped`` (its factory context has exited: the "process" was waited for).
     """
 
+    _kind = "fake process"
+
     def __init__(self, request: SpawnRequest, script: Script, pid: int) -> None:
+        to_child, child_stdin = trio.testing.memory_stream_one_way_pair()
+        child_stdout, from_child = trio.testing.memory_stream_one_way_pair()
+        channel = FramedChannel(to_child, from_child, worker_id=request.worker_id,
+                                max_frame_size=request.max_frame_size, pid=lambda: pid)
+        super().__init__(request.worker_id, channel, request.stderr_tail_lines)
         self.request = request
         self.script = script
         self._pid = pid
-        self._worker_id = request.worker_id
-        to_child, child_stdin = trio.testing.memory_stream_one_way_pair()
-        child_stdout, from_child = trio.testing.memory_stream_one_way_pair()
-        self._channel = FramedChannel(to_child, from_child, worker_id=request.worker_id,
-                                      max_frame_size=request.max_frame_size,
-                                      pid=lambda: self._pid)
         self._to_child = to_child
         self._peer = _Peer(self, child_stdin, child_stdout, child_stdin.close)
-        self._tail: collections.deque[str] = collections.deque(maxlen=request.stderr_tail_lines)
-        self._hello: Hello | None = None
-        self._exit: ExitInfo | None = None
-        self._exited = trio.Event()
         self.sessions: dict[str | None, dict[str, Any]] = {}
         self.calls = 0
         self.requests: list[Request] = []
@@ -479,55 +476,16 @@ class FakeWorker:
     # --- WorkerHandle -----------------------------------------------------------------
 
     @property
-    def worker_id(self) -> str:
-        return self._worker_id
-
-    @property
     def pid(self) -> int:
         return self._pid
-
-    @property
-    def hello(self) -> Hello:
-        if self._hello is None:
-            raise RuntimeError("worker has not sent its hello yet")
-        return self._hello
 
     @property
     def ready(self) -> bool:
         """True once the hello arrived (the pool may use it)."""
         return self._hello is not None
 
-    @property
-    def dirty(self) -> bool:
-        return self._channel.dirty or self._channel.broken
-
-    @property
-    def exit_info(self) -> ExitInfo | None:
-        return self._exit
-
     def is_alive(self) -> bool:
         return self._exit is None and not self._channel.broken
-
-    def stderr_tail(self) -> tuple[str, ...]:
-        return tuple(self._tail)
-
-    async def call(self, command: str, args: Any = None, *, session: str | None = None,
-                   timeout: float | None = None) -> Any:
-        try:
-            return await self._channel.call(command, args, session=session, timeout=timeout)
-        except PeerGone as exc:
-            info = self._exit
-            raise WorkerCrashed(
-                worker_id=self._worker_id, pid=self._pid,
-                exit_code=info.exit_code if info else None,
-                signal=info.signal if info else None, stderr_tail=self.stderr_tail(),
-                command=command, session=session, detail="" if info else str(exc),
-            ) from None
-
-    async def wait_exited(self) -> ExitInfo:
-        await self._exited.wait()
-        assert self._exit is not None
-        return self._exit
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Kill the fake process now: ``is_alive()`` is False on return and a call in
@@ -550,36 +508,14 @@ class FakeWorker:
             self._channel.abort(f"fake process {self._describe_exit()}")
         self._exited.set()
 
-    def _describe_exit(self) -> str:
-        return "running" if self._exit is None else self._exit.describe()
-
-    def _start_error(self, reason: str) -> WorkerStartError:
-        info = self._exit
-        return WorkerStartError(reason, worker_id=self._worker_id, pid=self._pid,
-                                exit_code=info.exit_code if info else None,
-                                signal=info.signal if info else None,
-                                stderr_tail=self.stderr_tail())
-
-    async def _read_hello(self, start_timeout: float) -> Hello:
-        with trio.move_on_after(start_timeout):
-            try:
-                self._hello = await self._channel.read_hello()
-                return self._hello
-            except PeerGone:
-                raise self._start_error(
-                    f"fake process {self._describe_exit()} before its hello") from None
-            except ProtocolError as exc:
-                raise self._start_error(f"bad hello: {exc}") from exc
-        raise self._start_error(f"no hello within start_timeout={start_timeout:g}s")
-
     async def _stop(self, grace: float) -> None:
         """Like ProcessWorker.stop: shutdown + stdin EOF, wait ``grace``, then kill."""
         if self._exit is None and self.ready and not self.dirty and not self._channel.busy:
             try:
                 await self._channel.send_raw(encode_frame(
                     {"id": 1 << 30, "command": "shutdown", "args": None, "session": None}))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            except PeerGone:
+                pass  # the fake process already went away: kill() below settles it
             self._to_child.close()
             with trio.move_on_after(grace):
                 await self._exited.wait()

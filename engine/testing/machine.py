@@ -73,6 +73,7 @@ from engine.errors import (
 )
 from engine.pool.lifecycle import WorkerState
 from engine.pool.pool import Pool, open_pool
+from engine.procfs import pid_alive
 from engine.testing.driver import ContextHandle, DriverTimeout, TaskHandle, TrioDriver
 from engine.testing.fakes import FakeWorkerFactory, Script
 from engine.testing.faults import FaultRecord, inject_fault, kill_and_settle
@@ -234,7 +235,7 @@ class PoolMachine(RuleBasedStateMachine):
         if self.factory is not None:
             left = [w.worker_id for w in self.factory.unreaped]
             assert not left, f"fake workers never reaped after close: {left}"
-        alive = [pid for pid in self.real_pids if _pid_alive(pid)]
+        alive = [pid for pid in self.real_pids if pid_alive(pid)]
         assert not alive, f"worker processes left after close: {alive}"
 
     def settle(self, until: Any = None) -> None:
@@ -807,7 +808,7 @@ class PoolMachine(RuleBasedStateMachine):
         if self.factory is not None:
             assert not self.factory.unreaped, \
                 f"fakes alive after close: {[w.worker_id for w in self.factory.unreaped]}"
-        alive = [pid for pid in self.real_pids if _pid_alive(pid)]
+        alive = [pid for pid in self.real_pids if pid_alive(pid)]
         assert not alive, f"processes left after close: {alive}"
 
     # --- invariants ------------------------------------------------------------------------
@@ -895,17 +896,7 @@ def _process_running(worker: Any) -> bool:
     pid = getattr(worker, "os_pid", None)
     if pid is None:
         return worker.exit_info is None
-    return worker.exit_info is None and _pid_alive(pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (Linux /proc; False elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    return worker.exit_info is None and pid_alive(pid)
 
 
 def pool_machine(*, workers: Literal["fake", "real"] = "fake",

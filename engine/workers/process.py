@@ -13,7 +13,6 @@ reports, and watch for exit so that a call in flight is woken at once.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import signal
@@ -21,12 +20,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import trio
 
-from engine.errors import WorkerCrashed, WorkerStartError
-from engine.protocol import Hello, encode_frame
+from engine.errors import WorkerStartError
+from engine.protocol import encode_frame
+from engine.workers.base import ChannelWorker
 from engine.workers.channel import FramedChannel, PeerGone
 from engine.workers.handle import ExitInfo, SpawnRequest
 
@@ -60,27 +59,18 @@ def _child_env(request: SpawnRequest) -> dict[str, str]:
     return env
 
 
-class ProcessWorker:
+class ProcessWorker(ChannelWorker):
     def __init__(self, process: trio.Process, request: SpawnRequest) -> None:
         assert process.stdin is not None and process.stdout is not None
+        channel = FramedChannel(process.stdin, process.stdout, worker_id=request.worker_id,
+                                max_frame_size=request.max_frame_size, pid=lambda: self.pid)
+        super().__init__(request.worker_id, channel, request.stderr_tail_lines)
         self._process = process
         self._request = request
-        self._worker_id = request.worker_id
-        self._channel = FramedChannel(process.stdin, process.stdout, worker_id=request.worker_id,
-                                      max_frame_size=request.max_frame_size,
-                                      pid=lambda: self.pid)
-        self._tail: collections.deque[str] = collections.deque(maxlen=request.stderr_tail_lines)
-        self._hello: Hello | None = None
-        self._exit: ExitInfo | None = None
-        self._exited = trio.Event()
         self._stderr_done = trio.Event()
         self._stop_reason = "exited"
 
     # --- identity and state -------------------------------------------------
-
-    @property
-    def worker_id(self) -> str:
-        return self._worker_id
 
     @property
     def pid(self) -> int | None:
@@ -92,58 +82,26 @@ class ProcessWorker:
     def os_pid(self) -> int:
         return self._process.pid
 
-    @property
-    def hello(self) -> Hello:
-        if self._hello is None:
-            raise RuntimeError("worker has not sent its hello yet")
-        return self._hello
-
-    @property
-    def dirty(self) -> bool:
-        return self._channel.dirty or self._channel.broken
-
-    @property
-    def exit_info(self) -> ExitInfo | None:
-        return self._exit
-
     def is_alive(self) -> bool:
         if self._exit is not None or self._channel.broken:
             return False
         return self._process.poll() is None
 
-    def stderr_tail(self) -> tuple[str, ...]:
-        return tuple(self._tail)
-
-    # --- calls ----------------------------------------------------------------
-
-    async def call(self, command: str, args: Any = None, *, session: str | None = None,
-                   timeout: float | None = None) -> Any:
-        try:
-            return await self._channel.call(command, args, session=session, timeout=timeout)
-        except PeerGone as exc:
-            raise await self._crashed(command, session, str(exc)) from None
-
-    async def _crashed(self, command: str | None, session: str | None,
-                       detail: str) -> WorkerCrashed:
+    async def _settle(self) -> None:
+        # After the pipe hits EOF the process is normally already dead; give the
+        # exit watcher and the stderr drain a moment to report status and last lines.
         with trio.move_on_after(_EXIT_REPORT_WAIT):
             await self._exited.wait()
         with trio.move_on_after(_STDERR_SETTLE):
             await self._stderr_done.wait()
-        info = self._exit
-        return WorkerCrashed(
-            worker_id=self._worker_id, pid=self.pid,
-            exit_code=info.exit_code if info else None,
-            signal=info.signal if info else None,
-            stderr_tail=self.stderr_tail(), command=command, session=session,
-            detail=detail if info is None else "",
-        )
+
+    def _spawned_pid(self) -> int | None:
+        return self._process.pid
+
+    def _argv(self) -> tuple[str, ...]:
+        return tuple(build_argv(self._request))
 
     # --- lifecycle ------------------------------------------------------------
-
-    async def wait_exited(self) -> ExitInfo:
-        await self._exited.wait()
-        assert self._exit is not None
-        return self._exit
 
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)
@@ -219,9 +177,6 @@ class ProcessWorker:
         self._channel.abort(f"process {self._describe_exit()}")
         self._exited.set()
 
-    def _describe_exit(self) -> str:
-        return "running" if self._exit is None else self._exit.describe()
-
     async def _drain_stderr(self) -> None:
         stream = self._process.stderr
         assert stream is not None
@@ -247,38 +202,6 @@ class ProcessWorker:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         self._tail.append(line)
         logger.info("[%s] %s", self._worker_id, line, extra={"worker_id": self._worker_id})
-
-    async def _read_hello(self, start_timeout: float) -> Hello:
-        with trio.move_on_after(start_timeout):
-            try:
-                self._hello = await self._channel.read_hello()
-                return self._hello
-            except PeerGone:
-                with trio.move_on_after(_EXIT_REPORT_WAIT):
-                    await self._exited.wait()
-                with trio.move_on_after(_STDERR_SETTLE):
-                    await self._stderr_done.wait()
-                raise self._start_error(f"process {self._describe_exit()} before its hello") \
-                    from None
-            except Exception as exc:
-                # Usually an error hello: the runtime reported a start failure and
-                # is exiting; wait (bounded) for its status and last stderr lines.
-                with trio.move_on_after(_EXIT_REPORT_WAIT):
-                    await self._exited.wait()
-                with trio.move_on_after(_STDERR_SETTLE):
-                    await self._stderr_done.wait()
-                raise self._start_error(f"bad hello: {exc}") from exc
-        raise self._start_error(f"no hello within start_timeout={start_timeout:g}s")
-
-    def _start_error(self, reason: str) -> WorkerStartError:
-        info = self._exit
-        return WorkerStartError(
-            reason, worker_id=self._worker_id, pid=self._process.pid,
-            exit_code=info.exit_code if info else None,
-            signal=info.signal if info else None,
-            stderr_tail=self.stderr_tail(), argv=tuple(build_argv(self._request)),
-        )
-
 
 @asynccontextmanager
 async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWorker]:

@@ -235,7 +235,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert slot.generation == generation, "cancelled grant: the worker was replaced"
             assert slot.lease != waiter.id, \
                 f"slot {index} still leased to waiter {waiter.id}, which was cancelled"
-            if not self.core.closing and not slot.stop_requested and index not in self.dead:
+            if not self.core.closing and slot.retire_reason is None and index not in self.dead:
                 assert slot.state in (S.READY, S.BUSY), f"cancelled grant left {slot.state}"
 
     @rule(pick=st.integers(0, 7), clean=st.sampled_from([True, True, True, False]),
@@ -473,3 +473,23 @@ def test_hint_waiter_falls_back_after_removal() -> None:
     dead.add(bound)
     second = core.request("s")
     assert second.status is W.GRANTED and second.slot == 1 - bound
+
+
+def test_retire_while_leased_stops_after_checkin() -> None:
+    """retire() on a leased worker is remembered: the lease finishes first, then the
+    worker stops (it is not handed to anyone else)."""
+    core = PoolCore(1, clock=Clock(), strict=True)
+    core.start()
+    core.worker_starting(0)
+    core.worker_ready(0, "w0", 1)
+    held = core.request(None)
+    core.receive(held.id)
+    core.take_actions()
+    core.retire(0, "rss above max_rss_mb")
+    assert core.slots[0].state is WorkerState.BUSY
+    waiting = core.request(None, 5.0)
+    core.checkin(held.id, clean=True)
+    assert core.slots[0].state is WorkerState.STOPPING
+    assert waiting.status is W.QUEUED
+    stops = [a for a in core.take_actions() if isinstance(a, StopWorker)]
+    assert [(a.slot, a.reason, a.graceful) for a in stops] == [(0, "rss above max_rss_mb", True)]
