@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
@@ -114,6 +115,10 @@ class Lease:
         self.forced = False
         self.calls = 0
         self.error: BaseException | None = None
+        # The call in flight's deadline (inf when none) and timeout, watched by
+        # the pool's timer task (see Pool._fire_deadlines).
+        self.deadline = math.inf
+        self.timeout = 0.0
 
     @property
     def worker_id(self) -> str:
@@ -146,10 +151,18 @@ class Lease:
             raise LeaseReleased(worker_id=self._worker.worker_id)
         if timeout is None:
             timeout = self._pool.config.call_timeout
-        started = self._pool.now()
+        pool = self._pool
+        started = pool.now()
+        if timeout is not None:
+            # No cancel scope per call: the pool's timer ends an overdue call
+            # with worker.time_out(), which raises CallTimeout in it.
+            self.timeout = timeout
+            self.deadline = started + timeout
+            if self.deadline < pool.armed_deadline:
+                pool.arm_timer(self.deadline)
         outcome = "ok"
         try:
-            return await self._worker.call(command, args, session=self.session, timeout=timeout)
+            return await self._worker.call(command, args, session=self.session)
         except BaseException as exc:
             outcome = type(exc).__name__
             if isinstance(exc, WorkerCrashed | CallTimeout | ProtocolError):
@@ -159,6 +172,7 @@ class Lease:
                     raise PoolClosed(pool=self._pool.name) from exc
             raise
         finally:
+            self.deadline = math.inf
             self.calls += 1
             self._pool.observe_call(command, self._pool.now() - started, outcome,
                                     self._worker.worker_id)
@@ -204,7 +218,15 @@ class Pool:
             reset_timeout=config.breaker_reset, clock=self.now,
         )
         self.breaker.on_transition.append(self._breaker_moved)
-        self._events: dict[int, trio.Event] = {}
+        # Queued checkouts park their task here until the core grants (or
+        # fails) them: a Wake action reschedules it. No Event, no cancel scope.
+        self._parked: dict[int, trio.lowlevel.Task] = {}
+        # One timer task serves every deadline (queued checkouts, calls in
+        # flight): it sleeps until armed_deadline, which is never later than
+        # the earliest live deadline (it may be earlier: stale entries cost one
+        # spurious wake-up, at most once per timeout period).
+        self.armed_deadline = math.inf
+        self._timer_scope: trio.CancelScope | None = None
         self._leases: dict[int, Lease] = {}
         self.live = trio_util.AsyncValue(0)
         # Set when the last lease returns while aclose() waits for leases.
@@ -433,26 +455,25 @@ class Pool:
     async def _wait(self, waiter: Waiter) -> None:
         # A grant can be taken back before we run (the worker died between grant
         # and receipt: the core re-queues us), so wait until served for good.
+        waiter_id = waiter.id
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._parked.pop(waiter_id, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
         while waiter.status is WaiterStatus.QUEUED:
-            event = self._events[waiter.id] = trio.Event()
+            deadline = waiter.deadline
+            if deadline is not None and deadline < self.armed_deadline:
+                self.arm_timer(deadline)
+            self._parked[waiter_id] = trio.lowlevel.current_task()
             try:
-                if waiter.deadline is None:
-                    await event.wait()
-                else:
-                    with trio.move_on_at(waiter.deadline):
-                        await event.wait()
+                await trio.lowlevel.wait_task_rescheduled(abort)
             except BaseException:
-                # Cancelled while queued, or between grant and receipt: either way
-                # the core puts things right (a granted worker goes back to READY).
-                self.core.cancel(waiter.id)
+                # Cancelled while queued (a grant reschedules the task, so it
+                # can't be cancelled after one): the core forgets the waiter.
+                self.core.cancel(waiter_id)
                 self.flush()
                 raise
-            finally:
-                self._events.pop(waiter.id, None)
-            if waiter.status is WaiterStatus.QUEUED and waiter.deadline is not None \
-                    and trio.current_time() >= waiter.deadline:
-                self.core.expire(waiter.id)
-                self.flush()
 
     def _release(self, lease: Lease, error: BaseException | None) -> None:
         if lease.released:
@@ -521,9 +542,9 @@ class Pool:
         """Perform the actions the core asked for."""
         for action in self.core.take_actions():
             if isinstance(action, Wake):
-                event = self._events.get(action.waiter)
-                if event is not None:
-                    event.set()
+                task = self._parked.pop(action.waiter, None)
+                if task is not None:
+                    trio.lowlevel.reschedule(task)
             elif isinstance(action, StartWorker):
                 self.slots[action.slot].request_start()
             elif isinstance(action, StopWorker):
@@ -553,6 +574,42 @@ class Pool:
             telemetry.emit(("engine", "call"), {"duration": duration},
                            {"pool": self.label, "command": command, "outcome": outcome,
                             "worker_id": worker_id})
+
+    # --- internals: deadlines ------------------------------------------------------
+
+    def arm_timer(self, deadline: float) -> None:
+        """Make the timer wake by ``deadline`` (callers check it is earlier)."""
+        self.armed_deadline = deadline
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = deadline
+
+    async def _timer_loop(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self.armed_deadline) as self._timer_scope:
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self._fire_deadlines()
+
+    def _fire_deadlines(self) -> None:
+        """Expire overdue checkouts, time out overdue calls, re-arm for the next."""
+        now = self.now()
+        earliest = math.inf
+        for waiter in list(self.core.queue.values()):
+            deadline = waiter.deadline
+            if deadline is None:
+                continue
+            if deadline <= now:
+                self.core.expire(waiter.id)
+            elif deadline < earliest:
+                earliest = deadline
+        for lease in list(self._leases.values()):
+            if lease.deadline <= now:
+                lease.deadline = math.inf
+                lease._worker.time_out(lease.timeout)
+            elif lease.deadline < earliest:
+                earliest = lease.deadline
+        self.armed_deadline = earliest
+        self.flush()
 
     # --- internals: supervision hooks ---------------------------------------------
 
@@ -601,6 +658,7 @@ class Pool:
     def start(self) -> None:
         for supervisor in self.slots:
             self._nursery.start_soon(supervisor.run)
+        self._nursery.start_soon(self._timer_loop)
         if self.config.health_interval is not None:
             self._nursery.start_soon(self._health_loop)
         if self.config.session_ttl is not None:

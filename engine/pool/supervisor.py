@@ -101,7 +101,7 @@ class SlotSupervisor:
             worker_id=f"{pool.label}-{self.index}.{generation}", app=config.app,
             start_timeout=config.start_timeout, launcher=config.launcher,
             python=config.python, env=config.env, max_frame_size=config.max_frame_size,
-            stderr_tail_lines=config.stderr_tail_lines,
+            stderr_tail_lines=config.stderr_tail_lines, busy_poll=config.busy_poll,
         )
         self.stop_wanted = trio.Event()
         self.stop_reason = ""

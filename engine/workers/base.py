@@ -76,6 +76,11 @@ class ChannelWorker:
                 command=command, session=session, detail="" if info else str(exc),
             ) from None
 
+    def time_out(self, timeout: float) -> None:
+        """The owner's deadline for the call in flight passed: that call raises
+        CallTimeout now and the worker is left dirty (to be replaced)."""
+        self._channel.time_out(timeout)
+
     async def _settle(self) -> None:
         """After the stream ended: wait (bounded) until the exit status is known."""
 

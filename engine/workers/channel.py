@@ -13,7 +13,6 @@ caller as the answer to its own request), and the owner must replace the worker.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,10 +36,11 @@ __all__ = ["FramedChannel", "PeerGone"]
 class FramedChannel:
     def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream, *,
                  worker_id: str, max_frame_size: int,
-                 pid: Callable[[], int | None] = lambda: None) -> None:
+                 pid: Callable[[], int | None] = lambda: None,
+                 busy_poll: float = 0.0) -> None:
         self._send = send
         self._receive = receive
-        self._io = transport_for(send, receive)
+        self._io = transport_for(send, receive, busy_poll)
         self._decoder = FrameDecoder(max_frame_size)
         self._max_frame_size = max_frame_size
         self._ids = itertools.count(1)
@@ -49,8 +49,8 @@ class FramedChannel:
         self._busy = False
         self.dirty = False
         self.broken = False
-        self._scope: trio.CancelScope | None = None
         self._aborted: str | None = None
+        self._timed_out: float | None = None
 
     @property
     def busy(self) -> bool:
@@ -58,10 +58,20 @@ class FramedChannel:
 
     def abort(self, reason: str) -> None:
         """Called by the owner when the peer died: wake the call in flight at once."""
-        self._aborted = reason
+        if self._aborted is None:
+            self._aborted = reason
         self.broken = True
-        if self._scope is not None:
-            self._scope.cancel()
+        self._io.abort()
+
+    def time_out(self, timeout: float) -> None:
+        """The owner's deadline for the call in flight passed: end it with
+        CallTimeout now. The channel is left dirty (the reply may still come),
+        so the owner replaces the worker. No-op when no call is in flight."""
+        if not self._busy or self._timed_out is not None:
+            return
+        self._timed_out = timeout
+        self.broken = True
+        self._io.abort()
 
     async def read_hello(self) -> Hello:
         message = await self._read_message()
@@ -69,8 +79,11 @@ class FramedChannel:
 
     async def call(self, command: str, args: Any = None, *, session: str | None = None,
                    timeout: float | None = None) -> Any:
+        """One request, one reply. ``timeout`` puts the call in a cancel scope of
+        its own; an owner that keeps deadlines on a shared timer (the pool) passes
+        None and calls :meth:`time_out` instead, which costs no scope per call."""
         # A caller already cancelled must leave without writing: the channel stays
-        # clean. (send_all's own first checkpoint comes after `dirty` is set, so
+        # clean. (The write's own checkpoint comes after `dirty` is set, so
         # without this a cancelled caller would spoil a worker it never used.)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._busy:
@@ -85,39 +98,46 @@ class FramedChannel:
             {"id": request_id, "command": command, "args": args, "session": session},
             self._max_frame_size,
         )
+        if timeout is None:
+            return await self._exchange(frame, request_id, command, session)
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+            return await self._exchange(frame, request_id, command, session)
+        # The scope caught its own deadline's cancellation (a call that is not
+        # finished by its deadline leaves the channel dirty).
+        assert scope.cancelled_caught
+        raise self._timeout_error(timeout, command, session)
+
+    async def _exchange(self, frame: bytes, request_id: int, command: str,
+                        session: str | None) -> Any:
         self._busy = True
+        # From the first byte written until the reply is parsed, an interruption
+        # leaves a stray request or reply on the pipe.
+        self.dirty = True
         try:
-            # The deadline is given at construction: setting it afterwards costs
-            # a second registration with Trio's deadline heap on every call.
-            deadline = math.inf if timeout is None else trio.current_time() + timeout
-            with trio.CancelScope(deadline=deadline) as scope:
-                self._scope = scope
-                # From the first byte written until the reply is parsed, an
-                # interruption leaves a stray request or reply on the pipe.
-                self.dirty = True
-                try:
-                    await self._io.write(frame)
-                except PeerGone:
-                    # The worker died before reading the request (EPIPE): the
-                    # owner reports it as a crash, like an EOF on the read side.
-                    self.broken = True
-                    raise
-                message = await self._read_message()
-                self.dirty = False
-                return self._result(request_id, command, session, message)
+            # EPIPE on the write (the worker died before reading the request)
+            # and EOF on the read both raise PeerGone.
+            await self._io.write(frame)
+            message = await self._read_message()
+        except PeerGone:
+            self.broken = True
+            if self._timed_out is not None:
+                raise self._timeout_error(self._timed_out, command, session) from None
+            if self._aborted is not None:
+                raise PeerGone(self._aborted) from None
+            raise
         finally:
             self._busy = False
-            self._scope = None
-            if scope.cancelled_caught:
-                self._raise_interrupted(command, session, timeout)
+        if self._timed_out is not None:
+            # The deadline passed while the reply was on its way in: the call
+            # timed out all the same (and the worker is replaced, as promised).
+            raise self._timeout_error(self._timed_out, command, session)
+        self.dirty = False
+        return self._result(request_id, command, session, message)
 
-    def _raise_interrupted(self, command: str, session: str | None,
-                           timeout: float | None) -> None:
-        if self._aborted is not None:
-            raise PeerGone(self._aborted)
-        assert timeout is not None
-        raise CallTimeout(timeout=timeout, worker_id=self._worker_id, pid=self._pid(),
-                          command=command, session=session)
+    def _timeout_error(self, timeout: float, command: str,
+                       session: str | None) -> CallTimeout:
+        return CallTimeout(timeout=timeout, worker_id=self._worker_id, pid=self._pid(),
+                           command=command, session=session)
 
     def _result(self, request_id: int, command: str, session: str | None,
                 message: dict[str, Any]) -> Any:

@@ -13,6 +13,11 @@ import attrs
 
 from engine.protocol import Hello
 
+# Busy-polling budget (seconds) of both sides of a worker's pipe; see
+# PoolConfig.busy_poll. The cap keeps a misconfiguration from burning a core.
+DEFAULT_BUSY_POLL = 100e-6
+MAX_BUSY_POLL = 0.01
+
 
 @attrs.frozen
 class ExitInfo:
@@ -46,6 +51,7 @@ class SpawnRequest:
     env: Mapping[str, str] | None = None
     max_frame_size: int = 16 * 1024 * 1024
     stderr_tail_lines: int = 20
+    busy_poll: float = DEFAULT_BUSY_POLL
 
 
 class WorkerHandle(Protocol):
@@ -74,6 +80,12 @@ class WorkerHandle(Protocol):
 
     async def call(self, command: str, args: Any = None, *, session: str | None = None,
                    timeout: float | None = None) -> Any: ...
+
+    def time_out(self, timeout: float) -> None:
+        """The owner's deadline for the call in flight passed: make that call
+        raise CallTimeout now (the pool keeps call deadlines on one timer and
+        calls this, instead of giving every call a cancel scope)."""
+        ...
 
     async def wait_exited(self) -> ExitInfo: ...
 

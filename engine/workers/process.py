@@ -36,6 +36,8 @@ logger = logging.getLogger("engine.worker")
 _EXIT_REPORT_WAIT = 1.0
 _STDERR_SETTLE = 0.2
 _TERM_WAIT = 1.0
+# waitid flags for a liveness check that leaves an exited child for the watcher.
+_PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
 
 
 def build_argv(request: SpawnRequest) -> list[str]:
@@ -44,6 +46,7 @@ def build_argv(request: SpawnRequest) -> list[str]:
         *request.launcher, *python, "-m", "engine.workers.runtime",
         "--app", request.app, "--worker-id", request.worker_id,
         "--max-frame-size", str(request.max_frame_size),
+        "--busy-poll-us", str(round(request.busy_poll * 1e6)),
     ]
 
 
@@ -63,7 +66,8 @@ class ProcessWorker(ChannelWorker):
     def __init__(self, process: trio.Process, request: SpawnRequest) -> None:
         assert process.stdin is not None and process.stdout is not None
         channel = FramedChannel(process.stdin, process.stdout, worker_id=request.worker_id,
-                                max_frame_size=request.max_frame_size, pid=lambda: self.pid)
+                                max_frame_size=request.max_frame_size, pid=lambda: self.pid,
+                                busy_poll=request.busy_poll)
         super().__init__(request.worker_id, channel, request.stderr_tail_lines)
         self._process = process
         self._request = request
@@ -85,7 +89,13 @@ class ProcessWorker(ChannelWorker):
     def is_alive(self) -> bool:
         if self._exit is not None or self._channel.broken:
             return False
-        return self._process.poll() is None
+        # One waitid syscall that leaves the child unreaped (WNOWAIT), so the
+        # exit watcher still collects its status; cheaper than Process.poll(),
+        # which goes through Popen's locking. Runs at every hand-off.
+        try:
+            return os.waitid(os.P_PID, self._process.pid, _PEEK) is None
+        except ChildProcessError:
+            return False  # already reaped: the exit watcher is about to report it
 
     async def _settle(self) -> None:
         # After the pipe hits EOF the process is normally already dead; give the

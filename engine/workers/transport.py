@@ -8,18 +8,25 @@ plain non-blocking ``os.write`` and then waits for the reply with
 and the bare pipe floor. It is only used while the channel owns the pipe (one
 call at a time), and the ``FdStream`` objects still own and close the fds.
 
-Both transports map a dead peer (EOF, broken pipe, closed fd) to ``PeerGone``.
+Both transports map a dead peer (EOF, broken pipe, closed fd) to ``PeerGone``,
+and both can be *aborted* from another task: the owner learned that the peer
+died (or that the call's deadline passed), and the read or write in flight must
+end now with ``PeerGone`` instead of waiting for an EOF that a grandchild holding
+the pipe open may never send. The pipe transport does that without a cancel
+scope per call: ``notify_closing`` wakes its ``wait_readable``/``wait_writable``.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import time
 from typing import Protocol
 
 import trio
 
 READ_SIZE = 65536
+_clock = time.perf_counter
 
 
 class PeerGone(Exception):
@@ -29,6 +36,10 @@ class PeerGone(Exception):
 
 class Transport(Protocol):
     async def write(self, data: bytes) -> None: ...
+
+    def abort(self) -> None:
+        """Wake a read or write in flight with PeerGone (the channel is done)."""
+        ...
 
     async def read(self) -> bytes | bytearray:
         """Some bytes (never empty); raises PeerGone at end of stream."""
@@ -41,18 +52,40 @@ class StreamTransport:
     def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream) -> None:
         self._send = send
         self._receive = receive
+        # Generic streams have no fd to notify: each operation runs in a scope
+        # that abort() cancels. (Only fakes use this path; its cost is no matter.)
+        self._scope: trio.CancelScope | None = None
+        self._aborted = False
+
+    def abort(self) -> None:
+        self._aborted = True
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def write(self, data: bytes) -> None:
-        try:
-            await self._send.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise PeerGone(f"stream broken: {exc!r}") from None
+        with trio.CancelScope() as self._scope:
+            try:
+                if not self._aborted:
+                    await self._send.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerGone(f"stream broken: {exc!r}") from None
+            finally:
+                self._scope = None
+        if self._aborted:
+            raise PeerGone("aborted")
 
     async def read(self) -> bytes | bytearray:
-        try:
-            data = await self._receive.receive_some(READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise PeerGone(f"stream broken: {exc!r}") from None
+        data: bytes | bytearray = b""
+        with trio.CancelScope() as self._scope:
+            try:
+                if not self._aborted:
+                    data = await self._receive.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerGone(f"stream broken: {exc!r}") from None
+            finally:
+                self._scope = None
+        if self._aborted:
+            raise PeerGone("aborted")
         if not data:
             raise PeerGone("end of stream")
         return data
@@ -64,11 +97,29 @@ _GONE_ERRNOS = {errno.EPIPE, errno.EBADF, errno.ECONNRESET}
 class PipeTransport:
     """Raw non-blocking pipe fds (Trio already set O_NONBLOCK on them)."""
 
-    def __init__(self, write_fd: int, read_fd: int) -> None:
+    def __init__(self, write_fd: int, read_fd: int, busy_poll: float = 0.0) -> None:
         self._write_fd = write_fd
         self._read_fd = read_fd
+        # Keep polling (through the scheduler) up to this long for a reply
+        # before sleeping in epoll, while replies usually come sooner.
+        self._busy_poll = busy_poll
+        self._aborted = False
+        self._waiting_on: int | None = None  # the fd a wait_* is parked on
+        self._typical_wait = 0.0  # moving average of how long a reply takes to come
+        self._reads = 0
+
+    def abort(self) -> None:
+        self._aborted = True
+        # Notify only an fd we are parked on: that fd is certainly still open.
+        # Once the FdStream closed it, its number may belong to something else
+        # (another worker's pidfd!), and notify_closing would wake that instead.
+        # Every operation checks _aborted before it waits again.
+        if self._waiting_on is not None:
+            trio.lowlevel.notify_closing(self._waiting_on)
 
     async def write(self, data: bytes) -> None:
+        if self._aborted:
+            raise PeerGone("aborted")
         view = memoryview(data)
         sent = 0
         try:
@@ -76,7 +127,11 @@ class PipeTransport:
                 try:
                     sent += os.write(self._write_fd, view[sent:])
                 except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self._write_fd)
+                    self._waiting_on = self._write_fd
+                    try:
+                        await trio.lowlevel.wait_writable(self._write_fd)
+                    finally:
+                        self._waiting_on = None
         except trio.ClosedResourceError:
             raise PeerGone("pipe closed") from None
         except OSError as exc:
@@ -86,16 +141,44 @@ class PipeTransport:
         finally:
             view.release()
 
+    def _spin_budget(self) -> float:
+        # Poll while replies usually come within the budget. When they don't,
+        # still poll on every 8th wait: a reply waited for in epoll includes the
+        # CPU's wake-up latency, so without these probes a pool once busy would
+        # never measure its way back to polling.
+        self._reads += 1
+        if self._typical_wait < self._busy_poll or not self._reads & 7:
+            return self._busy_poll
+        return 0.0
+
     async def read(self) -> bytes:
         waited = False
+        spin_until = 0.0
         while True:
+            if self._aborted:
+                raise PeerGone("aborted")
             try:
                 data = os.read(self._read_fd, READ_SIZE)
             except BlockingIOError:
+                now = _clock()
+                if not spin_until:
+                    spin_until = now + self._spin_budget()
+                    started = now
+                if now < spin_until:
+                    # A reply that usually comes within microseconds: look again
+                    # after one pass through the scheduler (other tasks run in
+                    # it) rather than sleep in epoll, so the CPU doesn't idle
+                    # down and take its wake-up latency on every call.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    waited = True
+                    continue
+                self._waiting_on = self._read_fd
                 try:
                     await trio.lowlevel.wait_readable(self._read_fd)
                 except trio.ClosedResourceError:
                     raise PeerGone("pipe closed") from None
+                finally:
+                    self._waiting_on = None
                 waited = True
                 continue
             except OSError as exc:
@@ -104,6 +187,10 @@ class PipeTransport:
                 raise
             if not data:
                 raise PeerGone("end of stream")
+            if spin_until:
+                # How long the reply took: spin next time only if replies are
+                # quick (a slow handler or a busy machine makes spinning waste).
+                self._typical_wait += (_clock() - started - self._typical_wait) * 0.25
             if not waited:
                 # The reply was already there: still a schedule point, as every
                 # Trio blocking call must be.
@@ -111,8 +198,9 @@ class PipeTransport:
             return data
 
 
-def transport_for(send: trio.abc.SendStream, receive: trio.abc.ReceiveStream) -> Transport:
+def transport_for(send: trio.abc.SendStream, receive: trio.abc.ReceiveStream,
+                  busy_poll: float = 0.0) -> Transport:
     """The fast pipe path for subprocess pipes, the generic one for anything else."""
     if isinstance(send, trio.lowlevel.FdStream) and isinstance(receive, trio.lowlevel.FdStream):
-        return PipeTransport(send.fileno(), receive.fileno())
+        return PipeTransport(send.fileno(), receive.fileno(), busy_poll)
     return StreamTransport(send, receive)

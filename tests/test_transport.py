@@ -1,0 +1,101 @@
+"""Byte transports: abort wakes the operation in flight, and only that one.
+
+Layer 2: real pipe fds in the Trio run, no worker process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+import trio.testing
+
+from engine.workers.transport import PeerGone, PipeTransport, StreamTransport
+
+
+@pytest.mark.layer2
+async def test_abort_wakes_a_parked_read_with_peer_gone() -> None:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    transport = PipeTransport(write_fd, read_fd)
+    outcome: list[str] = []
+
+    async def reader() -> None:
+        try:
+            await transport.read()
+        except PeerGone as exc:
+            outcome.append(str(exc))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            transport.abort()
+        assert outcome == ["pipe closed"]
+        # Aborted for good: the next operation fails before touching the fd.
+        with pytest.raises(PeerGone, match="aborted"):
+            await transport.write(b"x")
+        with pytest.raises(PeerGone, match="aborted"):
+            await transport.read()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+@pytest.mark.layer2
+async def test_abort_after_close_leaves_a_reused_fd_number_alone() -> None:
+    # Regression: abort() used to notify_closing() the pipe fds unconditionally.
+    # A worker's exit watcher aborts its channel *after* stop() closed stdin, and
+    # by then the fd number may belong to something else (another worker's
+    # pidfd): its waiter was woken with ClosedResourceError and trio.Process.wait
+    # fell into a blocking waitpid, freezing the whole run.
+    read_fd, write_fd = os.pipe()
+    transport = PipeTransport(write_fd, read_fd)
+    os.close(read_fd)
+    os.close(write_fd)
+    other_read, other_write = os.pipe()  # the lowest free numbers: the same two
+    assert {other_read, other_write} == {read_fd, write_fd}
+    os.set_blocking(other_read, False)
+    woken: list[str] = []
+
+    async def unrelated_waiter() -> None:
+        try:
+            await trio.lowlevel.wait_readable(other_read)
+            woken.append("readable")
+        except trio.ClosedResourceError:
+            woken.append("closed")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(unrelated_waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            transport.abort()
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == []  # the unrelated waiter still sleeps
+            os.write(other_write, b"!")
+        assert woken == ["readable"]
+    finally:
+        os.close(other_read)
+        os.close(other_write)
+
+
+@pytest.mark.layer2
+async def test_stream_transport_abort_wakes_a_parked_read() -> None:
+    send, receive = trio.testing.memory_stream_pair()
+    transport = StreamTransport(send, receive)
+    outcome: list[str] = []
+
+    async def reader() -> None:
+        try:
+            await transport.read()
+        except PeerGone as exc:
+            outcome.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        transport.abort()
+    assert outcome == ["aborted"]
+    with pytest.raises(PeerGone, match="aborted"):
+        await transport.write(b"x")
