@@ -171,6 +171,9 @@ class PoolCore:
 
     # --- plumbing --------------------------------------------------------------
 
+    def has_actions(self) -> bool:
+        return bool(self._actions)
+
     def take_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
         return actions
@@ -181,9 +184,10 @@ class PoolCore:
             return
         self._actions.append(Emit(("engine", *event), measurements or {}, metadata))
 
-    def _move(self, slot: Slot, new: WorkerState, reason: str) -> None:
+    def _move(self, slot: Slot, new: WorkerState, reason: str,
+              now: float | None = None) -> None:
         old = slot.lifecycle.state
-        transition = slot.lifecycle.move(new, reason)
+        transition = slot.lifecycle.move(new, reason, now)
         if old is not slot.lifecycle.state:
             self.state_counts[old] -= 1
             self.state_counts[new] += 1
@@ -283,22 +287,39 @@ class PoolCore:
     # --- checkout --------------------------------------------------------------
 
     def request(self, session: str | None = None, timeout: float | None = None, *,
-                purpose: str = "call", target: int | None = None) -> Waiter:
-        """Ask for a worker. The returned waiter may already be granted or failed."""
-        now = self.clock()
+                purpose: str = "call", target: int | None = None,
+                now: float | None = None) -> Waiter:
+        """Ask for a worker. The returned waiter may already be granted or failed.
+
+        A waiter granted or failed here is not woken (no Wake action): its
+        caller reads the status. Only a queued waiter is woken later.
+        """
+        if now is None:
+            now = self.clock()
         waiter = Waiter(next(self._ids), session, None if timeout is None else now + timeout,
                         now, purpose, target)
         self.waiters[waiter.id] = waiter
-        error = self._refuse(waiter)
-        if error is not None:
-            waiter.status = WaiterStatus.FAILED
-            waiter.error = error
-            return waiter
-        self.queue[waiter.id] = waiter
-        self._try_serve(waiter, now)
+        if self.closing or session is not None or purpose != "call" \
+                or len(self.queue) >= self.max_waiters:
+            error = self._refuse(waiter)
+            if error is not None:
+                waiter.status = WaiterStatus.FAILED
+                waiter.error = error
+                return waiter
+        # Served at once if a worker is free: a free worker means nobody ahead
+        # in the queue could take it (they wait for one specific busy worker).
+        self._try_serve(waiter, now, wake=False)
         if waiter.status is WaiterStatus.QUEUED:
+            self.queue[waiter.id] = waiter
             self._ensure_capacity()
+        elif waiter.status is WaiterStatus.FAILED:
+            self._drop_wake(waiter.id)
         return waiter
+
+    def _drop_wake(self, waiter_id: int) -> None:
+        # _fail queued a Wake for a waiter failed inside request(): nobody sleeps.
+        self._actions = [a for a in self._actions
+                         if not (isinstance(a, Wake) and a.waiter == waiter_id)]
 
     def _refuse(self, waiter: Waiter) -> BaseException | None:
         if self.closing:
@@ -382,7 +403,7 @@ class PoolCore:
             return False
         slot.lease = None
         slot.calls += calls
-        slot.last_used = self.clock()
+        slot.last_used = now = self.clock()
         if waiter.session is not None and waiter.session in self.bindings:
             self.bindings[waiter.session].last_used = slot.last_used
         if slot.state is not S.BUSY:
@@ -402,7 +423,7 @@ class PoolCore:
             self._stop(slot, f"recycled after {slot.calls} calls", graceful=True)
         else:
             self._move(slot, S.READY, "checked in" if previous is WaiterStatus.HELD
-                       else "waiter cancelled before receipt")
+                       else "waiter cancelled before receipt", now)
         self._dispatch()
         return True
 
@@ -523,21 +544,21 @@ class PoolCore:
     def _has_free_slot(self) -> bool:
         return any(s.lifecycle.state is S.READY and s.lease is None for s in self.slots)
 
-    def _try_serve(self, waiter: Waiter, now: float) -> None:
+    def _try_serve(self, waiter: Waiter, now: float, *, wake: bool = True) -> None:
         if waiter.deadline is not None and now >= waiter.deadline:
             self.expire(waiter.id)
             return
         for slot in self._candidates(waiter):
             if waiter.purpose == "health":
-                self._grant(waiter, slot)
+                self._grant(waiter, slot, now, wake)
                 return
             verdict = self.vet(slot, waiter)
             if verdict.violation is not None:
                 self._emit("contract", "violation", callback=verdict.violation.callback,
                            value=repr(verdict.violation.value), slot=slot.index)
             decision = verdict.decision
-            if isinstance(decision, Ok):
-                self._grant(waiter, slot)
+            if type(decision) is Ok:
+                self._grant(waiter, slot, now, wake)
                 return
             if isinstance(decision, Skip):
                 self._fail(waiter, decision.exception)
@@ -572,7 +593,7 @@ class PoolCore:
         # Anonymous: most recently used first, to keep caches warm.
         return sorted(free, key=lambda s: -s.last_used)
 
-    def _grant(self, waiter: Waiter, slot: Slot) -> None:
+    def _grant(self, waiter: Waiter, slot: Slot, now: float, wake: bool = True) -> None:
         self.queue.pop(waiter.id, None)
         waiter.status = WaiterStatus.GRANTED
         waiter.slot = slot.index
@@ -580,7 +601,8 @@ class PoolCore:
         slot.lease = waiter.id
         if waiter.purpose == "call":
             slot.leases_granted += 1
-        self._move(slot, S.BUSY, "health probe" if waiter.purpose == "health" else "checkout")
+        self._move(slot, S.BUSY, "health probe" if waiter.purpose == "health" else "checkout",
+                   now)
         if waiter.session is not None and waiter.purpose == "call":
             binding = self.bindings.get(waiter.session)
             if binding is None:
@@ -589,7 +611,8 @@ class PoolCore:
                 slot.sessions.add(waiter.session)
                 self._emit("session", "bind", session=waiter.session, slot=slot.index,
                            worker_id=slot.worker_id)
-        self._actions.append(Wake(waiter.id))
+        if wake:
+            self._actions.append(Wake(waiter.id))
 
     def _fail(self, waiter: Waiter, error: BaseException) -> None:
         self.queue.pop(waiter.id, None)

@@ -70,6 +70,9 @@ class Transition(NamedTuple):
     duration: float  # time spent in `old`
 
 
+_new_tuple = tuple.__new__
+
+
 def is_allowed(old: WorkerState, new: WorkerState) -> bool:
     return (old, new) in TRANSITIONS
 
@@ -88,18 +91,25 @@ class Lifecycle:
         self.accepted = 0
         self.rejected = 0
 
-    def move(self, new: WorkerState, reason: str) -> Transition | None:
-        """Move to ``new``; returns the transition, or None if it was a no-op."""
+    def move(self, new: WorkerState, reason: str,
+             now: float | None = None) -> Transition | None:
+        """Move to ``new``; returns the transition, or None if it was a no-op.
+
+        ``now`` saves a clock read when the caller has just taken one.
+        """
         old = self.state
         if old is new:
             return None
-        if not is_allowed(old, new):
+        if (old, new) not in TRANSITIONS:
             self.rejected += 1
             if self._strict:
                 raise InvalidTransition(self.name, old, new, reason)
             logger.error("%s", InvalidTransition(self.name, old, new, reason))
-        now = self._clock()
-        transition = Transition(old, new, reason, now, now - self._since)
+        if now is None:
+            now = self._clock()
+        # tuple.__new__ skips the NamedTuple's generated __new__ (a Python
+        # lambda): two transitions are made per checkout.
+        transition = _new_tuple(Transition, (old, new, reason, now, now - self._since))
         self.state = new
         self._since = now
         self.history.append(transition)

@@ -56,7 +56,7 @@ from engine.pool.core import (
 )
 from engine.pool.lifecycle import Transition, WorkerState
 from engine.pool.supervisor import SlotSupervisor
-from engine.resilience import CircuitBreaker, Retry
+from engine.resilience import CircuitBreaker, Decision, Retry
 from engine.workers.handle import WorkerFactory, WorkerHandle
 
 logger = logging.getLogger("engine.pool")
@@ -106,6 +106,9 @@ def _default_factory(request: Any) -> Any:
 
 class Lease:
     """Exclusive use of one worker until the ``checkout`` block ends."""
+
+    __slots__ = ("_pool", "_waiter", "_worker", "calls", "deadline", "error", "forced",
+                 "released", "timeout")
 
     def __init__(self, pool: Pool, waiter: Waiter, worker: WorkerHandle) -> None:
         self._pool = pool
@@ -283,19 +286,21 @@ class Pool:
                    timeout: float | None = None, checkout_timeout: float | None = None,
                    retry: Retry | None = None) -> Any:
         """Check out a worker, send one command, check it back in."""
-        if retry is None:
-            return await self._call_once(command, args, session, timeout, checkout_timeout)
+        if retry is not None:
+            async def once(attempt: int) -> Any:
+                return await self.call(command, args, session=session, timeout=timeout,
+                                       checkout_timeout=checkout_timeout)
 
-        async def once(attempt: int) -> Any:
-            return await self._call_once(command, args, session, timeout, checkout_timeout)
-
-        return await retry.run(once, rng=self.rng)
-
-    async def _call_once(self, command: str, args: Any, session: str | None,
-                         timeout: float | None, checkout_timeout: float | None) -> Any:
+            return await retry.run(once, rng=self.rng)
         # checkout() + lease.call() without the generator-based context manager,
         # and without the checkout's own checkpoint: the call checkpoints anyway.
-        lease = await self._acquire(session, checkout_timeout, checkpoint=False)
+        # The usual case (breaker closed) skips a coroutine layer too.
+        decision = self.breaker.allow()
+        if decision.allowed and not decision.probe:
+            lease = await self._acquire_lease(session, checkout_timeout, False)
+        else:
+            lease = await self._acquire(session, checkout_timeout, checkpoint=False,
+                                        decision=decision)
         try:
             result = await lease.call(command, args, timeout=timeout)
         except BaseException as exc:
@@ -386,8 +391,9 @@ class Pool:
     # --- internals: checkout -----------------------------------------------------
 
     async def _acquire(self, session: str | None, timeout: float | None, *,
-                       checkpoint: bool = True) -> Lease:
-        decision = self.breaker.allow()
+                       checkpoint: bool = True, decision: Decision | None = None) -> Lease:
+        if decision is None:
+            decision = self.breaker.allow()
         if not decision.allowed and not self.closing:
             await trio.lowlevel.checkpoint()
             raise PoolUnavailable(reason=decision.reason, retry_in=decision.retry_in,
@@ -410,7 +416,8 @@ class Pool:
                              checkpoint: bool) -> Lease:
         started = self.now()
         waiter = self.core.request(
-            session, self.config.checkout_timeout if timeout is None else timeout)
+            session, self.config.checkout_timeout if timeout is None else timeout,
+            now=started)
         self.flush()
         if waiter.status is WaiterStatus.FAILED or (
                 checkpoint and waiter.status is WaiterStatus.GRANTED):
@@ -444,7 +451,8 @@ class Pool:
             raise PoolClosed(pool=self.label)
         lease = Lease(self, waiter, worker)
         self._leases[waiter.id] = lease
-        wait = self.now() - started
+        # Served without sleeping: no wait worth a clock read.
+        wait = self.now() - started if yielded else 0.0
         self._checkout_latency.record(wait)
         if telemetry.active():
             telemetry.emit(("engine", "checkout"), {"wait": wait},
@@ -540,7 +548,8 @@ class Pool:
 
     def flush(self) -> None:
         """Perform the actions the core asked for."""
-        for action in self.core.take_actions():
+        core = self.core
+        for action in core.take_actions() if core.has_actions() else ():
             if isinstance(action, Wake):
                 task = self._parked.pop(action.waiter, None)
                 if task is not None:

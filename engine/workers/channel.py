@@ -13,7 +13,7 @@ caller as the answer to its own request), and the owner must replace the worker.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import trio
@@ -77,11 +77,29 @@ class FramedChannel:
         message = await self._read_message()
         return parse_hello(message)
 
-    async def call(self, command: str, args: Any = None, *, session: str | None = None,
-                   timeout: float | None = None) -> Any:
-        """One request, one reply. ``timeout`` puts the call in a cancel scope of
-        its own; an owner that keeps deadlines on a shared timer (the pool) passes
-        None and calls :meth:`time_out` instead, which costs no scope per call."""
+    def call(self, command: str, args: Any = None, *, session: str | None = None,
+             timeout: float | None = None) -> Coroutine[Any, Any, Any]:
+        """One request, one reply (await the result).
+
+        ``timeout`` puts the call in a cancel scope of its own; an owner that
+        keeps deadlines on a shared timer (the pool) passes None and calls
+        :meth:`time_out` instead, which costs no scope per call. A plain
+        function returning the coroutine: the common case adds no frame.
+        """
+        if timeout is None:
+            return self._exchange(command, args, session)
+        return self._exchange_within(timeout, command, args, session)
+
+    async def _exchange_within(self, timeout: float, command: str, args: Any,
+                               session: str | None) -> Any:
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+            return await self._exchange(command, args, session)
+        # The scope caught its own deadline's cancellation (a call that is not
+        # finished by its deadline leaves the channel dirty).
+        assert scope.cancelled_caught
+        raise self._timeout_error(timeout, command, session)
+
+    async def _exchange(self, command: str, args: Any, session: str | None) -> Any:
         # A caller already cancelled must leave without writing: the channel stays
         # clean. (The write's own checkpoint comes after `dirty` is set, so
         # without this a cancelled caller would spoil a worker it never used.)
@@ -98,17 +116,6 @@ class FramedChannel:
             {"id": request_id, "command": command, "args": args, "session": session},
             self._max_frame_size,
         )
-        if timeout is None:
-            return await self._exchange(frame, request_id, command, session)
-        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-            return await self._exchange(frame, request_id, command, session)
-        # The scope caught its own deadline's cancellation (a call that is not
-        # finished by its deadline leaves the channel dirty).
-        assert scope.cancelled_caught
-        raise self._timeout_error(timeout, command, session)
-
-    async def _exchange(self, frame: bytes, request_id: int, command: str,
-                        session: str | None) -> Any:
         self._busy = True
         # From the first byte written until the reply is parsed, an interruption
         # leaves a stray request or reply on the pipe.

@@ -168,8 +168,10 @@ class PipeTransport:
                     # A reply that usually comes within microseconds: look again
                     # after one pass through the scheduler (other tasks run in
                     # it) rather than sleep in epoll, so the CPU doesn't idle
-                    # down and take its wake-up latency on every call.
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    # down and take its wake-up latency on every call. A full
+                    # checkpoint: a cancelled caller leaves at once, as from
+                    # wait_readable (the channel is dirty either way).
+                    await trio.lowlevel.checkpoint()
                     waited = True
                     continue
                 self._waiting_on = self._read_fd

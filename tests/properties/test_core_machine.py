@@ -123,7 +123,10 @@ class CoreMachine(RuleBasedStateMachine):
                 continue
             now = (waiter.status, waiter.slot, waiter.generation)
             if waiter.status is W.GRANTED and now != old:
-                self.granted(waiter, woken, fresh=old[0] is not W.GRANTED)
+                # A waiter granted by request() itself is not woken (its caller
+                # reads the status); any later grant must wake its sleeper.
+                in_request = isinstance(result, Waiter) and result.id == waiter_id
+                self.granted(waiter, woken, fresh=old[0] is not W.GRANTED and not in_request)
             if waiter.status is W.FAILED and old[0] is not W.FAILED:
                 self.failed(waiter, woken)
         return result

@@ -1,0 +1,676 @@
+"""Busy-polling on both ends of a worker's pipe, and the pool's single deadline timer.
+
+* Layer 1: ``PoolConfig.busy_poll`` validation, the runtime's ``--busy-poll-us``
+  option and ``build_argv``, the worker's ``BusyPoller`` (real pipe, fake clock).
+* Layer 2: ``PipeTransport``'s adaptive spin budget (real pipe fds, fake clock),
+  ``time_out`` on fake workers, and the pool timer over fake workers under an
+  autojump ``MockClock`` (virtual time, so deadlines are checked exactly).
+* Layer 3: real worker subprocesses, with busy-polling off, on by default and
+  at its maximum.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import engine
+from engine.errors import CallTimeout, PoolTimeout
+from engine.pool.config import PoolConfig, make_config
+from engine.pool.pool import Pool
+from engine.testing.fakes import FakeWorkerFactory, Script
+from engine.testing.fixtures import wait_for_pool_ready
+from engine.workers import runtime, transport
+from engine.workers.handle import DEFAULT_BUSY_POLL, MAX_BUSY_POLL, SpawnRequest
+from engine.workers.process import build_argv, open_process_worker
+from engine.workers.transport import PipeTransport
+from tests.leaks import pid_alive
+
+HANG_GUARD = 20.0  # generous: turns a hang into a failure, never a timing assertion
+READY = 10.0
+APP = "engine.workers.programs"
+
+
+# --- layer 1: configuration and command line -------------------------------------------
+
+
+@pytest.mark.layer1
+@pytest.mark.parametrize("value", [-1, -1e-9, 0.5, MAX_BUSY_POLL * 1.01, float("nan"),
+                                   float("inf"), True, False, "x", None])
+def test_pool_config_rejects_bad_busy_poll(value: Any) -> None:
+    with pytest.raises(ValueError, match="busy_poll"):
+        PoolConfig(busy_poll=value)
+    with pytest.raises(ValueError, match="busy_poll"):
+        make_config(None, {"busy_poll": value})
+
+
+@pytest.mark.layer1
+@pytest.mark.parametrize("value", [0, 0.0, 1e-6, 250e-6, MAX_BUSY_POLL, 0.01])
+def test_pool_config_accepts_busy_poll_in_range(value: float) -> None:
+    assert PoolConfig(busy_poll=value).busy_poll == value
+
+
+@pytest.mark.layer1
+def test_busy_poll_defaults_agree() -> None:
+    assert PoolConfig().busy_poll == DEFAULT_BUSY_POLL
+    assert SpawnRequest(worker_id="w", app=APP, start_timeout=1.0).busy_poll \
+        == DEFAULT_BUSY_POLL
+    assert 0 < DEFAULT_BUSY_POLL <= MAX_BUSY_POLL
+    # The parent's cap and the worker's cap are the same number of microseconds.
+    assert round(MAX_BUSY_POLL * 1e6) == runtime.MAX_BUSY_POLL_US
+
+
+@pytest.mark.layer1
+@pytest.mark.parametrize(("argv", "seconds"), [
+    (["--busy-poll-us", "0"], 0.0),
+    (["--busy-poll-us", "250"], 250e-6),
+    (["--busy-poll-us=250"], 250e-6),
+    (["--busy-poll-us", "10000"], 0.01),
+    ([], 0.0),  # absent: off (an old parent that does not pass it)
+])
+def test_parse_args_busy_poll_in_seconds(argv: list[str], seconds: float) -> None:
+    options = runtime.parse_args(["--app", "m", "--worker-id", "w", *argv])
+    assert options.busy_poll == pytest.approx(seconds, abs=1e-12)
+    assert (options.app, options.worker_id) == ("m", "w")
+
+
+@pytest.mark.layer1
+@pytest.mark.parametrize(("value", "match"), [
+    ("-1", "between 0 and 10000"),
+    ("10001", "between 0 and 10000"),
+    ("abc", "must be an integer"),
+    ("2.5", "must be an integer"),
+    ("", "needs a value"),
+])
+def test_parse_args_rejects_bad_busy_poll(value: str, match: str) -> None:
+    with pytest.raises(runtime.UsageError, match=match):
+        runtime.parse_args(["--app", "m", "--worker-id", "w", "--busy-poll-us", value])
+
+
+@pytest.mark.layer1
+def test_parse_args_rejects_busy_poll_without_value() -> None:
+    with pytest.raises(runtime.UsageError, match="busy-poll-us"):
+        runtime.parse_args(["--app", "m", "--worker-id", "w", "--busy-poll-us"])
+
+
+@pytest.mark.layer1
+@pytest.mark.parametrize(("busy_poll", "micros"), [
+    (0.0, "0"), (DEFAULT_BUSY_POLL, "100"), (250e-6, "250"), (MAX_BUSY_POLL, "10000"),
+])
+def test_build_argv_passes_busy_poll_in_microseconds(busy_poll: float, micros: str) -> None:
+    request = SpawnRequest(worker_id="w-0.1", app=APP, start_timeout=1.0, busy_poll=busy_poll)
+    argv = build_argv(request)
+    at = argv.index("--busy-poll-us")
+    assert argv[at + 1] == micros
+    # And the worker's parser takes what the parent passes, back to seconds.
+    options = runtime.parse_args(argv[argv.index("--app"):])
+    assert options.busy_poll == pytest.approx(busy_poll, abs=1e-12)
+
+
+# --- layer 1: the worker's BusyPoller ---------------------------------------------------
+
+
+class FakeClock:
+    """A clock that moves only when told to (``now += ...``), or by ``step`` per read."""
+
+    def __init__(self, step: float = 0.0) -> None:
+        self.now = 1000.0
+        self.step = step
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        self.now += self.step
+        return self.now
+
+
+def frozen_clock(reads: int) -> Callable[[], float]:
+    """Time stands still for ``reads`` reads of the clock, then leaps ahead."""
+    count = itertools.count()
+    return lambda: 1000.0 if next(count) < reads else 1e9
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_fd, write_fd = os.pipe()
+    try:
+        yield read_fd, write_fd
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def counting_poller(read_fd: int, budget: float,
+                    clock: FakeClock) -> tuple[runtime.BusyPoller, list[float | None]]:
+    poller = runtime.BusyPoller(read_fd, budget)
+    polls: list[float | None] = []
+    real_poll = poller._poll
+
+    def poll(timeout: float | None = None) -> list[tuple[int, int]]:
+        polls.append(timeout)
+        return real_poll(timeout)
+
+    poller._poll = poll
+    poller._clock = clock
+    return poller, polls
+
+
+def one_request(poller: runtime.BusyPoller, clock: FakeClock, pipe: tuple[int, int],
+                gap: float) -> None:
+    """A request that arrives ``gap`` seconds after the worker went idle."""
+    read_fd, write_fd = pipe
+    os.write(write_fd, b"r")  # already readable: a poll answers at once
+    poller.wait()
+    clock.now += gap
+    assert os.read(read_fd, 16) == b"r"
+    poller.arrived()
+
+
+@pytest.mark.layer1
+def test_busy_poller_sparse_requests_poll_only_on_every_8th_wait(
+        pipe: tuple[int, int]) -> None:
+    budget = 100e-6
+    clock = FakeClock()
+    poller, polls = counting_poller(pipe[0], budget, clock)
+    polled_on = []
+    for n in range(1, 25):
+        before = len(polls)
+        one_request(poller, clock, pipe, gap=1.0)  # ten thousand budgets apart
+        if len(polls) > before:
+            polled_on.append(n)
+    # The average gap is far above the budget: only the probes poll, and each
+    # probe finds the request at its first poll.
+    assert polled_on == [8, 16, 24]
+    assert polls == [0, 0, 0]
+
+
+@pytest.mark.layer1
+def test_busy_poller_frequent_requests_poll_from_the_second_wait(
+        pipe: tuple[int, int]) -> None:
+    budget = 100e-6
+    clock = FakeClock()
+    poller, polls = counting_poller(pipe[0], budget, clock)
+    polled_on = []
+    for n in range(1, 13):
+        before = len(polls)
+        one_request(poller, clock, pipe, gap=budget / 10)
+        if len(polls) > before:
+            polled_on.append(n)
+    # The first wait knows nothing yet (average == budget: no polling); one
+    # short gap brings the average under the budget, and every wait polls.
+    assert polled_on == list(range(2, 13))
+    assert len(polls) == 11  # the request was there: one poll each
+
+
+@pytest.mark.layer1
+def test_busy_poller_measures_its_way_back_after_an_idle_period(
+        pipe: tuple[int, int]) -> None:
+    budget = 100e-6
+    clock = FakeClock()
+    poller, polls = counting_poller(pipe[0], budget, clock)
+    for _ in range(4):
+        one_request(poller, clock, pipe, gap=budget / 10)
+    assert polls, "frequent requests poll"
+    for _ in range(4):
+        one_request(poller, clock, pipe, gap=5.0)  # an idle spell
+    before = len(polls)
+    one_request(poller, clock, pipe, gap=budget / 10)
+    assert len(polls) == before, "right after an idle spell the poller does not spin"
+    polled_on = []  # the poller's own wait numbers
+    for _ in range(60):
+        before = len(polls)
+        one_request(poller, clock, pipe, gap=budget / 10)
+        if len(polls) > before:
+            polled_on.append(poller._waits)
+    last = poller._waits
+    # Short gaps pull the moving average back under the budget: from some point
+    # on every wait polls again; before it, only the probes (every 8th wait) did.
+    assert polled_on and polled_on[-1] == last, "the poller never went back to polling"
+    resumed = last
+    while resumed - 1 in polled_on:
+        resumed -= 1
+    assert resumed < last - 10
+    assert polled_on == [n for n in polled_on if n < resumed and n % 8 == 0] \
+        + list(range(resumed, last + 1))
+    assert any(n < resumed for n in polled_on), "probes poll during the idle average"
+
+
+@pytest.mark.layer1
+def test_busy_poller_gives_up_after_its_budget_when_nothing_comes(
+        pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    step = 2.0 ** -14  # exact binary fractions: the loop bound is deterministic
+    budget = 4 * step
+    clock = FakeClock()
+    poller, polls = counting_poller(pipe[0], budget, clock)
+    one_request(poller, clock, pipe, gap=0.0)
+    one_request(poller, clock, pipe, gap=0.0)
+    assert len(polls) == 1  # polling now (the average gap is under the budget)
+    yields: list[None] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(None))
+    clock.step = step
+    del polls[:]
+    poller.wait()  # the pipe is empty: poll until the budget is spent, then return
+    assert len(polls) == 4
+    # The CPU is yielded between polls, never after the last one.
+    assert len(yields) == len(polls) - 1
+
+
+# --- layer 2: the parent's PipeTransport ------------------------------------------------
+
+
+@pytest.mark.layer2
+def test_spin_budget_follows_the_typical_wait() -> None:
+    budget = 100e-6
+    fast = PipeTransport(-1, -1, busy_poll=budget)
+    fast._typical_wait = budget / 2
+    assert [fast._spin_budget() for _ in range(16)] == [budget] * 16
+
+    slow = PipeTransport(-1, -1, busy_poll=budget)
+    slow._typical_wait = budget * 2
+    spins = [slow._spin_budget() for _ in range(24)]
+    # Replies usually come later than the budget: no spinning, but every 8th
+    # wait is a probe (or the pool could never find its way back).
+    assert [n for n, s in enumerate(spins, 1) if s] == [8, 16, 24]
+    assert {s for s in spins if s} == {budget}
+
+    off = PipeTransport(-1, -1, busy_poll=0.0)
+    assert [off._spin_budget() for _ in range(16)] == [0.0] * 16
+
+
+@pytest.mark.layer2
+def test_pipe_transport_default_is_no_spinning() -> None:
+    transport_ = PipeTransport(-1, -1)
+    assert [transport_._spin_budget() for _ in range(16)] == [0.0] * 16
+
+
+@pytest.mark.layer2
+async def test_pipe_transport_stops_spinning_for_slow_replies(
+        pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    read_fd, write_fd = pipe
+    os.set_blocking(read_fd, False)
+    step = 2.0 ** -14
+    budget = 4 * step
+    clock = FakeClock(step)
+    monkeypatch.setattr(transport, "_clock", clock)
+    reader = PipeTransport(write_fd, read_fd, busy_poll=budget)
+
+    # A reply already there: returned at once, no clock read, not a "wait".
+    os.write(write_fd, b"ready")
+    assert await reader.read() == b"ready"
+    assert clock.reads == 0 and reader._typical_wait == 0.0
+
+    async def slow_reply() -> int:
+        """The reply comes long after the reader parked; the clock reads it took."""
+        got: list[bytes] = []
+
+        async def read() -> None:
+            got.append(await reader.read())
+
+        reads_before = clock.reads
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()  # spun, then parked
+            clock.now += 1.0  # the time spent parked
+            os.write(write_fd, b"late")
+        assert got == [b"late"]
+        return clock.reads - reads_before
+
+    reads = [await slow_reply() for _ in range(16)]
+    spun = [n for n, r in enumerate(reads, 1) if r > 2]
+    # The first wait spins (nothing known yet), finds replies slow, and stops;
+    # only the probes on every 8th wait spin after that.
+    assert spun == [1, 8, 16]
+    assert reader._typical_wait > budget
+    # A spinning read looks at the clock once per pass: it spun for its budget.
+    assert reads[0] == reads[7] == reads[15] > 2
+    assert {reads[n] for n in range(16) if n + 1 not in spun} == {2}
+
+
+# --- layer 2: time_out and the pool timer over fake workers -----------------------------
+
+
+REQUEST = SpawnRequest(worker_id="fake-0.1", app="fake", start_timeout=5.0)
+VIRTUAL_GUARD = 1000.0  # virtual seconds: a deadline that never fires fails, not hangs
+
+
+@asynccontextmanager
+async def fake_pool(factory: FakeWorkerFactory, **overrides: Any) -> AsyncIterator[Pool]:
+    with trio.fail_after(VIRTUAL_GUARD):
+        async with engine.open_pool(worker_factory=factory, **overrides) as pool:
+            await pool.wait_ready()
+            yield pool
+
+
+@pytest.mark.layer2
+async def test_fake_worker_time_out_ends_the_call_in_flight(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with FakeWorkerFactory()(REQUEST) as worker:
+        worker.time_out(1.0)  # no call in flight: nothing happens
+        assert await worker.call("echo", "fine") == "fine"
+        assert not worker.dirty
+        outcome: list[CallTimeout] = []
+
+        async def hang() -> None:
+            with pytest.raises(CallTimeout) as info:
+                await worker.call("hang")
+            outcome.append(info.value)
+
+        with trio.fail_after(1.0):  # virtual: no time may pass at all
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hang)
+                await trio.testing.wait_all_tasks_blocked()
+                started = trio.current_time()
+                worker.time_out(7.5)
+                worker.time_out(9.0)  # a second expiry is ignored
+        assert trio.current_time() == started  # woken at once
+        assert len(outcome) == 1
+        assert outcome[0].timeout == 7.5 and outcome[0].command == "hang"
+        assert outcome[0].worker_id == "fake-0.1"
+        assert worker.dirty
+
+
+@pytest.mark.layer2
+async def test_queued_checkouts_expire_in_deadline_order(
+        autojump_clock: trio.testing.MockClock) -> None:
+    factory = FakeWorkerFactory(Script())
+    async with fake_pool(factory, size=1) as pool:
+        expired: list[tuple[float, float, float]] = []  # asked, reported, waited
+
+        async def queue(timeout: float) -> None:
+            started = trio.current_time()
+            with pytest.raises(PoolTimeout) as info:
+                async with pool.checkout(timeout=timeout):
+                    pytest.fail("the only worker is held")
+            expired.append((timeout, info.value.timeout, trio.current_time() - started))
+
+        async with pool.checkout() as held:
+            async with trio.open_nursery() as nursery:
+                # Latest deadline first: each later-queued, earlier deadline
+                # must re-arm the timer.
+                for timeout in (30.0, 20.0, 10.0):
+                    nursery.start_soon(queue, timeout)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert pool.armed_deadline == trio.current_time() + timeout
+                assert pool.statistics().waiting == 3
+            assert [asked for asked, _, _ in expired] == [10.0, 20.0, 30.0]
+            for asked, reported, waited in expired:
+                assert reported == pytest.approx(asked)
+                assert waited == pytest.approx(asked)  # on time, virtual seconds
+            assert pool.statistics().waiting == 0
+            assert pool.armed_deadline == math.inf  # nothing left to watch
+            assert await held.call("echo", "still mine") == "still mine"
+        assert await pool.call("echo", 1) == 1
+        pool.core.check_invariants()
+        assert pool.statistics().restarts == 0
+
+
+@pytest.mark.layer2
+async def test_queued_checkout_served_before_its_deadline_is_not_expired_later(
+        autojump_clock: trio.testing.MockClock) -> None:
+    factory = FakeWorkerFactory(Script())
+    async with fake_pool(factory, size=1, call_timeout=None) as pool:
+        served: list[float] = []
+
+        async def waiter() -> None:
+            started = trio.current_time()
+            async with pool.checkout(timeout=10.0) as lease:
+                served.append(trio.current_time() - started)
+                # Hold the lease well past the checkout's old deadline.
+                assert await lease.call("sleep", {"seconds": 20}) == {"slept": 20}
+                assert await lease.call("echo", "after") == "after"
+
+        async with trio.open_nursery() as nursery:
+            async with pool.checkout():
+                nursery.start_soon(waiter)
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.statistics().waiting == 1
+                await trio.sleep(4)  # the period the waiter stays queued
+        assert served == [pytest.approx(4.0)]
+        assert pool.armed_deadline == math.inf
+        assert pool.statistics().restarts == 0 and len(factory.workers) == 1
+
+
+@pytest.mark.layer2
+async def test_cancelled_queued_checkout_leaves_the_queue(
+        autojump_clock: trio.testing.MockClock) -> None:
+    factory = FakeWorkerFactory(Script())
+    async with fake_pool(factory, size=1) as pool:
+        served: list[tuple[str, float]] = []
+        impatient = trio.CancelScope()
+
+        async def first_in_line() -> None:
+            with impatient:
+                async with pool.checkout(timeout=50.0):
+                    pytest.fail("cancelled while queued")
+
+        async def second_in_line() -> None:
+            async with pool.checkout(timeout=100.0) as lease:
+                served.append((lease.worker_id, trio.current_time()))
+
+        async with trio.open_nursery() as nursery:
+            async with pool.checkout() as held:
+                nursery.start_soon(first_in_line)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(second_in_line)
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.statistics().waiting == 2 and len(pool._parked) == 2
+                impatient.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert impatient.cancelled_caught
+                # The cancelled task left the core's queue and the parked tasks.
+                assert pool.statistics().waiting == 1 and len(pool._parked) == 1
+                released_at = trio.current_time()
+            # The lease goes back: the remaining waiter is served, at once.
+        assert served == [(held.worker_id, released_at)]
+        assert pool.statistics().waiting == 0 and not pool._parked
+        pool.core.check_invariants()
+
+
+@pytest.mark.layer2
+async def test_call_deadlines_share_the_pool_timer(
+        autojump_clock: trio.testing.MockClock) -> None:
+    factory = FakeWorkerFactory(Script())
+    async with fake_pool(factory, size=3, call_timeout=100.0) as pool:
+        outcomes: dict[str, tuple[float, float, str | None]] = {}
+
+        async def hang(name: str, timeout: float | None) -> None:
+            started = trio.current_time()
+            with pytest.raises(CallTimeout) as info:
+                await pool.call("hang", timeout=timeout)
+            outcomes[name] = (info.value.timeout, trio.current_time() - started,
+                              info.value.worker_id)
+
+        async def quick() -> None:
+            assert await pool.call("sleep", {"seconds": 5}, timeout=50.0) == {"slept": 5}
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hang, "default", None)  # the pool's call_timeout
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.armed_deadline == trio.current_time() + 100.0
+            nursery.start_soon(quick)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(hang, "short", 10.0)  # queued after, due before
+        assert outcomes["short"][0] == 10.0 and outcomes["short"][1] == pytest.approx(10.0)
+        assert outcomes["default"][0] == 100.0
+        assert outcomes["default"][1] == pytest.approx(100.0)
+        timed_out = {outcomes["short"][2], outcomes["default"][2]}
+        # Both timed-out workers are replaced; the one that answered is kept.
+        ready = set(await wait_for_pool_ready(pool, 3))
+        assert not ready & timed_out and len(ready) == 3
+        assert pool.statistics().restarts == 2
+        assert len(factory.workers) == 5
+        assert await pool.call("echo", "served") == "served"
+
+
+# --- layer 3: real workers --------------------------------------------------------------
+
+
+BUSY_POLLS = [pytest.param(0.0, id="off"), pytest.param(DEFAULT_BUSY_POLL, id="default"),
+              pytest.param(MAX_BUSY_POLL, id="max")]
+
+
+def cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().decode().split("\0")[:-1]
+
+
+@pytest.mark.layer3
+@pytest.mark.parametrize(("busy_poll", "micros"), [(0.0, "0"), (250e-6, "250")])
+async def test_workers_are_started_with_the_pools_busy_poll(busy_poll: float,
+                                                            micros: str) -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=2, busy_poll=busy_poll) as pool:
+            await pool.wait_ready(2, timeout=READY)
+            pids = pool.worker_pids()
+            assert len(pids) == 2
+            for pid in pids:
+                argv = cmdline(pid)
+                assert argv[argv.index("--busy-poll-us") + 1] == micros
+
+
+@pytest.mark.layer3
+@pytest.mark.parametrize("busy_poll", BUSY_POLLS[:2])
+async def test_call_timeout_on_the_pool_timer_replaces_the_worker(busy_poll: float) -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=1, call_timeout=0.5, busy_poll=busy_poll) as pool:
+            await pool.wait_ready(1, timeout=READY)
+            [old] = pool.worker_pids()
+            assert await pool.call("sleep", {"seconds": 0}) == {"slept": 0}
+            with pytest.raises(CallTimeout) as info:
+                await pool.call("sleep", {"seconds": 30})
+            assert not isinstance(info.value, PoolTimeout)
+            assert info.value.timeout == 0.5
+            assert info.value.pid == old and info.value.command == "sleep"
+            # The next call waits for the replacement.
+            answer = await pool.call("ping")
+            await pool.wait_ready(1, timeout=READY)
+            assert pool.worker_pids() == [answer["pid"]]
+            assert answer["pid"] != old
+            assert not pid_alive(old)
+            assert pool.statistics().restarts == 1
+            assert [await pool.call("echo", i) for i in range(5)] == list(range(5))
+            pool.core.check_invariants()
+
+
+@pytest.mark.layer3
+@pytest.mark.parametrize("busy_poll", BUSY_POLLS)
+async def test_sequential_calls_stay_in_step_through_busy_and_idle_spells(
+        busy_poll: float) -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=1, busy_poll=busy_poll) as pool:
+            await pool.wait_ready(1, timeout=READY)
+            [pid] = pool.worker_pids()
+            for i in range(300):  # back to back: both sides are in polling mode
+                payload = {"i": i, "pad": "x" * (i % 13)}
+                assert await pool.call("echo", payload) == payload
+            for spell in range(3):
+                # The idle period is what is tested: the worker (and the parent)
+                # measure long gaps and stop polling; requests are still read.
+                await trio.sleep(0.05)
+                for i in range(10):
+                    assert await pool.call("echo", [spell, i]) == [spell, i]
+            # A large reply takes several reads on the parent side.
+            big = "y" * 300_000
+            assert await pool.call("echo", big) == big
+            stats = pool.statistics()
+            assert (stats.restarts, stats.crashes) == (0, 0)
+            assert pool.worker_pids() == [pid]
+
+
+@pytest.mark.layer3
+async def test_concurrent_calls_with_busy_polling_return_their_own_results() -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=2) as pool:
+            await pool.wait_ready(2, timeout=READY)
+            results: dict[int, list[Any]] = {}
+
+            async def client(n: int) -> None:
+                results[n] = [await pool.call("echo", [n, i]) for i in range(50)]
+
+            async with trio.open_nursery() as nursery:
+                for n in range(4):
+                    nursery.start_soon(client, n)
+            assert results == {n: [[n, i] for i in range(50)] for n in range(4)}
+            assert pool.statistics().restarts == 0
+
+
+@pytest.mark.layer3
+@pytest.mark.parametrize(("busy_poll", "phase"), [
+    (0.0, "parked"), (DEFAULT_BUSY_POLL, "parked"),
+    (DEFAULT_BUSY_POLL, "spinning"), (MAX_BUSY_POLL, "spinning"),
+])
+async def test_process_worker_time_out_ends_a_call_in_flight(
+        busy_poll: float, phase: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    request = SpawnRequest(worker_id="t-0.1", app=APP, start_timeout=10.0,
+                           busy_poll=busy_poll)
+    with trio.fail_after(HANG_GUARD):
+        async with open_process_worker(request) as worker:
+            worker.time_out(1.0)  # no call in flight: nothing happens
+            assert await worker.call("echo", "fine") == "fine"
+            assert not worker.dirty
+            io = worker._channel._io
+            assert isinstance(io, PipeTransport)
+            if phase == "spinning":
+                # A frozen clock: the reader spins until something stops it.
+                # (Its spin is cancel-shielded: should time_out fail to stop it,
+                # the clock thaws after many reads so the guard can fire.)
+                monkeypatch.setattr(transport, "_clock", frozen_clock(reads=50_000))
+                io._typical_wait = 0.0
+            outcome: list[CallTimeout] = []
+
+            async def hang() -> None:
+                with pytest.raises(CallTimeout) as info:
+                    await worker.call("hang", {})
+                outcome.append(info.value)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hang)
+                if phase == "parked":
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert io._waiting_on is not None  # in epoll, waiting for the reply
+                else:
+                    while not worker._channel.busy:  # no event marks "in flight"
+                        await trio.lowlevel.checkpoint()
+                    for _ in range(10):
+                        await trio.lowlevel.checkpoint()
+                    assert io._waiting_on is None  # still polling, not parked
+                worker.time_out(1.25)
+            assert len(outcome) == 1
+            assert outcome[0].timeout == 1.25 and outcome[0].pid == worker.os_pid
+            assert worker.dirty
+
+
+@pytest.mark.layer3
+@pytest.mark.parametrize("busy_poll", [BUSY_POLLS[0], BUSY_POLLS[2]])
+async def test_process_worker_call_timeout_still_uses_its_own_scope(busy_poll: float) -> None:
+    request = SpawnRequest(worker_id="t-0.1", app=APP, start_timeout=10.0,
+                           busy_poll=busy_poll)
+    with trio.fail_after(HANG_GUARD):
+        async with open_process_worker(request) as worker:
+            assert await worker.call("echo", 1, timeout=5.0) == 1
+            with pytest.raises(CallTimeout) as info:
+                await worker.call("hang", {}, timeout=0.2)
+            assert info.value.timeout == 0.2
+            assert worker.dirty
+
+
+@pytest.mark.layer3
+def test_runtime_refuses_a_bad_busy_poll_at_start() -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.workers.runtime", "--app", APP, "--worker-id", "w",
+         "--busy-poll-us", "99999"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=HANG_GUARD, check=False,
+    )
+    assert proc.returncode == runtime.EXIT_USAGE
+    assert b"busy-poll-us" in proc.stdout + proc.stderr
