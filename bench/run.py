@@ -124,6 +124,11 @@ async def sequential(rounds: int, per_round: int) -> dict[str, list[list[float]]
             worker_id="bench-worker", app="engine.workers.programs", start_timeout=30)))
         pool = await stack.enter_async_context(engine.open_pool(size=1, call_timeout=None))
         await pool.wait_ready(1, timeout=30)
+        # The same without busy-polling: what the polling buys, and where the
+        # pool stands against peers that sleep for every reply as well.
+        quiet = await stack.enter_async_context(
+            engine.open_pool(size=1, call_timeout=None, busy_poll=0))
+        await quiet.wait_ready(1, timeout=30)
         tp = await stack.enter_async_context(trio_parallel.open_worker_context())
         tp_limit = trio.CapacityLimiter(1)
         anyio_limit = anyio.CapacityLimiter(1)
@@ -138,6 +143,7 @@ async def sequential(rounds: int, per_round: int) -> dict[str, list[list[float]]
             "json_floor": lambda: json_floor.call("echo", PAYLOAD),
             "process_worker": lambda: worker.call("echo", PAYLOAD),
             "pool": lambda: pool.call("echo", PAYLOAD),
+            "pool_no_poll": lambda: quiet.call("echo", PAYLOAD),
             "anyio": lambda: anyio.to_process.run_sync(dict, PAYLOAD, limiter=anyio_limit),
             "trio_parallel": lambda: tp.run_sync(dict, PAYLOAD, limiter=tp_limit),
             "process_pool_executor": ppe_call,
@@ -155,9 +161,10 @@ async def sequential(rounds: int, per_round: int) -> dict[str, list[list[float]]
 # --- throughput ------------------------------------------------------------------------
 
 
-async def throughput_pool(workers: int, seconds: float) -> float:
+async def throughput_pool(workers: int, seconds: float, busy_poll: float | None = None) -> float:
+    extra = {} if busy_poll is None else {"busy_poll": busy_poll}
     async with engine.open_pool(size=workers, call_timeout=None,
-                                max_waiters=10_000) as pool:
+                                max_waiters=10_000, **extra) as pool:
         await pool.wait_ready(workers, timeout=30)
 
         async def call() -> Any:
@@ -392,7 +399,11 @@ def measure(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
                "n": sum(len(r) for r in rounds_), "rounds": len(rounds_)}
         for name, rounds_ in seq.items()}
     results["throughput"] = {}
-    contenders = (("pool", throughput_pool), ("anyio", throughput_anyio),
+    async def throughput_pool_no_poll(workers: int, seconds: float) -> float:
+        return await throughput_pool(workers, seconds, busy_poll=0)
+
+    contenders = (("pool", throughput_pool), ("pool_no_poll", throughput_pool_no_poll),
+                  ("anyio", throughput_anyio),
                   ("trio_parallel", throughput_trio_parallel),
                   ("process_pool_executor", throughput_ppe))
     for workers in (2, 4):
@@ -458,6 +469,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     pr = pool / floor
     out.append(("pool.call, 1 worker: checkout+call+checkin", value("pool"),
                 f"{pr:.2f}x floor", "<= 1.25x", verdict(pr <= 1.25)))
+    out.append(("  the same with busy_poll=0 (no polling)", value("pool_no_poll"),
+                f"{seq['pool_no_poll']['median'] / floor:.2f}x floor", "", ""))
     for name, label, target, need in (
             ("anyio", "anyio.to_process.run_sync (Trio backend)", "pool faster", 1.0),
             ("trio_parallel", "trio_parallel.run_sync", "pool >= 2x faster", 2.0),
@@ -471,6 +484,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append((f"[throughput, {workers} workers, {CALLERS} callers]", "", "", "", ""))
         mine = tp[f"pool/{workers}"]
         out.append(("pool.call", f"{mine:,.0f} calls/s", "1.00x", "", ""))
+        quiet = tp[f"pool_no_poll/{workers}"]
+        out.append(("  the same with busy_poll=0 (no polling)", f"{quiet:,.0f} calls/s",
+                    f"{quiet / mine:.2f}x", "", ""))
         for name, label, target in (("anyio", "anyio.to_process.run_sync", "pool ahead"),
                                     ("trio_parallel", "trio_parallel.run_sync", "pool ahead"),
                                     ("process_pool_executor", "ProcessPoolExecutor", "")):

@@ -674,3 +674,36 @@ def test_runtime_refuses_a_bad_busy_poll_at_start() -> None:
     )
     assert proc.returncode == runtime.EXIT_USAGE
     assert b"busy-poll-us" in proc.stdout + proc.stderr
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+@pytest.mark.layer3
+async def test_idle_pool_does_not_busy_poll() -> None:
+    # Polling is for frames that come within the budget. After a burst of calls
+    # (polling on, on both sides) an idle pool must go quiet: a worker that kept
+    # polling would burn about a CPU-second per second, the bound below is a
+    # twentieth of that. CPU time, not wall time, so a slow machine can't fail it.
+    idle = 1.0
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(app=APP, size=2, busy_poll=MAX_BUSY_POLL) as pool:
+            await pool.wait_ready(2, timeout=READY)
+            for i in range(300):
+                assert await pool.call("echo", {"i": i}) == {"i": i}
+            pids = pool.worker_pids()
+            workers_before = {pid: _cpu_ticks(pid) for pid in pids}
+            parent_before = os.times()
+            await trio.sleep(idle)  # the idle period under test
+            parent_after = os.times()
+            worker_ticks = {pid: _cpu_ticks(pid) - workers_before[pid] for pid in pids}
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    for pid, ticks in worker_ticks.items():
+        assert ticks / ticks_per_second < idle / 20, f"worker {pid} used {ticks} ticks idle"
+    parent_cpu = (parent_after.user + parent_after.system) \
+        - (parent_before.user + parent_before.system)
+    assert parent_cpu < idle / 20, f"the parent used {parent_cpu:.3f} s of CPU while idle"
