@@ -11,7 +11,15 @@ import pytest
 import trio
 import trio.testing
 
-from engine.workers.transport import PeerGone, PipeTransport, StreamTransport
+from engine.workers.transport import PeerGone, PipeTransport, StreamTransport, Transport
+
+
+async def _read_until_gone(transport: Transport, outcome: list[str]) -> None:
+    """Read once; record why the transport said the peer is gone."""
+    try:
+        await transport.read()
+    except PeerGone as exc:
+        outcome.append(str(exc))
 
 
 @pytest.mark.layer2
@@ -20,16 +28,9 @@ async def test_abort_wakes_a_parked_read_with_peer_gone() -> None:
     os.set_blocking(read_fd, False)
     transport = PipeTransport(write_fd, read_fd)
     outcome: list[str] = []
-
-    async def reader() -> None:
-        try:
-            await transport.read()
-        except PeerGone as exc:
-            outcome.append(str(exc))
-
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
+            nursery.start_soon(_read_until_gone, transport, outcome)
             await trio.testing.wait_all_tasks_blocked()
             transport.abort()
         assert outcome == ["pipe closed"]
@@ -85,15 +86,8 @@ async def test_stream_transport_abort_wakes_a_parked_read() -> None:
     send, receive = trio.testing.memory_stream_pair()
     transport = StreamTransport(send, receive)
     outcome: list[str] = []
-
-    async def reader() -> None:
-        try:
-            await transport.read()
-        except PeerGone as exc:
-            outcome.append(str(exc))
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
+        nursery.start_soon(_read_until_gone, transport, outcome)
         await trio.testing.wait_all_tasks_blocked()
         transport.abort()
     assert outcome == ["aborted"]

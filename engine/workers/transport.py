@@ -21,11 +21,13 @@ from __future__ import annotations
 import errno
 import os
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 import trio
 
 READ_SIZE = 65536
+T = TypeVar("T")
 _clock = time.perf_counter
 
 
@@ -63,32 +65,28 @@ class StreamTransport:
             self._scope.cancel()
 
     async def write(self, data: bytes) -> None:
-        with trio.CancelScope() as self._scope:
-            try:
-                if not self._aborted:
-                    await self._send.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise PeerGone(f"stream broken: {exc!r}") from None
-            finally:
-                self._scope = None
-        if self._aborted:
-            raise PeerGone("aborted")
+        await self._abortable(lambda: self._send.send_all(data))
 
     async def read(self) -> bytes | bytearray:
-        data: bytes | bytearray = b""
-        with trio.CancelScope() as self._scope:
-            try:
-                if not self._aborted:
-                    data = await self._receive.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise PeerGone(f"stream broken: {exc!r}") from None
-            finally:
-                self._scope = None
-        if self._aborted:
-            raise PeerGone("aborted")
+        data = await self._abortable(lambda: self._receive.receive_some(READ_SIZE))
         if not data:
             raise PeerGone("end of stream")
         return data
+
+    async def _abortable(self, operation: Callable[[], Awaitable[T]]) -> T | None:
+        """Run one stream operation that abort() can end (then PeerGone)."""
+        result = None
+        with trio.CancelScope() as self._scope:
+            try:
+                if not self._aborted:
+                    result = await operation()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerGone(f"stream broken: {exc!r}") from None
+            finally:
+                self._scope = None
+        if self._aborted:
+            raise PeerGone("aborted")
+        return result
 
 
 _GONE_ERRNOS = {errno.EPIPE, errno.EBADF, errno.ECONNRESET}
