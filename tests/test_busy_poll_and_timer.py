@@ -511,6 +511,46 @@ async def test_call_deadlines_share_the_pool_timer(
         assert await pool.call("echo", "served") == "served"
 
 
+
+class _HandleWithoutTimeOut:
+    """A worker handle written before ``time_out`` joined the protocol."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "time_out":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+@pytest.mark.layer2
+async def test_call_timeout_works_for_a_handle_without_time_out(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # Such a handle's calls get the timeout as an argument (their own scope):
+    # the timer must not call a method that is not there (it would crash the
+    # pool's nursery).
+    fakes = FakeWorkerFactory(Script())
+
+    @asynccontextmanager
+    async def factory(request: SpawnRequest) -> AsyncIterator[Any]:
+        async with fakes(request) as worker:
+            yield _HandleWithoutTimeOut(worker)
+
+    with trio.fail_after(VIRTUAL_GUARD):
+        async with engine.open_pool(worker_factory=factory, size=1,
+                                    call_timeout=3.0) as pool:
+            await pool.wait_ready()
+            started = trio.current_time()
+            with pytest.raises(CallTimeout) as info:
+                await pool.call("hang")
+            assert info.value.timeout == 3.0
+            assert trio.current_time() - started == pytest.approx(3.0)
+            assert pool.armed_deadline == math.inf  # the timer was never armed
+            await wait_for_pool_ready(pool, 1)
+            assert await pool.call("echo", "served") == "served"
+            assert pool.statistics().restarts == 1
+
 # --- layer 3: real workers --------------------------------------------------------------
 
 

@@ -156,16 +156,21 @@ class Lease:
             timeout = self._pool.config.call_timeout
         pool = self._pool
         started = pool.now()
+        own_timeout = None
         if timeout is not None:
-            # No cancel scope per call: the pool's timer ends an overdue call
-            # with worker.time_out(), which raises CallTimeout in it.
-            self.timeout = timeout
-            self.deadline = started + timeout
-            if self.deadline < pool.armed_deadline:
-                pool.arm_timer(self.deadline)
+            if pool.timer_can_end_calls(self._worker):
+                # No cancel scope per call: the pool's timer ends an overdue
+                # call with worker.time_out(), which raises CallTimeout in it.
+                self.timeout = timeout
+                self.deadline = started + timeout
+                if self.deadline < pool.armed_deadline:
+                    pool.arm_timer(self.deadline)
+            else:
+                own_timeout = timeout  # a handle without time_out(): its own scope
         outcome = "ok"
         try:
-            return await self._worker.call(command, args, session=self.session)
+            return await self._worker.call(command, args, session=self.session,
+                                           timeout=own_timeout)
         except BaseException as exc:
             outcome = type(exc).__name__
             if isinstance(exc, WorkerCrashed | CallTimeout | ProtocolError):
@@ -230,6 +235,7 @@ class Pool:
         # spurious wake-up, at most once per timeout period).
         self.armed_deadline = math.inf
         self._timer_scope: trio.CancelScope | None = None
+        self._time_out_support: dict[type, bool] = {}
         self._leases: dict[int, Lease] = {}
         self.live = trio_util.AsyncValue(0)
         # Set when the last lease returns while aclose() waits for leases.
@@ -585,6 +591,16 @@ class Pool:
                             "worker_id": worker_id})
 
     # --- internals: deadlines ------------------------------------------------------
+
+    def timer_can_end_calls(self, worker: WorkerHandle) -> bool:
+        """Whether the timer can end this worker's calls (``time_out``). Worker
+        handles written before ``time_out`` joined the protocol can't: their
+        calls get the timeout as an argument instead."""
+        kind = type(worker)
+        able = self._time_out_support.get(kind)
+        if able is None:
+            able = self._time_out_support[kind] = callable(getattr(worker, "time_out", None))
+        return able
 
     def arm_timer(self, deadline: float) -> None:
         """Make the timer wake by ``deadline`` (callers check it is earlier)."""
