@@ -108,7 +108,7 @@ class Lease:
     """Exclusive use of one worker until the ``checkout`` block ends."""
 
     __slots__ = ("_pool", "_waiter", "_worker", "calls", "deadline", "error", "forced",
-                 "released", "timeout")
+                 "in_call", "released", "timeout")
 
     def __init__(self, pool: Pool, waiter: Waiter, worker: WorkerHandle) -> None:
         self._pool = pool
@@ -122,6 +122,7 @@ class Lease:
         # the pool's timer task (see Pool._fire_deadlines).
         self.deadline = math.inf
         self.timeout = 0.0
+        self.in_call = False
 
     @property
     def worker_id(self) -> str:
@@ -152,6 +153,12 @@ class Lease:
             if self.forced:
                 raise PoolClosed(pool=self._pool.name)
             raise LeaseReleased(worker_id=self._worker.worker_id)
+        if self.in_call:
+            # Refused before touching the deadline fields: they belong to the
+            # call in flight, which the pool's timer must keep watching.
+            raise trio.BusyResourceError(
+                f"lease on worker {self._worker.worker_id} already has a call in flight; "
+                "a lease serves one call at a time")
         if timeout is None:
             timeout = self._pool.config.call_timeout
         pool = self._pool
@@ -168,6 +175,7 @@ class Lease:
             else:
                 own_timeout = timeout  # a handle without time_out(): its own scope
         outcome = "ok"
+        self.in_call = True
         try:
             return await self._worker.call(command, args, session=self.session,
                                            timeout=own_timeout)
@@ -180,6 +188,7 @@ class Lease:
                     raise PoolClosed(pool=self._pool.name) from exc
             raise
         finally:
+            self.in_call = False
             self.deadline = math.inf
             self.calls += 1
             self._pool.observe_call(command, self._pool.now() - started, outcome,
@@ -599,7 +608,12 @@ class Pool:
         kind = type(worker)
         able = self._time_out_support.get(kind)
         if able is None:
-            able = self._time_out_support[kind] = callable(getattr(worker, "time_out", None))
+            method = getattr(worker, "time_out", None)
+            # A class that subclasses the protocol without implementing it
+            # inherits the protocol's stub, which can't end anything.
+            able = callable(method) and \
+                getattr(method, "__func__", None) is not WorkerHandle.time_out
+            self._time_out_support[kind] = able
         return able
 
     def arm_timer(self, deadline: float) -> None:

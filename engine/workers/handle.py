@@ -84,8 +84,9 @@ class WorkerHandle(Protocol):
     def time_out(self, timeout: float) -> None:
         """The owner's deadline for the call in flight passed: make that call
         raise CallTimeout now (the pool keeps call deadlines on one timer and
-        calls this, instead of giving every call a cancel scope)."""
-        ...
+        calls this, instead of giving every call a cancel scope). Optional: the
+        pool gives the calls of a handle without it ``timeout=`` instead."""
+        raise NotImplementedError
 
     async def wait_exited(self) -> ExitInfo: ...
 

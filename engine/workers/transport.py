@@ -130,6 +130,10 @@ class PipeTransport:
                         await trio.lowlevel.wait_writable(self._write_fd)
                     finally:
                         self._waiting_on = None
+                    # An abort may land after epoll woke us and before we ran:
+                    # its notify_closing found nobody waiting, so look here.
+                    if self._aborted:
+                        raise PeerGone("aborted") from None
         except trio.ClosedResourceError:
             raise PeerGone("pipe closed") from None
         except OSError as exc:
