@@ -33,12 +33,42 @@ async def test_abort_wakes_a_parked_read_with_peer_gone() -> None:
             nursery.start_soon(_read_until_gone, transport, outcome)
             await trio.testing.wait_all_tasks_blocked()
             transport.abort()
-        assert outcome == ["pipe closed"]
-        # Aborted for good: the next operation fails before touching the fd.
+        assert outcome == ["aborted"]
+        # Aborted for good: the next operation fails (the pipe is empty).
         with pytest.raises(PeerGone, match="aborted"):
             await transport.write(b"x")
         with pytest.raises(PeerGone, match="aborted"):
             await transport.read()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+@pytest.mark.layer2
+async def test_abort_still_delivers_bytes_already_in_the_pipe() -> None:
+    # Regression: a worker that fails to start writes an error hello, then
+    # exits. Under load the exit watcher can run first and abort the channel
+    # while the hello read is parked; the read used to end with PeerGone at
+    # once, and the start error said "exited before its hello" instead of the
+    # hello's own explanation (e.g. the module that could not be imported).
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    transport = PipeTransport(write_fd, read_fd)
+    got: list[bytes] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            async def reader() -> None:
+                got.append(await transport.read())
+                with pytest.raises(PeerGone, match="aborted"):
+                    await transport.read()
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            # In one step, as when both events come in one epoll batch: the
+            # last words arrive and the owner aborts before the reader runs.
+            os.write(write_fd, b"last words")
+            transport.abort()
+        assert got == [b"last words"]
     finally:
         os.close(read_fd)
         os.close(write_fd)

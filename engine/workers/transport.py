@@ -157,11 +157,14 @@ class PipeTransport:
         waited = False
         spin_until = 0.0
         while True:
-            if self._aborted:
-                raise PeerGone("aborted")
             try:
+                # After an abort, still read what the peer wrote before it went
+                # (an error hello, a last reply): a crashed worker's exit can
+                # be seen before its final bytes are read, and they explain it.
                 data = os.read(self._read_fd, READ_SIZE)
             except BlockingIOError:
+                if self._aborted:
+                    raise PeerGone("aborted") from None
                 now = _clock()
                 if not spin_until:
                     spin_until = now + self._spin_budget()
@@ -180,7 +183,10 @@ class PipeTransport:
                 try:
                     await trio.lowlevel.wait_readable(self._read_fd)
                 except trio.ClosedResourceError:
-                    raise PeerGone("pipe closed") from None
+                    if not self._aborted:
+                        # The FdStream closed the fd: its number is not ours now.
+                        raise PeerGone("pipe closed") from None
+                    # Our own abort: the fd is open; drain it, then PeerGone.
                 finally:
                     self._waiting_on = None
                 waited = True
