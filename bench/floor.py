@@ -20,8 +20,9 @@ import trio
 
 from engine.protocol import FrameDecoder, encode_frame
 
-CHILD = r"""
-import os, struct
+# The child's frame loop. REPLY(n) turns the frame in buf[:4 + n] into the
+# bytes sent back; each child below defines it.
+_CHILD_LOOP = r"""
 buf = bytearray()
 while True:
     chunk = os.read(0, 65536)
@@ -32,13 +33,20 @@ while True:
         (n,) = struct.unpack_from(">I", buf)
         if len(buf) < 4 + n:
             break
-        frame = bytes(buf[:4 + n])
+        reply = REPLY(n)
         del buf[:4 + n]
-        view = memoryview(frame)
+        view = memoryview(reply)
         while view:
             view = view[os.write(1, view):]
 """
 
+# The floor: each frame straight back, undecoded.
+CHILD = r"""
+import os, struct
+
+def REPLY(n):
+    return bytes(buf[:4 + n])
+""" + _CHILD_LOOP
 
 # The same, plus the JSON work any JSON-framed worker must do: decode the
 # request and encode a response. Not a target, a yardstick: it shows how much
@@ -47,23 +55,12 @@ CHILD_JSON = r"""
 import os, struct, json
 decode = json.JSONDecoder().decode
 encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-buf = bytearray()
-while True:
-    chunk = os.read(0, 65536)
-    if not chunk:
-        break
-    buf += chunk
-    while len(buf) >= 4:
-        (n,) = struct.unpack_from(">I", buf)
-        if len(buf) < 4 + n:
-            break
-        request = decode(bytes(buf[4:4 + n]).decode("utf-8"))
-        del buf[:4 + n]
-        body = encode({"id": request["id"], "ok": True, "result": request["args"]}).encode()
-        view = memoryview(struct.pack(">I", len(body)) + body)
-        while view:
-            view = view[os.write(1, view):]
-"""
+
+def REPLY(n):
+    request = decode(bytes(buf[4:4 + n]).decode("utf-8"))
+    body = encode({"id": request["id"], "ok": True, "result": request["args"]}).encode()
+    return struct.pack(">I", len(body)) + body
+""" + _CHILD_LOOP
 
 
 class FloorEcho:

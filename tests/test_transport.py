@@ -6,12 +6,25 @@ Layer 2: real pipe fds in the Trio run, no worker process.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import trio
 import trio.testing
 
 from engine.workers.transport import PeerGone, PipeTransport, StreamTransport, Transport
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int, PipeTransport]]:
+    """A pipe (non-blocking read end) and a PipeTransport over it."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    try:
+        yield read_fd, write_fd, PipeTransport(write_fd, read_fd)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 async def _read_until_gone(transport: Transport, outcome: list[str]) -> None:
@@ -23,55 +36,46 @@ async def _read_until_gone(transport: Transport, outcome: list[str]) -> None:
 
 
 @pytest.mark.layer2
-async def test_abort_wakes_a_parked_read_with_peer_gone() -> None:
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    transport = PipeTransport(write_fd, read_fd)
+async def test_abort_wakes_a_parked_read_with_peer_gone(
+        pipe: tuple[int, int, PipeTransport]) -> None:
+    _, _, transport = pipe
     outcome: list[str] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_until_gone, transport, outcome)
-            await trio.testing.wait_all_tasks_blocked()
-            transport.abort()
-        assert outcome == ["aborted"]
-        # Aborted for good: the next operation fails (the pipe is empty).
-        with pytest.raises(PeerGone, match="aborted"):
-            await transport.write(b"x")
-        with pytest.raises(PeerGone, match="aborted"):
-            await transport.read()
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_read_until_gone, transport, outcome)
+        await trio.testing.wait_all_tasks_blocked()
+        transport.abort()
+    assert outcome == ["aborted"]
+    # Aborted for good: the next operation fails (the pipe is empty).
+    with pytest.raises(PeerGone, match="aborted"):
+        await transport.write(b"x")
+    with pytest.raises(PeerGone, match="aborted"):
+        await transport.read()
 
 
 @pytest.mark.layer2
-async def test_abort_still_delivers_bytes_already_in_the_pipe() -> None:
+async def test_abort_still_delivers_bytes_already_in_the_pipe(
+        pipe: tuple[int, int, PipeTransport]) -> None:
     # Regression: a worker that fails to start writes an error hello, then
     # exits. Under load the exit watcher can run first and abort the channel
     # while the hello read is parked; the read used to end with PeerGone at
     # once, and the start error said "exited before its hello" instead of the
     # hello's own explanation (e.g. the module that could not be imported).
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    transport = PipeTransport(write_fd, read_fd)
+    _, write_fd, transport = pipe
     got: list[bytes] = []
-    try:
-        async with trio.open_nursery() as nursery:
-            async def reader() -> None:
-                got.append(await transport.read())
-                with pytest.raises(PeerGone, match="aborted"):
-                    await transport.read()
 
-            nursery.start_soon(reader)
-            await trio.testing.wait_all_tasks_blocked()
-            # In one step, as when both events come in one epoll batch: the
-            # last words arrive and the owner aborts before the reader runs.
-            os.write(write_fd, b"last words")
-            transport.abort()
-        assert got == [b"last words"]
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
+    async def reader() -> None:
+        got.append(await transport.read())
+        with pytest.raises(PeerGone, match="aborted"):
+            await transport.read()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        # In one step, as when both events come in one epoll batch: the last
+        # words arrive and the owner aborts before the reader runs.
+        os.write(write_fd, b"last words")
+        transport.abort()
+    assert got == [b"last words"]
 
 
 @pytest.mark.layer2

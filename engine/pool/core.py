@@ -308,18 +308,12 @@ class PoolCore:
                 return waiter
         # Served at once if a worker is free: a free worker means nobody ahead
         # in the queue could take it (they wait for one specific busy worker).
-        self._try_serve(waiter, now, wake=False)
+        # Not queued yet, so a grant or failure here queues no Wake.
+        self._try_serve(waiter, now)
         if waiter.status is WaiterStatus.QUEUED:
             self.queue[waiter.id] = waiter
             self._ensure_capacity()
-        elif waiter.status is WaiterStatus.FAILED:
-            self._drop_wake(waiter.id)
         return waiter
-
-    def _drop_wake(self, waiter_id: int) -> None:
-        # _fail queued a Wake for a waiter failed inside request(): nobody sleeps.
-        self._actions = [a for a in self._actions
-                         if not (isinstance(a, Wake) and a.waiter == waiter_id)]
 
     def _refuse(self, waiter: Waiter) -> BaseException | None:
         if self.closing:
@@ -544,13 +538,13 @@ class PoolCore:
     def _has_free_slot(self) -> bool:
         return any(s.lifecycle.state is S.READY and s.lease is None for s in self.slots)
 
-    def _try_serve(self, waiter: Waiter, now: float, *, wake: bool = True) -> None:
+    def _try_serve(self, waiter: Waiter, now: float) -> None:
         if waiter.deadline is not None and now >= waiter.deadline:
             self.expire(waiter.id)
             return
         for slot in self._candidates(waiter):
             if waiter.purpose == "health":
-                self._grant(waiter, slot, now, wake)
+                self._grant(waiter, slot, now)
                 return
             verdict = self.vet(slot, waiter)
             if verdict.violation is not None:
@@ -558,7 +552,7 @@ class PoolCore:
                            value=repr(verdict.violation.value), slot=slot.index)
             decision = verdict.decision
             if type(decision) is Ok:
-                self._grant(waiter, slot, now, wake)
+                self._grant(waiter, slot, now)
                 return
             if isinstance(decision, Skip):
                 self._fail(waiter, decision.exception)
@@ -593,8 +587,10 @@ class PoolCore:
         # Anonymous: most recently used first, to keep caches warm.
         return sorted(free, key=lambda s: -s.last_used)
 
-    def _grant(self, waiter: Waiter, slot: Slot, now: float, wake: bool = True) -> None:
-        self.queue.pop(waiter.id, None)
+    def _grant(self, waiter: Waiter, slot: Slot, now: float) -> None:
+        # Only a queued waiter sleeps: it is woken. One served while asking
+        # (inside request()) or re-granted while running reads its status.
+        woken = self.queue.pop(waiter.id, None) is not None
         waiter.status = WaiterStatus.GRANTED
         waiter.slot = slot.index
         waiter.generation = slot.generation
@@ -611,14 +607,15 @@ class PoolCore:
                 slot.sessions.add(waiter.session)
                 self._emit("session", "bind", session=waiter.session, slot=slot.index,
                            worker_id=slot.worker_id)
-        if wake:
+        if woken:
             self._actions.append(Wake(waiter.id))
 
     def _fail(self, waiter: Waiter, error: BaseException) -> None:
-        self.queue.pop(waiter.id, None)
+        woken = self.queue.pop(waiter.id, None) is not None  # as in _grant
         waiter.status = WaiterStatus.FAILED
         waiter.error = error
-        self._actions.append(Wake(waiter.id))
+        if woken:
+            self._actions.append(Wake(waiter.id))
 
     def _requeue(self, waiter: Waiter) -> None:
         waiter.status = WaiterStatus.QUEUED

@@ -51,9 +51,10 @@ from engine.protocol import (
     ok_response,
     parse_request,
 )
-from engine.workers.base import ChannelWorker
+from engine.workers.base import ChannelWorker, raise_sole_exception
 from engine.workers.channel import FramedChannel, PeerGone
 from engine.workers.handle import ExitInfo, SpawnRequest
+from engine.workers.programs import object_args
 
 __all__ = [
     "DEFAULT_COMMANDS",
@@ -170,14 +171,6 @@ class FakeContext:
 # --- default handlers (the fake counterpart of engine.workers.programs) -------------
 
 
-def _object(args: Any, command: str) -> dict[str, Any]:
-    if args is None:
-        return {}
-    if not isinstance(args, dict):
-        raise TypeError(f"{command}: args must be an object, got {type(args).__name__}")
-    return args
-
-
 async def _ping(ctx: FakeContext, args: Any) -> Any:
     return {"pid": ctx.worker.pid, "worker_id": ctx.worker.worker_id,
             "app": ctx.worker.script.app}
@@ -194,7 +187,7 @@ async def _stats(ctx: FakeContext, args: Any) -> Any:
 
 
 async def _cleanup_session(ctx: FakeContext, args: Any) -> Any:
-    session = _object(args, "cleanup_session").get("session", ctx.session)
+    session = object_args(args, "cleanup_session").get("session", ctx.session)
     return {"removed": ctx.worker.sessions.pop(session, None) is not None}
 
 
@@ -208,7 +201,7 @@ async def _echo(ctx: FakeContext, args: Any) -> Any:
 
 
 async def _sleep(ctx: FakeContext, args: Any) -> Any:
-    seconds = _object(args, "sleep").get("seconds", 0)
+    seconds = object_args(args, "sleep").get("seconds", 0)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
         raise ValueError(f"sleep: 'seconds' must be a number >= 0, got {seconds!r}")
     await trio.sleep(seconds)
@@ -216,11 +209,11 @@ async def _sleep(ctx: FakeContext, args: Any) -> Any:
 
 
 async def _fail(ctx: FakeContext, args: Any) -> Any:
-    raise RuntimeError(_object(args, "fail").get("message", "fail requested"))
+    raise RuntimeError(object_args(args, "fail").get("message", "fail requested"))
 
 
 async def _crash(ctx: FakeContext, args: Any) -> Any:
-    raise FakeExit(int(_object(args, "crash").get("code", 1)))
+    raise FakeExit(int(object_args(args, "crash").get("code", 1)))
 
 
 async def _hang(ctx: FakeContext, args: Any) -> Any:
@@ -228,13 +221,13 @@ async def _hang(ctx: FakeContext, args: Any) -> Any:
 
 
 async def _noise(ctx: FakeContext, args: Any) -> Any:
-    text = str(_object(args, "noise").get("text", "noise"))
+    text = str(object_args(args, "noise").get("text", "noise"))
     ctx.log(text)
     return {"printed": len(text)}
 
 
 async def _garbage(ctx: FakeContext, args: Any) -> Any:
-    data = str(_object(args, "garbage").get("data", "garbage")).encode()
+    data = str(object_args(args, "garbage").get("data", "garbage")).encode()
     await ctx.write_raw(data)
     return {"written": len(data)}
 
@@ -245,7 +238,7 @@ def _programs(ctx: FakeContext) -> dict[str, dict[str, Any]]:
 
 
 async def _create_program(ctx: FakeContext, args: Any) -> Any:
-    args = _object(args, "create_program")
+    args = object_args(args, "create_program")
     program_id = args.get("id")
     if not isinstance(program_id, str) or not program_id:
         raise ValueError(f"create_program: 'id' must be a non-empty string, got {program_id!r}")
@@ -259,7 +252,7 @@ async def _create_program(ctx: FakeContext, args: Any) -> Any:
 
 
 async def _execute_program(ctx: FakeContext, args: Any) -> Any:
-    args = _object(args, "execute_program")
+    args = object_args(args, "execute_program")
     program = _programs(ctx).get(args.get("id"))
     if program is None:
         raise LookupError(f"no program {args.get('id')!r}")
@@ -277,14 +270,14 @@ async def _list_programs(ctx: FakeContext, args: Any) -> Any:
 
 
 async def _get_program_info(ctx: FakeContext, args: Any) -> Any:
-    program = _programs(ctx).get(_object(args, "get_program_info").get("id"))  # type: ignore[arg-type]
+    program = _programs(ctx).get(object_args(args, "get_program_info").get("id"))  # type: ignore[arg-type]
     if program is None:
         raise LookupError(f"no program {args.get('id')!r}")
     return dict(program)
 
 
 async def _delete_program(ctx: FakeContext, args: Any) -> Any:
-    program_id = _object(args, "delete_program").get("id")
+    program_id = object_args(args, "delete_program").get("id")
     if _programs(ctx).pop(program_id, None) is None:  # type: ignore[arg-type]
         raise LookupError(f"no program {program_id!r}")
     return {"deleted": True}
@@ -585,13 +578,8 @@ class FakeWorkerFactory:
                     with trio.CancelScope(shield=True):
                         await worker._stop(self.grace if graceful else 0.0)
         except BaseExceptionGroup as group:
-            # The peer task never raises, so a group of one holds the body's own
-            # exception (a start failure, or what the caller raised): unwrap it,
-            # as open_process_worker does, so `except WorkerStartError` works.
-            if len(group.exceptions) == 1:
-                error = group.exceptions[0]
-                raise error from error.__cause__
-            raise
+            # The peer task never raises: see raise_sole_exception.
+            raise_sole_exception(group)
         finally:
             worker.kill()  # no-op unless something above failed before the stop
             worker.reaped = True

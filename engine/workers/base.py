@@ -10,7 +10,7 @@ how to wait for the exit to be known (``_settle``) and how to kill.
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -18,6 +18,20 @@ from engine.errors import ProtocolError, WorkerCrashed, WorkerStartError
 from engine.protocol import Hello
 from engine.workers.channel import FramedChannel, PeerGone
 from engine.workers.handle import ExitInfo
+
+
+def raise_sole_exception(group: BaseExceptionGroup[Any]) -> NoReturn:
+    """Re-raise what a worker's nursery caught.
+
+    A worker's background tasks never raise, so a group of one holds the
+    body's own exception (a start failure, or whatever the caller raised in
+    the block): raise it as is, so that ``except WorkerStartError`` works.
+    Anything else stays a group (strict exception groups).
+    """
+    if len(group.exceptions) == 1:
+        error = group.exceptions[0]
+        raise error from error.__cause__
+    raise group
 
 
 class ChannelWorker:

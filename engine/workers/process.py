@@ -25,7 +25,7 @@ import trio
 
 from engine.errors import WorkerStartError
 from engine.protocol import encode_frame
-from engine.workers.base import ChannelWorker
+from engine.workers.base import ChannelWorker, raise_sole_exception
 from engine.workers.channel import FramedChannel, PeerGone
 from engine.workers.handle import ExitInfo, SpawnRequest
 
@@ -240,13 +240,8 @@ async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWor
                 with trio.CancelScope(shield=True):
                     await worker.stop(2.0 if graceful else 0.0)
     except BaseExceptionGroup as group:
-        # The background tasks never raise, so a group of one holds the body's own
-        # exception (a start failure, or whatever the caller raised in the block):
-        # raise it as is, so that `except WorkerStartError` works.
-        if len(group.exceptions) == 1:
-            error = group.exceptions[0]
-            raise error from error.__cause__
-        raise
+        # The background tasks never raise: see raise_sole_exception.
+        raise_sole_exception(group)
     finally:
         # Belt and braces: whatever happened above, the process is reaped.
         if process.returncode is None:

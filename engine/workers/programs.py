@@ -47,7 +47,9 @@ class ProgramExists(ValueError):
 # --- argument validation --------------------------------------------------------
 
 
-def _object(args: Any, command: str) -> dict[str, Any]:
+def object_args(args: Any, command: str) -> dict[str, Any]:
+    """A command's args as an object (None means {}); the test kit's fakes use
+    it too, so both give the same error."""
     if args is None:
         return {}
     if not isinstance(args, dict):
@@ -213,7 +215,7 @@ def _handler_name(args: dict[str, Any]) -> str:
 
 @app.command("create_program")
 def create_program(args: Any, ctx: Context) -> dict[str, Any]:
-    args = _object(args, "create_program")
+    args = object_args(args, "create_program")
     unknown = set(args) - _PROGRAM_KEYS
     if unknown:
         raise ValueError(f"create_program: unknown keys {sorted(unknown)}; "
@@ -248,7 +250,7 @@ def _input_values(program: dict[str, Any], given: Any) -> list[Any]:
 
 @app.command("execute_program")
 def execute_program(args: Any, ctx: Context) -> dict[str, Any]:
-    args = _object(args, "execute_program")
+    args = object_args(args, "execute_program")
     program = _lookup(ctx, _program_id(args, "execute_program"))
     values = _input_values(program, args.get("inputs", {}))
     results = PROGRAM_HANDLERS[program["handler"]](values)
@@ -258,20 +260,20 @@ def execute_program(args: Any, ctx: Context) -> dict[str, Any]:
 
 @app.command("list_programs")
 def list_programs(args: Any, ctx: Context) -> dict[str, Any]:
-    _object(args, "list_programs")
+    object_args(args, "list_programs")
     programs = [_info(program) for program in _programs(ctx).values()]
     return {"programs": programs, "total_count": len(programs)}
 
 
 @app.command("get_program_info")
 def get_program_info(args: Any, ctx: Context) -> dict[str, Any]:
-    args = _object(args, "get_program_info")
+    args = object_args(args, "get_program_info")
     return _info(_lookup(ctx, _program_id(args, "get_program_info")))
 
 
 @app.command("delete_program")
 def delete_program(args: Any, ctx: Context) -> dict[str, Any]:
-    args = _object(args, "delete_program")
+    args = object_args(args, "delete_program")
     program_id = _program_id(args, "delete_program")
     _lookup(ctx, program_id)
     del _programs(ctx)[program_id]
@@ -288,14 +290,14 @@ def echo(args: Any, ctx: Context) -> Any:
 
 @app.command("sleep")
 def sleep(args: Any, ctx: Context) -> dict[str, Any]:
-    seconds = _number(_object(args, "sleep"), "seconds", "sleep")
+    seconds = _number(object_args(args, "sleep"), "seconds", "sleep")
     time.sleep(seconds)
     return {"slept": seconds}
 
 
 @app.command("cpu")
 def cpu(args: Any, ctx: Context) -> dict[str, Any]:
-    n = _integer(_object(args, "cpu"), "n", "cpu")
+    n = _integer(object_args(args, "cpu"), "n", "cpu")
     acc = 0
     for i in range(n):  # deliberately pure-Python work: it holds the GIL
         acc = (acc * 31 + i) % 1_000_003
@@ -308,7 +310,7 @@ def alloc(args: Any, ctx: Context) -> dict[str, Any]:
 
     The memory is released when the session is cleaned up.
     """
-    mb = _integer(_object(args, "alloc"), "mb", "alloc")
+    mb = _integer(object_args(args, "alloc"), "mb", "alloc")
     block = bytearray(mb * 1048576)
     # bytearray() memory comes from calloc, which the kernel maps lazily: write
     # one byte per page so every page becomes resident.
@@ -321,12 +323,13 @@ def alloc(args: Any, ctx: Context) -> dict[str, Any]:
 
 @app.command("fail")
 def fail(args: Any, ctx: Context) -> Any:
-    raise RuntimeError(_string(_object(args, "fail"), "message", "fail", default="fail requested"))
+    message = _string(object_args(args, "fail"), "message", "fail", default="fail requested")
+    raise RuntimeError(message)
 
 
 @app.command("crash")
 def crash(args: Any, ctx: Context) -> Any:
-    code = _integer(_object(args, "crash"), "code", "crash", default=1)
+    code = _integer(object_args(args, "crash"), "code", "crash", default=1)
     if code > 255:
         raise ValueError(f"crash: 'code' must be 0..255, got {code}")
     sys.stderr.flush()
@@ -341,7 +344,7 @@ def hang(args: Any, ctx: Context) -> Any:
 
 @app.command("noise")
 def noise(args: Any, ctx: Context) -> dict[str, Any]:
-    text = _string(_object(args, "noise"), "text", "noise", default="noise")
+    text = _string(object_args(args, "noise"), "text", "noise", default="noise")
     print(text)  # fd 1 is stderr inside a worker: this must not corrupt framing
     sys.stdout.flush()
     return {"printed": len(text)}
@@ -350,7 +353,7 @@ def noise(args: Any, ctx: Context) -> dict[str, Any]:
 @app.command("garbage")
 def garbage(args: Any, ctx: Context) -> dict[str, Any]:
     """FAULT INJECTION: write raw bytes onto the frame channel, then answer normally."""
-    data = _string(_object(args, "garbage"), "data", "garbage").encode("utf-8")
+    data = _string(object_args(args, "garbage"), "data", "garbage").encode("utf-8")
     ctx.write_raw(data)
     return {"written": len(data)}
 
@@ -360,7 +363,7 @@ def spawn_child(args: Any, ctx: Context) -> dict[str, Any]:
     """Start a grandchild that sleeps; tests use it to check process-group kills."""
     import subprocess  # lazily: only this fault command needs it
 
-    seconds = _number(_object(args, "spawn_child"), "seconds", "spawn_child")
+    seconds = _number(object_args(args, "spawn_child"), "seconds", "spawn_child")
     child = subprocess.Popen(
         [sys.executable, "-c", f"import time; time.sleep({seconds!r})"],
         # No pipes of ours: the grandchild must not hold the parent's stderr
