@@ -45,8 +45,8 @@ import trio
 import engine
 from bench.floor import open_floor
 from engine import telemetry
-from engine.workers.handle import SpawnRequest
-from engine.workers.process import open_process_worker
+from engine.process.handle import SpawnRequest
+from engine.process.spawn import open_process_worker
 
 PAYLOAD = {"n": 1, "text": "x" * 64}
 CALLERS = 8

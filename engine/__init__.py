@@ -15,18 +15,18 @@ if TYPE_CHECKING:
     from typing import Any
 
     from engine import errors as errors
-    from engine.bridge import Bridge as Bridge
-    from engine.bridge import open_bridge as open_bridge
-    from engine.contract import Ok as Ok
-    from engine.contract import Remove as Remove
-    from engine.contract import Skip as Skip
     from engine.errors import *  # noqa: F403
+    from engine.pool.bridge import Bridge as Bridge
+    from engine.pool.bridge import open_bridge as open_bridge
     from engine.pool.config import PoolConfig as PoolConfig
+    from engine.pool.contract import Ok as Ok
+    from engine.pool.contract import Remove as Remove
+    from engine.pool.contract import Skip as Skip
     from engine.pool.pool import Lease as Lease
     from engine.pool.pool import Pool as Pool
     from engine.pool.pool import open_pool as open_pool
-    from engine.resilience import CircuitBreaker as CircuitBreaker
-    from engine.resilience import Retry as Retry
+    from engine.pool.resilience import CircuitBreaker as CircuitBreaker
+    from engine.pool.resilience import Retry as Retry
 
 __version__ = "0.1.0"
 
@@ -36,14 +36,14 @@ _LAZY: dict[str, str] = {
     "Lease": "engine.pool.pool",
     "PoolStatistics": "engine.pool.pool",
     "PoolConfig": "engine.pool.config",
-    "Ok": "engine.contract",
-    "Remove": "engine.contract",
-    "Skip": "engine.contract",
-    "DefaultPolicy": "engine.contract",
-    "open_bridge": "engine.bridge",
-    "Bridge": "engine.bridge",
-    "Retry": "engine.resilience",
-    "CircuitBreaker": "engine.resilience",
+    "Ok": "engine.pool.contract",
+    "Remove": "engine.pool.contract",
+    "Skip": "engine.pool.contract",
+    "DefaultPolicy": "engine.pool.contract",
+    "open_bridge": "engine.pool.bridge",
+    "Bridge": "engine.pool.bridge",
+    "Retry": "engine.pool.resilience",
+    "CircuitBreaker": "engine.pool.resilience",
 }
 
 _ERRORS = {
@@ -53,8 +53,8 @@ _ERRORS = {
     "BridgeUnavailable", "ResponseShapeError", "RetriesExhausted",
 }
 
-_SUBMODULES = {"errors", "protocol", "shapes", "client", "discovery", "telemetry",
-               "resilience", "testing", "contract", "workers", "pool"}
+_SUBMODULES = {"errors", "protocol", "shapes", "client", "discovery", "telemetry", "process",
+               "resilience", "testing", "workers", "pool", "stress"}
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,7 @@
 Subcommands:
 
 * ``engine stress``: run the stress-test runner against a pool (see
-  :mod:`engine.stress`); exit 0 when every invariant held, 1 when one failed,
+  :mod:`engine.stress.runner`); exit 0 when every invariant held, 1 when one failed,
   2 on bad options, 3 when the pool could not start.
 * ``engine campaign``: property-test campaigns (:mod:`engine.testing.campaign`).
 """
@@ -82,7 +82,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _mix(text: str) -> dict[str, float]:
-    from engine.stress import parse_mix
+    from engine.stress.runner import parse_mix
 
     try:
         mix = parse_mix(text)
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stress_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
-    from engine.stress import CHAOS_KILL_EVERY, CHAOS_MIX, DEFAULT_MIX, StressConfig
+    from engine.stress.runner import CHAOS_KILL_EVERY, CHAOS_MIX, DEFAULT_MIX, StressConfig
 
     reserved = {"app": "--app", "size": "--workers", "call_timeout": "--call-timeout",
                 "checkout_timeout": "--checkout-timeout", "start_timeout": "--start-timeout",
@@ -233,8 +233,8 @@ def run_stress_command(args: argparse.Namespace, parser: argparse.ArgumentParser
     import trio
     from rich.console import Console
 
-    from engine.stress import StressSetupError, run_stress
-    from engine.stress_report import render_text
+    from engine.stress.report import render_text
+    from engine.stress.runner import StressSetupError, run_stress
 
     config = _stress_config(args, parser)
     _setup_logging(args.verbose)
@@ -246,7 +246,7 @@ def run_stress_command(args: argparse.Namespace, parser: argparse.ArgumentParser
     live = console.is_terminal and not args.quiet
     try:
         if live:
-            from engine.stress_live import LiveDisplay
+            from engine.stress.live import LiveDisplay
 
             with LiveDisplay(console) as display:
                 report = trio.run(run_stress, config, display.update)
@@ -264,7 +264,7 @@ def run_stress_command(args: argparse.Namespace, parser: argparse.ArgumentParser
             json.dump(report, f, indent=2)
             f.write("\n")
     if args.html:
-        from engine.stress_html import render_html
+        from engine.stress.html import render_html
 
         with open(args.html, "w", encoding="utf-8") as f:
             f.write(render_html(report))

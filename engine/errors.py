@@ -7,7 +7,7 @@ do about it.
 This module imports only the standard library at import time because the
 worker-side runtime raises :class:`ProtocolError` through :mod:`engine.protocol`
 and must not pay for (or depend on) Trio. :class:`LeaseReleased` must subclass
-``trio.ClosedResourceError``, so it lives in :mod:`engine._lease_released` and is
+``trio.ClosedResourceError``, so it lives in :mod:`engine.pool.lease` and is
 resolved lazily by the module ``__getattr__`` below.
 """
 
@@ -18,7 +18,7 @@ TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
     from typing import Any
 
-    from engine._lease_released import LeaseReleased as LeaseReleased
+    from engine.pool.lease import LeaseReleased as LeaseReleased
 
 __all__ = [
     "BridgeUnavailable",
@@ -44,7 +44,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "LeaseReleased":
-        from engine._lease_released import LeaseReleased
+        from engine.pool.lease import LeaseReleased
 
         return LeaseReleased
     raise AttributeError(f"module 'engine.errors' has no attribute {name!r}")

@@ -6,8 +6,8 @@ import gc
 import os
 import time
 
-from engine.procfs import child_pids as read_children
-from engine.procfs import pid_alive
+from engine.process.procfs import child_pids as read_children
+from engine.process.procfs import pid_alive
 
 __all__ = ["child_pids", "open_fds", "pid_alive"]
 

@@ -1,0 +1,1 @@
+"""The pool: sans-IO core, Trio shell, supervision, health, policy, resilience, bridge."""

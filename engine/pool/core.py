@@ -21,8 +21,8 @@ from typing import Any
 
 import attrs
 
-from engine.contract import Ok, Remove, Skip, Verdict
 from engine.errors import PoolClosed, PoolSaturated, PoolTimeout, SessionLost, WorkerBusy
+from engine.pool.contract import Ok, Remove, Skip, Verdict
 from engine.pool.lifecycle import Lifecycle, Transition, WorkerState
 
 S = WorkerState

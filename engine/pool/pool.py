@@ -21,18 +21,6 @@ import trio
 import trio_util
 
 from engine import telemetry
-from engine._lease_released import LeaseReleased
-from engine.contract import (
-    CheckinOutcome,
-    CheckoutRequest,
-    DefaultPolicy,
-    Ok,
-    Remove,
-    Verdict,
-    WorkerInfo,
-    vet_checkin,
-    vet_checkout,
-)
 from engine.errors import (
     CallTimeout,
     EngineError,
@@ -44,6 +32,17 @@ from engine.errors import (
     WorkerStartError,
 )
 from engine.pool.config import PoolConfig, make_config
+from engine.pool.contract import (
+    CheckinOutcome,
+    CheckoutRequest,
+    DefaultPolicy,
+    Ok,
+    Remove,
+    Verdict,
+    WorkerInfo,
+    vet_checkin,
+    vet_checkout,
+)
 from engine.pool.core import (
     Emit,
     PoolCore,
@@ -54,10 +53,11 @@ from engine.pool.core import (
     WaiterStatus,
     Wake,
 )
+from engine.pool.lease import LeaseReleased
 from engine.pool.lifecycle import Transition, WorkerState
+from engine.pool.resilience import CircuitBreaker, Decision, Retry
 from engine.pool.supervisor import SlotSupervisor
-from engine.resilience import CircuitBreaker, Decision, Retry
-from engine.workers.handle import WorkerFactory, WorkerHandle
+from engine.process.handle import WorkerFactory, WorkerHandle
 
 logger = logging.getLogger("engine.pool")
 _pool_ids = itertools.count(1)
@@ -99,7 +99,7 @@ class WorkerSnapshot:
 
 
 def _default_factory(request: Any) -> Any:
-    from engine.workers.process import open_process_worker
+    from engine.process.spawn import open_process_worker
 
     return open_process_worker(request)
 

@@ -20,8 +20,8 @@ import trio_util
 
 from engine import telemetry
 from engine.errors import WorkerStartError
-from engine.resilience import Backoff, RestartIntensity
-from engine.workers.handle import ExitInfo, SpawnRequest, WorkerHandle
+from engine.pool.resilience import Backoff, RestartIntensity
+from engine.process.handle import ExitInfo, SpawnRequest, WorkerHandle
 
 if TYPE_CHECKING:
     from engine.pool.pool import Pool

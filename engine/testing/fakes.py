@@ -1,8 +1,8 @@
 """Scripted fake workers that speak the real wire protocol over in-memory streams.
 
-A :class:`FakeWorker` is a :class:`~engine.workers.handle.WorkerHandle` whose
+A :class:`FakeWorker` is a :class:`~engine.process.handle.WorkerHandle` whose
 "process" is a Trio task (the *peer*) on the far side of two memory streams.
-The parent side is the real :class:`~engine.workers.channel.FramedChannel`, and
+The parent side is the real :class:`~engine.process.channel.FramedChannel`, and
 the peer decodes requests with the real :class:`~engine.protocol.FrameDecoder`
 and answers with :func:`~engine.protocol.encode_frame`, so the pool under test
 sees exactly the bytes a subprocess would send, only faster and scriptable:
@@ -41,6 +41,9 @@ import trio
 import trio.testing
 
 from engine.errors import ProtocolError
+from engine.process.channel import FramedChannel, PeerGone
+from engine.process.channel_worker import ChannelWorker, raise_sole_exception
+from engine.process.handle import ExitInfo, SpawnRequest
 from engine.protocol import (
     HEADER_SIZE,
     FrameDecoder,
@@ -51,9 +54,6 @@ from engine.protocol import (
     ok_response,
     parse_request,
 )
-from engine.workers.base import ChannelWorker, raise_sole_exception
-from engine.workers.channel import FramedChannel, PeerGone
-from engine.workers.handle import ExitInfo, SpawnRequest
 from engine.workers.programs import object_args
 
 __all__ = [
@@ -441,7 +441,7 @@ class _Peer:
 
 
 class FakeWorker(ChannelWorker):
-    """A :class:`~engine.workers.handle.WorkerHandle` backed by a scripted peer task.
+    """A :class:`~engine.process.handle.WorkerHandle` backed by a scripted peer task.
 
     Besides the protocol: ``script``, ``request`` (the SpawnRequest), ``sessions``
     (per-session state dicts), ``calls`` and ``requests`` (what it was asked),

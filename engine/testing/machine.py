@@ -73,7 +73,7 @@ from engine.errors import (
 )
 from engine.pool.lifecycle import WorkerState
 from engine.pool.pool import Pool, open_pool
-from engine.procfs import pid_alive
+from engine.process.procfs import pid_alive
 from engine.testing.driver import ContextHandle, DriverTimeout, TaskHandle, TrioDriver
 from engine.testing.fakes import FakeWorkerFactory, Script
 from engine.testing.faults import FaultRecord, inject_fault, kill_and_settle

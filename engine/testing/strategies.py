@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from hypothesis import strategies as st
 
-from engine.shapes import (
+from engine.client.shapes import (
     PROGRAM_KEYS,
     ExecutionResult,
     PingInfo,

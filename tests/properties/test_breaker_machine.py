@@ -1,4 +1,4 @@
-"""Model-based test of engine.resilience.CircuitBreaker under a fake clock (layer 1).
+"""Model-based test of engine.pool.resilience.CircuitBreaker under a fake clock (layer 1).
 
 A deliberately naive reference model (every failure time kept in a list, states as
 strings) is stepped alongside the real breaker; after every step the state, the
@@ -21,7 +21,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from engine.resilience import (
+from engine.pool.resilience import (
     FAILURE_KINDS,
     BreakerState,
     CircuitBreaker,
@@ -302,7 +302,7 @@ def test_raising_transition_callback_is_logged_and_harmless(
     seen: list[BreakerState] = []
     breaker = CircuitBreaker(failure_threshold=1, clock=FakeClock(),
                              on_transition=[broken, lambda o, n, r: seen.append(n)])
-    with caplog.at_level(logging.ERROR, logger="engine.resilience"):
+    with caplog.at_level(logging.ERROR, logger="engine.pool.resilience"):
         breaker.record_failure("crash", "x")
     assert state_of(breaker) is BreakerState.OPEN
     assert seen == [BreakerState.OPEN]

@@ -29,8 +29,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from engine.contract import Ok, Remove, Skip, Verdict
 from engine.errors import PoolClosed, PoolSaturated, PoolTimeout, SessionLost, WorkerBusy
+from engine.pool.contract import Ok, Remove, Skip, Verdict
 from engine.pool.core import (
     Emit,
     PoolCore,

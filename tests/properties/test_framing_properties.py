@@ -23,6 +23,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from engine.errors import CallTimeout, ProtocolError, WorkerCrashed
+from engine.process.handle import SpawnRequest
 from engine.protocol import FrameDecoder, parse_response
 from engine.testing.fakes import (
     NO_REPLY,
@@ -34,7 +35,6 @@ from engine.testing.fakes import (
     garbage_frame,
 )
 from engine.testing.profiles import scaled
-from engine.workers.handle import SpawnRequest
 
 pytestmark = pytest.mark.layer2
 

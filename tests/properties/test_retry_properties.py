@@ -1,4 +1,4 @@
-"""Properties of engine.resilience.Retry and Backoff (layer 1: pure, no processes)."""
+"""Properties of engine.pool.resilience.Retry and Backoff (layer 1: pure, no processes)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from engine.errors import (
     RetriesExhausted,
     WorkerCrashed,
 )
-from engine.resilience import Backoff, Retry
+from engine.pool.resilience import Backoff, Retry
 
 pytestmark = pytest.mark.layer1
 

@@ -1,4 +1,4 @@
-"""Properties of engine.shapes: total over JSON, map/list round trip, counts checked."""
+"""Properties of engine.client.shapes: total over JSON, map/list round trip, counts checked."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import ResponseShapeError
-from engine.shapes import (
+from engine.client.shapes import (
     ExecutionResult,
     PingInfo,
     ProgramInfo,
@@ -21,6 +20,7 @@ from engine.shapes import (
     parse_program_info,
     parse_program_list,
 )
+from engine.errors import ResponseShapeError
 from engine.testing import strategies as answers
 
 pytestmark = pytest.mark.layer1

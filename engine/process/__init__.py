@@ -1,0 +1,12 @@
+"""The parent end of a worker's pipe (Trio side).
+
+* :mod:`~engine.process.handle`: ``WorkerHandle``, what the pool needs of a worker
+  (a subprocess or a test fake), ``SpawnRequest`` and ``ExitInfo``;
+* :mod:`~engine.process.transport`: byte transports (raw pipe fds, Trio streams);
+* :mod:`~engine.process.channel`: request/response framing over a transport;
+* :mod:`~engine.process.channel_worker`: what real and fake workers share;
+* :mod:`~engine.process.spawn`: ``open_process_worker``, one worker subprocess;
+* :mod:`~engine.process.procfs`: process facts read from ``/proc``.
+
+The child end lives in :mod:`engine.workers` and never imports this package.
+"""

@@ -1,0 +1,261 @@
+"""ProcessWorker: one worker subprocess, seen from the parent (Trio side).
+
+``open_process_worker(request)`` spawns ``python -m engine.workers.runtime`` (after
+an optional launcher prefix such as ``ssh host``) in a new session, so the worker
+and anything it spawns form one process group that we can signal as a whole. It
+waits for the hello under ``start_timeout``, and on exit always stops the process
+and waits for it: no zombie, no orphan.
+
+Background tasks (in the context manager's own nursery): drain stderr into
+``logging`` (an undrained pipe would deadlock the child) keeping a tail for crash
+reports, and watch for exit so that a call in flight is woken at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from engine.errors import WorkerStartError
+from engine.process.channel import FramedChannel, PeerGone
+from engine.process.channel_worker import ChannelWorker, raise_sole_exception
+from engine.process.handle import ExitInfo, SpawnRequest
+from engine.protocol import encode_frame
+
+logger = logging.getLogger("engine.worker")
+
+# After the pipe hits EOF the process is normally already dead; give the exit
+# watcher and the stderr drain a moment to report the status and last lines.
+_EXIT_REPORT_WAIT = 1.0
+_STDERR_SETTLE = 0.2
+_TERM_WAIT = 1.0
+# waitid flags for a liveness check that leaves an exited child for the watcher.
+_PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
+
+
+def build_argv(request: SpawnRequest) -> list[str]:
+    python = list(request.python) or [sys.executable]
+    return [
+        *request.launcher, *python, "-m", "engine.workers.runtime",
+        "--app", request.app, "--worker-id", request.worker_id,
+        "--max-frame-size", str(request.max_frame_size),
+        "--busy-poll-us", str(round(request.busy_poll * 1e6)),
+    ]
+
+
+def _child_env(request: SpawnRequest) -> dict[str, str]:
+    env = dict(os.environ)
+    if request.env:
+        env.update(request.env)
+    # The worker must import this very engine (it may not be installed, e.g. when
+    # running from a source tree).
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class ProcessWorker(ChannelWorker):
+    def __init__(self, process: trio.Process, request: SpawnRequest) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        channel = FramedChannel(process.stdin, process.stdout, worker_id=request.worker_id,
+                                max_frame_size=request.max_frame_size, pid=lambda: self.pid,
+                                busy_poll=request.busy_poll)
+        super().__init__(request.worker_id, channel, request.stderr_tail_lines)
+        self._process = process
+        self._request = request
+        self._stderr_done = trio.Event()
+        self._stop_reason = "exited"
+
+    # --- identity and state -------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        # The hello's pid is the interpreter's own; with a launcher the process we
+        # spawned (and signal) is the launcher.
+        return self._hello.pid if self._hello is not None else self._process.pid
+
+    @property
+    def os_pid(self) -> int:
+        return self._process.pid
+
+    def is_alive(self) -> bool:
+        if self._exit is not None or self._channel.broken:
+            return False
+        # One waitid syscall that leaves the child unreaped (WNOWAIT), so the
+        # exit watcher still collects its status; cheaper than Process.poll(),
+        # which goes through Popen's locking. Runs at every hand-off.
+        try:
+            return os.waitid(os.P_PID, self._process.pid, _PEEK) is None
+        except ChildProcessError:
+            return False  # already reaped: the exit watcher is about to report it
+
+    async def _settle(self) -> None:
+        # After the pipe hits EOF the process is normally already dead; give the
+        # exit watcher and the stderr drain a moment to report status and last lines.
+        with trio.move_on_after(_EXIT_REPORT_WAIT):
+            await self._exited.wait()
+        with trio.move_on_after(_STDERR_SETTLE):
+            await self._stderr_done.wait()
+
+    def _spawned_pid(self) -> int | None:
+        return self._process.pid
+
+    def _argv(self) -> tuple[str, ...]:
+        return tuple(build_argv(self._request))
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self._process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            # Leader and group already gone; fall back to the process itself in
+            # case it left the group.
+            if self._process.returncode is None:
+                try:
+                    self._process.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    async def stop(self, grace: float) -> ExitInfo:
+        """Graceful stop: shutdown command, close stdin, then SIGTERM, then SIGKILL.
+
+        Always waits for the process; callers should shield it.
+        """
+        if self._exit is None and not self.dirty and not self._channel.busy:
+            self._stop_reason = "stopped"
+            with trio.move_on_after(min(grace, 1.0)):
+                try:
+                    await self._channel.send_raw(
+                        encode_frame({"id": 1 << 30, "command": "shutdown", "args": None,
+                                      "session": None}))
+                except (PeerGone, trio.BusyResourceError):
+                    pass  # already gone, or a call is in flight: stdin close and signals follow
+        elif self._exit is None:
+            self._stop_reason = "killed"
+        await self._close_stdin()
+        # Wait on the process itself, not on the exit watcher: when the scope
+        # around the worker is cancelled (a start abandoned, a parent scope
+        # timing out) the watcher task is cancelled too, and waiting for it to
+        # report would hang this shielded stop forever.
+        if self._exit is None and grace > 0 and self._stop_reason == "stopped":
+            with trio.move_on_after(grace):
+                await self._reap()
+        if self._exit is None and self._stop_reason == "stopped":
+            self._signal_group(signal.SIGTERM)
+            with trio.move_on_after(_TERM_WAIT):
+                await self._reap()
+        if self._exit is None:
+            self._signal_group(signal.SIGKILL)
+        await self._reap()
+        assert self._exit is not None
+        return self._exit
+
+    async def _close_stdin(self) -> None:
+        assert self._process.stdin is not None
+        try:
+            await self._process.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+
+    # --- background tasks -----------------------------------------------------
+
+    async def _watch_exit(self) -> None:
+        await self._reap()
+
+    async def _reap(self) -> None:
+        """Wait for the process (trio.Process.wait may be awaited by several tasks)
+        and record its exit, once."""
+        returncode = await self._process.wait()
+        if self._exit is not None:
+            return
+        self._exit = ExitInfo.from_returncode(returncode, self._stop_reason)
+        # Grandchildren die with the worker, and a grandchild holding our pipe
+        # open must not keep a caller waiting for an EOF that never comes.
+        self._signal_group(signal.SIGKILL)
+        self._channel.abort(f"process {self._describe_exit()}")
+        self._exited.set()
+
+    async def _drain_stderr(self) -> None:
+        stream = self._process.stderr
+        assert stream is not None
+        pending = b""
+        try:
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                if not data:
+                    break
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self._log_line(line)
+            if pending:
+                self._log_line(pending)
+        finally:
+            self._stderr_done.set()
+
+    def _log_line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        self._tail.append(line)
+        logger.info("[%s] %s", self._worker_id, line, extra={"worker_id": self._worker_id})
+
+@asynccontextmanager
+async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWorker]:
+    """Spawn a worker, wait for its hello, yield it; on exit stop it and wait for it."""
+    argv = build_argv(request)
+    try:
+        process = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, env=_child_env(request),
+        )
+    except OSError as exc:
+        raise WorkerStartError(f"could not execute {argv[0]!r}: {exc}",
+                               worker_id=request.worker_id, argv=tuple(argv)) from exc
+    worker = ProcessWorker(process, request)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker._watch_exit)
+            nursery.start_soon(worker._drain_stderr)
+            try:
+                await worker._read_hello(request.start_timeout)
+                yield worker
+            finally:
+                # No hello (a failed start) or a dirty channel: there is nobody to
+                # ask politely, so skip the shutdown command and its grace.
+                graceful = worker._hello is not None and not worker.dirty
+                with trio.CancelScope(shield=True):
+                    await worker.stop(2.0 if graceful else 0.0)
+    except BaseExceptionGroup as group:
+        # The background tasks never raise: see raise_sole_exception.
+        raise_sole_exception(group)
+    finally:
+        # Belt and braces: whatever happened above, the process is reaped.
+        if process.returncode is None:
+            with trio.CancelScope(shield=True):
+                worker.kill()
+                await process.wait()
+        await _close_pipes(process)
+
+
+async def _close_pipes(process: trio.Process) -> None:
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass

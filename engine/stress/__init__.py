@@ -1,0 +1,8 @@
+"""The stress-test runner (``engine stress``): workload, chaos, report.
+
+* :mod:`~engine.stress.runner`: ``run_stress`` and its configuration;
+* :mod:`~engine.stress.workload`: the callers and what they record;
+* :mod:`~engine.stress.chaos`: the killer task and the death ledger;
+* :mod:`~engine.stress.report`, :mod:`~engine.stress.html`,
+  :mod:`~engine.stress.live`: the text, HTML and live renderings of one report.
+"""

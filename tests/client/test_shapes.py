@@ -1,0 +1,274 @@
+"""Exact cases of response-shape normalisation (engine.client.shapes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine.client.shapes import (
+    ExecutionResult,
+    PingInfo,
+    ProgramInfo,
+    ProgramList,
+    Signature,
+    parse_deleted,
+    parse_execution,
+    parse_ping,
+    parse_program_info,
+    parse_program_list,
+)
+from engine.errors import ResponseShapeError
+
+pytestmark = pytest.mark.layer1
+
+P1 = {"id": "p1", "signature": {"inputs": ["a"], "outputs": ["b"]}, "handler": "echo"}
+P2 = {"id": "p2"}
+INFO1 = ProgramInfo(id="p1", signature=Signature(inputs=("a",), outputs=("b",)), handler="echo")
+INFO2 = ProgramInfo(id="p2")
+
+
+def shape_error(parse: Any, answer: Any) -> ResponseShapeError:
+    with pytest.raises(ResponseShapeError) as info:
+        parse(answer)
+    return info.value
+
+
+# --- accepted shapes ---------------------------------------------------------
+
+
+def test_map_answer_is_accepted() -> None:
+    result = parse_program_list({"programs": [P1, P2], "total_count": 2})
+    assert result == ProgramList(programs=(INFO1, INFO2), total_count=2)
+
+
+def test_legacy_bare_list_is_accepted_with_its_length_as_count() -> None:
+    assert parse_program_list([P1, P2]) == ProgramList(programs=(INFO1, INFO2), total_count=2)
+
+
+def test_empty_map_and_empty_list() -> None:
+    assert parse_program_list({"programs": [], "total_count": 0}) == ProgramList(programs=())
+    assert parse_program_list([]) == ProgramList(programs=(), total_count=0)
+
+
+def test_unknown_keys_go_to_extra_and_null_means_absent() -> None:
+    answer = {"id": "p", "signature": None, "handler": None, "created_at": 5, "tags": ["x"]}
+    info = parse_program_info(answer)
+    assert info == ProgramInfo(id="p", extra={"created_at": 5, "tags": ["x"]})
+    assert info.to_json() == {"id": "p", "created_at": 5, "tags": ["x"]}
+
+
+def test_extra_keys_of_the_list_map_are_ignored() -> None:
+    answer = {"programs": [P2], "total_count": 1, "next": None}
+    assert parse_program_list(answer) == ProgramList(programs=(INFO2,))
+
+
+def test_to_json_round_trips() -> None:
+    programs = ProgramList(programs=(INFO1, INFO2))
+    assert parse_program_list(programs.to_json()) == programs
+    assert parse_program_list(programs.to_json(legacy=True)) == programs
+    assert programs.to_json() == {"programs": [P1, P2], "total_count": 2}
+
+
+def test_execution_ping_and_delete() -> None:
+    assert parse_execution({"outputs": {"b": 1}, "took": 0.1}) == ExecutionResult(outputs={"b": 1})
+    assert parse_ping({"pid": 12, "worker_id": "w-1", "app": "x"}) == PingInfo(12, "w-1")
+    assert parse_deleted(True) is True
+    assert parse_deleted({"deleted": False}) is False
+
+
+def test_program_list_rejects_inconsistent_construction() -> None:
+    with pytest.raises(ValueError, match="total_count is 3 but there are 1 programs"):
+        ProgramList(programs=(INFO2,), total_count=3)
+    with pytest.raises(ValueError, match="must not contain"):
+        ProgramInfo(id="p", extra={"id": "q"})
+
+
+# --- exact errors --------------------------------------------------------------
+
+LIST_ERRORS = [
+    pytest.param(
+        "nope",
+        "the answer must be a map {'programs': [...], 'total_count': n} or a bare list of "
+        "programs, got a string ('nope')",
+        id="string",
+    ),
+    pytest.param(
+        None,
+        "the answer must be a map {'programs': [...], 'total_count': n} or a bare list of "
+        "programs, got null",
+        id="null",
+    ),
+    pytest.param({"total_count": 0}, "missing key 'programs' in the answer", id="no-programs"),
+    pytest.param({"programs": []}, "missing key 'total_count' in the answer", id="no-count"),
+    pytest.param(
+        {"programs": {}, "total_count": 0}, "programs must be a list, got an empty map",
+        id="programs-map",
+    ),
+    pytest.param(
+        {"programs": [], "total_count": False},
+        "total_count must be an integer, got a boolean (False)", id="bool-count",
+    ),
+    pytest.param(
+        {"programs": [P2], "total_count": 1.0},
+        "total_count must be an integer, got a float (1.0)", id="float-count",
+    ),
+    pytest.param(
+        {"programs": [P2], "total_count": "1"},
+        "total_count must be an integer, got a string ('1')", id="string-count",
+    ),
+    pytest.param(
+        {"programs": [], "total_count": -1}, "total_count is negative (-1)", id="negative",
+    ),
+    pytest.param(
+        {"programs": [P1, P2], "total_count": 3},
+        "total_count is 3 but programs has 2 entries", id="count-too-high",
+    ),
+    pytest.param(
+        {"programs": [P1], "total_count": 0},
+        "total_count is 0 but programs has 1 entry", id="count-too-low",
+    ),
+    pytest.param(
+        {"programs": [], "total_count": 10**5000},
+        "total_count is <16610-bit integer> but programs has 0 entries", id="huge-count",
+    ),
+    pytest.param(
+        {"programs": [P1, {"handler": "echo"}], "total_count": 2},
+        "missing key 'id' in programs[1]", id="no-id",
+    ),
+    pytest.param(
+        {"programs": [{"id": 7}], "total_count": 1},
+        "programs[0].id must be a non-empty string, got an integer (7)", id="int-id",
+    ),
+    pytest.param(
+        {"programs": [{"id": ""}], "total_count": 1},
+        "programs[0].id must be a non-empty string, got a string ('')", id="empty-id",
+    ),
+    pytest.param(
+        [P1, "p2"], "answer[1] must be a map, got a string ('p2')", id="legacy-entry-string",
+    ),
+    pytest.param(
+        [P2, P1, P2], "answer[2].id 'p2' repeats answer[0].id", id="duplicate-id",
+    ),
+    pytest.param(
+        [{"id": "p", "signature": ["a"]}],
+        "answer[0].signature must be a map, got a list of 1 item", id="signature-list",
+    ),
+    pytest.param(
+        [{"id": "p", "signature": {"inputs": []}}],
+        "missing key 'outputs' in answer[0].signature", id="signature-no-outputs",
+    ),
+    pytest.param(
+        [{"id": "p", "signature": {"inputs": ["a", 1], "outputs": []}}],
+        "answer[0].signature.inputs[1] must be a string, got an integer (1)",
+        id="signature-bad-input",
+    ),
+    pytest.param(
+        [{"id": "p", "signature": {"inputs": [], "outputs": "b"}}],
+        "answer[0].signature.outputs must be a list, got a string ('b')",
+        id="signature-outputs-string",
+    ),
+    pytest.param(
+        [{"id": "p", "handler": True}],
+        "answer[0].handler must be a string, got a boolean (True)", id="bool-handler",
+    ),
+]
+
+
+@pytest.mark.parametrize(("answer", "problem"), LIST_ERRORS)
+def test_program_list_errors(answer: Any, problem: str) -> None:
+    error = shape_error(parse_program_list, answer)
+    assert error.what == "list_programs answer"
+    assert error.problem == problem
+    assert str(error) == f"unexpected shape for list_programs answer: {problem}"
+
+
+def test_error_value_is_the_offending_part() -> None:
+    entry = {"handler": "echo"}
+    assert shape_error(parse_program_list, [entry]).value is entry
+    answer = {"programs": [], "total_count": 2}
+    assert shape_error(parse_program_list, answer).value is answer
+    assert shape_error(parse_program_list, [{"id": 3}]).value == 3
+
+
+@pytest.mark.parametrize(
+    ("parse", "answer", "message"),
+    [
+        (parse_program_info, [], "unexpected shape for program info: the answer must be a map, "
+                                 "got a list of 0 items"),
+        (parse_program_info, {"id": None},
+         "unexpected shape for program info: id must be a non-empty string, got null"),
+        (parse_execution, {"result": 1},
+         "unexpected shape for execute_program answer: missing key 'outputs' in the answer"),
+        (parse_execution, {"outputs": [1]},
+         "unexpected shape for execute_program answer: outputs must be a map, got a list of 1 "
+         "item"),
+        (parse_ping, {"pid": True, "worker_id": "w"},
+         "unexpected shape for ping answer: pid must be a positive integer, got a boolean (True)"),
+        (parse_ping, {"pid": 0, "worker_id": "w"},
+         "unexpected shape for ping answer: pid must be a positive integer, got an integer (0)"),
+        (parse_ping, {"pid": 3},
+         "unexpected shape for ping answer: missing key 'worker_id' in the answer"),
+        (parse_deleted, 1,
+         "unexpected shape for delete_program answer: the answer must be a boolean or a map "
+         "{'deleted': bool}, got an integer (1)"),
+        (parse_deleted, {"deleted": "yes"},
+         "unexpected shape for delete_program answer: deleted must be a boolean, got a string "
+         "('yes')"),
+    ],
+)
+def test_other_normaliser_errors(parse: Any, answer: Any, message: str) -> None:
+    assert str(shape_error(parse, answer)) == message
+
+
+def test_what_can_name_the_answer() -> None:
+    with pytest.raises(ResponseShapeError, match=r"^unexpected shape for get_program_info answer"):
+        parse_program_info(3, what="get_program_info answer")
+
+
+# --- hostile inputs --------------------------------------------------------------
+
+
+def deeply_nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Factories, not values: 20 000-deep lists kept alive for the whole session
+# would make every test's gc.collect() (the leak check) slow.
+HOSTILE = {
+    "nested": lambda: deeply_nested(20_000),
+    "nested-programs": lambda: {"programs": deeply_nested(20_000), "total_count": 1},
+    "nested-inputs": lambda: {
+        "id": "p", "signature": {"inputs": deeply_nested(20_000), "outputs": []},
+    },
+    "huge-ints": lambda: {
+        "outputs": {"x": deeply_nested(10)}, "pid": 10**5000, "worker_id": 10**5000,
+    },
+    "huge-id": lambda: {"programs": [{"id": 10**5000}], "total_count": 1},
+    "int-key": lambda: {1: "non-string key"},
+    "inf": lambda: float("inf"),
+}
+
+
+@pytest.mark.parametrize(
+    "parse", [parse_program_list, parse_program_info, parse_execution, parse_ping, parse_deleted]
+)
+@pytest.mark.parametrize("make", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_answers_give_shape_errors_only(parse: Any, make: Any) -> None:
+    try:
+        parse(make())
+    except ResponseShapeError as error:
+        assert str(error).startswith("unexpected shape for ")
+
+
+def test_huge_int_is_described_without_its_digits() -> None:
+    error = shape_error(parse_ping, {"pid": -(10**5000), "worker_id": "w"})
+    assert error.problem == "pid must be a positive integer, got an integer (<16610-bit integer>)"
+
+
+def test_hashable_despite_mapping_fields() -> None:
+    assert hash(ProgramInfo(id="p", extra={"k": [1]})) == hash(ProgramInfo(id="p"))
+    assert isinstance(hash(ExecutionResult(outputs={"a": [1]})), int)
