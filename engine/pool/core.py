@@ -24,6 +24,14 @@ import attrs
 from engine.errors import PoolClosed, PoolSaturated, PoolTimeout, SessionLost, WorkerBusy
 from engine.pool.contract import Ok, Remove, Skip, Verdict
 from engine.pool.lifecycle import Lifecycle, Transition, WorkerState
+from engine.telemetry.events import (
+    CONTRACT_VIOLATION,
+    HEALTH_FAILED,
+    SESSION_BIND,
+    SESSION_LOST,
+    WORKER_TRANSITION,
+    Event,
+)
 
 S = WorkerState
 
@@ -178,11 +186,11 @@ class PoolCore:
         actions, self._actions = self._actions, []
         return actions
 
-    def _emit(self, *event: str, measurements: dict[str, float] | None = None,
+    def _emit(self, event: Event, *, measurements: dict[str, float] | None = None,
               **metadata: Any) -> None:
         if not self.telemetry_enabled():
             return
-        self._actions.append(Emit(("engine", *event), measurements or {}, metadata))
+        self._actions.append(Emit(event, measurements or {}, metadata))
 
     def _move(self, slot: Slot, new: WorkerState, reason: str,
               now: float | None = None) -> None:
@@ -195,7 +203,7 @@ class PoolCore:
             self._emit_transition(slot, transition)
 
     def _emit_transition(self, slot: Slot, t: Transition) -> None:
-        self._emit("worker", "transition", measurements={"duration": t.duration},
+        self._emit(WORKER_TRANSITION, measurements={"duration": t.duration},
                    slot=slot.index, worker_id=slot.worker_id, old=t.old.value,
                    new=t.new.value, reason=t.reason)
 
@@ -269,7 +277,7 @@ class PoolCore:
             binding = self.bindings.get(session)
             if binding is not None and binding.slot == slot.index:
                 binding.lost = reason
-                self._emit("session", "lost", session=session, slot=slot.index, reason=reason)
+                self._emit(SESSION_LOST, session=session, slot=slot.index, reason=reason)
         slot.sessions.clear()
         # A strict waiter queued for a session whose worker just died is the "next
         # call": it learns that the state is gone.
@@ -444,7 +452,7 @@ class PoolCore:
             self._move(slot, S.READY, "health check passed")
         else:
             slot.health_failures += 1
-            self._emit("health", "failed", slot=slot.index, worker_id=slot.worker_id,
+            self._emit(HEALTH_FAILED, slot=slot.index, worker_id=slot.worker_id,
                        failures=slot.health_failures, reason=reason)
             self._move(slot, S.DEGRADED, f"health check failed: {reason}")
             if slot.health_failures >= self.max_health_failures:
@@ -548,7 +556,7 @@ class PoolCore:
                 return
             verdict = self.vet(slot, waiter)
             if verdict.violation is not None:
-                self._emit("contract", "violation", callback=verdict.violation.callback,
+                self._emit(CONTRACT_VIOLATION, callback=verdict.violation.callback,
                            value=repr(verdict.violation.value), slot=slot.index)
             decision = verdict.decision
             if type(decision) is Ok:
@@ -605,7 +613,7 @@ class PoolCore:
                 self.bindings[waiter.session] = Binding(slot.index, slot.generation,
                                                         slot.worker_id, self.clock())
                 slot.sessions.add(waiter.session)
-                self._emit("session", "bind", session=waiter.session, slot=slot.index,
+                self._emit(SESSION_BIND, session=waiter.session, slot=slot.index,
                            worker_id=slot.worker_id)
         if woken:
             self._actions.append(Wake(waiter.id))

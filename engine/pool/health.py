@@ -60,7 +60,7 @@ async def _probe(pool: Pool, index: int) -> None:
     if ok and worker is not None and worker.dirty:
         ok, reason = False, "worker left dirty"
     if ok:  # failures are reported by the core, with the count in a row
-        telemetry.emit(("engine", "health", "ok"), {},
+        telemetry.emit(telemetry.HEALTH_OK, {},
                        {"pool": pool.label, "slot": index,
                         "worker_id": worker.worker_id if worker is not None else None})
     pool.core.health_result(waiter.id, ok, reason)
@@ -89,7 +89,7 @@ async def run_session_expiry(pool: Pool) -> None:
     while True:
         await trio.sleep(min(ttl / 2, 1.0))
         for session in pool.core.expired_sessions(ttl):
-            telemetry.emit(("engine", "session", "expire"), {},
+            telemetry.emit(telemetry.SESSION_EXPIRE, {},
                            {"pool": pool.label, "session": session})
             try:
                 await pool.end_session(session)

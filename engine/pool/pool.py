@@ -339,7 +339,7 @@ class Pool:
                 await lease.call("cleanup_session", {"session": session})
         finally:
             self.core.unbind(session)
-        telemetry.emit(("engine", "session", "end"), {}, {"session": session})
+        telemetry.emit(telemetry.SESSION_END, {}, {"pool": self.label, "session": session})
         return True
 
     def statistics(self) -> PoolStatistics:
@@ -382,7 +382,7 @@ class Pool:
             return
         self.closing = True
         self.closed_event.set()
-        telemetry.emit(("engine", "pool", "stop"), {}, {"pool": self.label})
+        telemetry.emit(telemetry.POOL_STOP, {}, {"pool": self.label})
         self.core.close()
         self.flush()
         with trio.move_on_after(self.config.shutdown_grace):
@@ -470,7 +470,7 @@ class Pool:
         wait = self.now() - started if yielded else 0.0
         self._checkout_latency.record(wait)
         if telemetry.active():
-            telemetry.emit(("engine", "checkout"), {"wait": wait},
+            telemetry.emit(telemetry.CHECKOUT, {"wait": wait},
                            {"pool": self.label, "worker_id": worker.worker_id,
                             "session": session})
         return lease
@@ -514,13 +514,13 @@ class Pool:
             info = self._info(self.core.slots[lease.slot], worker)
             verdict = vet_checkin(self.policy, info, CheckinOutcome(clean, error, lease.calls))
             if verdict.violation is not None:
-                self._report_violation(verdict)
+                self._report_violation(verdict, lease.slot)
             if isinstance(verdict.decision, Remove):
                 remove = verdict.decision.reason
         self.core.checkin(lease._waiter.id, clean=clean, remove=remove, calls=lease.calls)
         self.flush()
         if telemetry.active():
-            telemetry.emit(("engine", "checkin"), {}, {"pool": self.label, "worker_id":
+            telemetry.emit(telemetry.CHECKIN, {}, {"pool": self.label, "worker_id":
                                                        worker.worker_id, "clean": clean})
 
     def _vet(self, slot: Slot, waiter: Waiter) -> Verdict:
@@ -552,11 +552,12 @@ class Pool:
                           calls=slot.calls, sessions=len(slot.sessions),
                           age=trio.current_time() - slot.ready_at)
 
-    def _report_violation(self, verdict: Verdict) -> None:
+    def _report_violation(self, verdict: Verdict, slot: int) -> None:
         assert verdict.violation is not None
         self.metrics_store.increment("contract_violations")
-        telemetry.emit(("engine", "contract", "violation"), {},
-                       {"pool": self.label, "callback": verdict.violation.callback,
+        telemetry.emit(telemetry.CONTRACT_VIOLATION, {},
+                       {"pool": self.label, "slot": slot,
+                        "callback": verdict.violation.callback,
                         "value": repr(verdict.violation.value)})
 
     # --- internals: actions ------------------------------------------------------
@@ -595,7 +596,7 @@ class Pool:
             counter = _OUTCOME_COUNTERS[outcome] = f"calls_{outcome}"
         self.metrics_store.increment(counter)
         if telemetry.active():
-            telemetry.emit(("engine", "call"), {"duration": duration},
+            telemetry.emit(telemetry.CALL, {"duration": duration},
                            {"pool": self.label, "command": command, "outcome": outcome,
                             "worker_id": worker_id})
 
@@ -681,7 +682,7 @@ class Pool:
     def _breaker_moved(self, old: Any, new: Any, reason: str) -> None:
         old, new = getattr(old, "value", old), getattr(new, "value", new)
         logger.warning("circuit breaker %s -> %s: %s", old, new, reason)
-        telemetry.emit(("engine", "breaker", "transition"), {},
+        telemetry.emit(telemetry.BREAKER_TRANSITION, {},
                        {"pool": self.label, "old": old, "new": new, "reason": reason})
         if new == "open" and not self.closing:
             self._nursery.start_soon(self._breaker_timer)
@@ -704,7 +705,7 @@ class Pool:
             self._nursery.start_soon(self._session_ttl_loop)
         if self.config.idle_retire is not None:
             self._nursery.start_soon(self._idle_retire_loop)
-        telemetry.emit(("engine", "pool", "start"), {"size": self.config.size},
+        telemetry.emit(telemetry.POOL_START, {"size": self.config.size},
                        {"pool": self.label, "app": self.config.app})
         self.core.start()
         self.flush()

@@ -79,13 +79,13 @@ class SlotSupervisor:
         # Intensity counts crash loops only (failed starts, deaths before serving).
         if self.failed_last and self.looping and not self.intensity.record():
             delay = max(delay, self.pool.config.restart_cooldown)
-            telemetry.emit(("engine", "worker", "cooldown"), {"cooldown": delay},
+            telemetry.emit(telemetry.WORKER_COOLDOWN, {"cooldown": delay},
                            {"pool": self.pool.label, "slot": self.index})
             logger.warning("slot %d restarted more than %d times in %gs; cooling down %gs",
                            self.index, self.pool.config.max_restarts,
                            self.pool.config.restart_period, delay)
         if self.pool.core.slots[self.index].generation > 0:
-            telemetry.emit(("engine", "worker", "restart"), {"delay": delay},
+            telemetry.emit(telemetry.WORKER_RESTART, {"delay": delay},
                            {"pool": self.pool.label, "slot": self.index,
                             "reason": "crash loop" if self.looping else "replacement"})
         if delay > 0:
@@ -110,7 +110,7 @@ class SlotSupervisor:
         self.killed_by_pool = False
         reason = "start abandoned"
         crashed = False
-        telemetry.emit(("engine", "worker", "spawn"), {},
+        telemetry.emit(telemetry.WORKER_SPAWN, {},
                        {"pool": pool.label, "slot": self.index, "worker_id": request.worker_id})
         try:
             with self.run_scope:
@@ -136,7 +136,7 @@ class SlotSupervisor:
             pool.core.worker_exited(self.index, reason)
             pool.flush()
             info = self.last_exit
-            telemetry.emit(("engine", "worker", "exit"), {}, {
+            telemetry.emit(telemetry.WORKER_EXIT, {}, {
                 "pool": pool.label, "slot": self.index, "reason": reason,
                 "worker_id": request.worker_id,
                 "exit_code": info.exit_code if info is not None else None,
@@ -152,7 +152,7 @@ class SlotSupervisor:
         pool.flush()
         self.start_failures = 0
         pool.breaker_success()
-        telemetry.emit(("engine", "worker", "ready"), {},
+        telemetry.emit(telemetry.WORKER_READY, {},
                        {"pool": pool.label, "slot": self.index, "worker_id": worker.worker_id,
                         "pid": worker.pid})
         await trio_util.wait_any(worker.wait_exited, self.stop_wanted.wait)

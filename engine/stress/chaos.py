@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from engine import telemetry
 from engine.process.procfs import pid_alive
 
 if TYPE_CHECKING:
@@ -129,9 +130,9 @@ class WorkerWatch:
         pool = metadata.get("pool")
         if pool is not None and self.pool_label is not None and pool != self.pool_label:
             return
-        if event == ("engine", "worker", "ready"):
+        if event == telemetry.WORKER_READY:
             self._on_ready(metadata)
-        elif event == ("engine", "worker", "exit"):
+        elif event == telemetry.WORKER_EXIT:
             self._on_exit(metadata)
 
     def _on_ready(self, metadata: Mapping[str, Any]) -> None:

@@ -204,7 +204,7 @@ class _Run:
 
     async def run(self) -> dict[str, Any]:
         handler_id = f"engine.stress-{next(_run_ids)}"
-        telemetry.attach(handler_id, [("engine", "worker")], self.watch.handle)
+        telemetry.attach(handler_id, [telemetry.WORKER_EVENTS], self.watch.handle)
         children_before = child_pids()
         started = trio.current_time()
         try:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from engine.telemetry import LatencySummary, MetricsSnapshot
+from engine.telemetry.metrics import LatencySummary, MetricsSnapshot
 
 __all__ = ["render"]
 

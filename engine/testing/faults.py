@@ -138,7 +138,7 @@ def inject_fault(point: str, *, probability: float = 1.0, rng: random.Random | N
     handler_id = f"engine.testing.faults:{point}:{id(record)}"
     _active.append(point)
     if point == "kill_after_grant":
-        telemetry.attach(handler_id, [("engine", "worker", "transition")], on_transition)
+        telemetry.attach(handler_id, [telemetry.WORKER_TRANSITION], on_transition)
     else:
         _pool_module.set_fault("before_handoff", hook)
     try:

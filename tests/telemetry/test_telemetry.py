@@ -134,9 +134,9 @@ def test_event_catalogue_lists_the_pool_events() -> None:
         telemetry.SESSION_EXPIRE, telemetry.CONTRACT_VIOLATION,
     ]:
         assert required in names
-    for name, description in telemetry.EVENTS.items():
+    for name, spec in telemetry.EVENTS.items():
         assert name[0] == "engine" and all(isinstance(p, str) and p for p in name)
-        assert description
+        assert spec.doc
 
 
 def test_active_and_emit_without_handlers(attach: Any) -> None:
