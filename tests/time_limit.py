@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+import pytest_timeout
 import trio
 
 REPEAT_SECONDS = 10.0
@@ -39,14 +40,17 @@ class TimeLimitExceeded(BaseException):
 
 
 class _Alarm:
-    def __init__(self, item: pytest.Item, limit: float) -> None:
+    def __init__(self, item: pytest.Item, settings: Any) -> None:
         self.item = item
-        self.limit = limit
+        self.limit = float(settings.timeout)
+        self.detect_debugger = not settings.disable_debugger_detection
         self.fired = False
         self.crashed_runs: list[trio.lowlevel.TrioToken] = []
 
     def on_alarm(self, signum: int, frame: FrameType | None) -> None:
         __tracebackhide__ = True
+        if self.detect_debugger and pytest_timeout.is_debugging():
+            return  # someone is stepping through the test (pytest-timeout does the same)
         self.fired = True
         signal.setitimer(signal.ITIMER_REAL, REPEAT_SECONDS)
         try:
@@ -76,7 +80,8 @@ def _print_trio_tasks(item: pytest.Item, limit: float) -> None:
     """Where each task of the run is parked: the first thing one wants to know of a hang."""
     writer = item.config.get_terminal_writer()
     writer.sep("+", f"Timeout (>{limit:g}s) in {item.nodeid}: Trio tasks")
-    pending = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    pending = [root] if root is not None else []
     while pending:
         task = pending.pop()
         writer.line(f"task {task.name}:")
@@ -96,7 +101,7 @@ _ALARM = pytest.StashKey[_Alarm]()
 def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
     if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
         return None  # pytest-timeout's own thread method
-    alarm = _Alarm(item, float(settings.timeout))
+    alarm = _Alarm(item, settings)
     item.stash[_ALARM] = alarm
     signal.signal(signal.SIGALRM, alarm.on_alarm)
     signal.setitimer(signal.ITIMER_REAL, alarm.limit)
