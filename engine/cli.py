@@ -15,7 +15,10 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -229,26 +232,44 @@ def _setup_logging(verbose: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run_stress_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import trio
-    from rich.console import Console
+def _missing(exc: ModuleNotFoundError, package: str) -> bool:
+    return exc.name is not None and (exc.name == package or exc.name.startswith(package + "."))
 
-    from engine.stress.report import render_text
-    from engine.stress.runner import StressSetupError, run_stress
 
-    config = _stress_config(args, parser)
-    _setup_logging(args.verbose)
+def _console() -> Console | None:
+    """A rich console, or None on an install without the ``cli`` extra."""
+    try:
+        from rich.console import Console
+    except ModuleNotFoundError as exc:
+        if not _missing(exc, "rich"):
+            raise
+        return None
     console = Console()
     if not console.is_terminal:
         # Piped or redirected: no live view, and a width that keeps the tables
         # readable in a log file instead of rich's 80-column fallback.
         console = Console(width=110)
-    live = console.is_terminal and not args.quiet
+    return console
+
+
+def run_stress_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import trio
+
+    from engine.stress.runner import StressSetupError, run_stress
+    from engine.stress.text import render_plain, render_rich
+
+    config = _stress_config(args, parser)
+    _setup_logging(args.verbose)
+    console = _console()
+    if console is None and not args.quiet and sys.stdout.isatty():
+        print("engine stress: the live display needs rich: pip install 'engine[cli]' "
+              "(showing the final report only)", file=sys.stderr)
+    live = console if console is not None and console.is_terminal and not args.quiet else None
     try:
-        if live:
+        if live is not None:
             from engine.stress.live import LiveDisplay
 
-            with LiveDisplay(console) as display:
+            with LiveDisplay(live) as display:
                 report = trio.run(run_stress, config, display.update)
         else:
             report = trio.run(run_stress, config)
@@ -268,10 +289,13 @@ def run_stress_command(args: argparse.Namespace, parser: argparse.ArgumentParser
 
         with open(args.html, "w", encoding="utf-8") as f:
             f.write(render_html(report))
-    render_text(report, console)
+    if console is None:
+        render_plain(report, sys.stdout)
+    else:
+        render_rich(report, console)
     for kind, path in (("JSON", args.json), ("HTML", args.html)):
         if path:
-            console.print(f"{kind} report: {path}")
+            print(f"{kind} report: {path}")
     return EXIT_OK if report["ok"] else EXIT_FAILED
 
 
@@ -281,6 +305,10 @@ def run_campaign(argv: Sequence[str]) -> int:
     try:
         campaign = importlib.import_module("engine.testing.campaign")
     except ModuleNotFoundError as exc:
+        if _missing(exc, "hypothesis"):
+            print("engine campaign: needs Hypothesis, which this install lacks: "
+                  "pip install 'engine[testing]'", file=sys.stderr)
+            return EXIT_USAGE
         if exc.name not in ("engine.testing.campaign", "engine.testing"):
             raise
         print("engine campaign: engine.testing.campaign is not available in this "

@@ -9,6 +9,10 @@
 An unknown value stops collection. Tests carry a ``layer1``/``layer2``/``layer3``
 marker; a test above the selected layer is skipped with a message naming the
 ``TEST_MODE`` it needs.
+
+Every test runs under a time limit (``timeout`` in pyproject, pytest-timeout);
+:mod:`tests.time_limit` ends a hung Trio test through Trio, so its processes are
+reaped and the rest of the run is unaffected.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ import pytest
 
 from engine.testing.profiles import load_profile
 from tests.leaks import child_pids, open_fds
+from tests.time_limit import (  # noqa: F401 - hooks: every test's time limit, Trio-safe
+    pytest_runtest_call,
+    pytest_timeout_cancel_timer,
+    pytest_timeout_set_timer,
+)
 
 load_profile()  # Hypothesis profiles dev / ci / campaign ($HYPOTHESIS_PROFILE, CI)
 

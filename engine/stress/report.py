@@ -1,7 +1,7 @@
-"""The stress runner's report: figures, invariants, and their text rendering.
+"""The stress runner's report: figures and invariants.
 
 :func:`build_report` turns what a run recorded into one JSON-ready dict; the
-text report (:func:`render_text`), ``--json`` and ``--html``
+text report (:mod:`engine.stress.text`), ``--json`` and ``--html``
 (:mod:`engine.stress.html`) all render that same dict, so they always agree.
 """
 
@@ -17,8 +17,6 @@ from engine.stress.chaos import EXPECTED_EXIT, INJECTION_KINDS
 from engine.stress.workload import KINDS, MEASURED_KINDS
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from engine.stress.chaos import DeathLedger, WorkerWatch
     from engine.stress.workload import Recorder, SessionBook
     from engine.telemetry import LatencyHistogram
@@ -273,8 +271,8 @@ def _invariants(r: dict[str, Any], f: RunFacts) -> list[dict[str, Any]]:
                  and not deaths["unexplained"] and not deaths["misreported"]
                  and deaths["pool_crash_counter"] == deaths["expected_crash_counter"])
     check("detected deaths == injected deaths", deaths_ok,
-          f"injected {deaths['injected_total']}{_kinds(deaths['injected'])}, detected "
-          f"{deaths['detected_total']}{_kinds(deaths['detected'])}; pool crash counter "
+          f"injected {deaths['injected_total']}{kinds_in_words(deaths['injected'])}, detected "
+          f"{deaths['detected_total']}{kinds_in_words(deaths['detected'])}; pool crash counter "
           f"{deaths['pool_crash_counter']} (expected {deaths['expected_crash_counter']}); "
           f"{len(deaths['unexplained'])} unexplained, {len(deaths['undetected'])} undetected, "
           f"{len(deaths['misreported'])} misreported")
@@ -297,109 +295,7 @@ def _invariants(r: dict[str, Any], f: RunFacts) -> list[dict[str, Any]]:
     return out
 
 
-def _kinds(counts: Mapping[str, int]) -> str:
+def kinds_in_words(counts: Mapping[str, int]) -> str:
+    """`` (kill 3, crash 1)`` for the non-zero counts, or nothing."""
     parts = [f"{k} {n}" for k, n in counts.items() if n]
     return f" ({', '.join(parts)})" if parts else ""
-
-
-# --- text rendering ---------------------------------------------------------------------
-
-
-def _ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds >= 10:
-        return f"{seconds:.1f} s"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    return f"{seconds * 1000:.2f} ms"
-
-
-def render_text(report: Mapping[str, Any], console: Console) -> None:
-    """Print the final report (plain text when the console is not a terminal)."""
-    from rich import box
-    from rich.table import Table
-
-    cfg = report["config"]
-    calls = report["calls"]
-    verdict = "[bold green]PASS[/]" if report["ok"] else "[bold red]FAIL[/]"
-    duration = f"{cfg['duration']:g} s" if cfg.get("duration") else f"{cfg['calls']} calls"
-    kills = f", kill every {cfg['kill_every']:g} s" if cfg.get("kill_every") else ""
-    mix = ",".join(f"{k}={v:g}" for k, v in cfg["mix"].items() if v)
-    console.print(f"engine stress: {verdict}  app={cfg['app']} workers={cfg['workers']} "
-                  f"clients={cfg['clients']} {duration}{kills} mix={mix} seed={report['seed']}")
-
-    t = Table(title="Calls", box=box.SIMPLE_HEAVY, title_justify="left")
-    for col in ("kind", "attempted", "succeeded", "failed", "failures by type"):
-        t.add_column(col, justify="right" if col not in ("kind", "failures by type") else "left")
-    for kind, k in calls["by_kind"].items():
-        t.add_row(kind, str(k["attempted"]), str(k["succeeded"]), str(k["failed"]),
-                  ", ".join(f"{o} {n}" for o, n in k["failed_by_type"].items()))
-    t.add_row("[bold]all[/]", str(calls["attempted"]), str(calls["succeeded"]),
-              str(calls["failed"]),
-              ", ".join(f"{o} {n}" for o, n in calls["failed_by_type"].items()))
-    console.print(t)
-    tp = report["throughput"]
-    console.print(f"throughput: {tp['attempted_per_second']:.0f} calls/s attempted, "
-                  f"{tp['succeeded_per_second']:.0f} calls/s succeeded over "
-                  f"{report['elapsed_seconds']:.1f} s (pool start {_ms(report['start_seconds'])}, "
-                  f"recovery {_ms(report['recovery_seconds'])}, "
-                  f"close {_ms(report['close_seconds'])})")
-
-    lat = report["latency"]
-    t = Table(title="Latency", box=box.SIMPLE_HEAVY, title_justify="left")
-    for col in ("", "count", "p50", "p90", "p99", "max"):
-        t.add_column(col, justify="left" if not col else "right")
-    rows = [("checkout wait", lat["checkout_wait"]),
-            (f"call ({', '.join(lat['call_kinds'])})", lat["call"])]
-    rows += [(f"  call: {k}", s) for k, s in lat["call_by_kind"].items()]
-    for name, s in rows:
-        t.add_row(name, str(s["count"]), _ms(s["p50"]), _ms(s["p90"]), _ms(s["p99"]),
-                  _ms(s["max"]))
-    console.print(t)
-
-    d = report["deaths"]
-    t = Table(title="Worker deaths", box=box.SIMPLE_HEAVY, title_justify="left")
-    for col in ("cause", "injected", "detected", "replaced: p50", "max"):
-        t.add_column(col, justify="left" if col == "cause" else "right")
-    for kind in INJECTION_KINDS:
-        rep = d["replacement_seconds"].get(kind)
-        if d["injected"][kind] or d["detected"][kind]:
-            t.add_row(kind, str(d["injected"][kind]), str(d["detected"][kind]),
-                      _ms(rep["p50"]) if rep else "-", _ms(rep["max"]) if rep else "-")
-    t.add_row("[bold]total[/]", str(d["injected_total"]), str(d["detected_total"]), "", "")
-    console.print(t)
-    console.print(f"restarts: {report['restarts']}; pool crash counter "
-                  f"{d['pool_crash_counter']} (kills + crash calls = "
-                  f"{d['expected_crash_counter']}); kill ticks {d['kills_attempted']}, "
-                  f"{d['kills_skipped_no_target']} without an eligible worker; start failures "
-                  f"{d['start_failures']}; replacement = injection to that slot's next "
-                  "ready worker")
-    for line in (d["undetected"] + d["misreported"] + d["unexplained"])[:10]:
-        console.print(f"  [red]![/] {line}")
-
-    s = report["sessions"]
-    console.print(
-        f"sessions: {s['sessions']} sessions, {s['epochs']} epochs; SessionLost observed "
-        f"{s['lost_observed']} ({s['lost_during_run']} during the run, "
-        f"{s['lost_at_verification']} at verification); epochs whose worker died "
-        f"{s['worker_died']}{_kinds(s['worker_died_by_cause'])}")
-    for line in (s["mismatches"] + s["duplicate_losses"])[:10]:
-        console.print(f"  [red]![/] {line}")
-    p = report["processes"]
-    console.print(f"processes: {p['seen']} worker processes seen, "
-                  f"{len(p['left_after_close'])} left after close, "
-                  f"{len(p['unreaped_after_close'])} unreaped")
-    for line in (calls["wrong_results"] + calls["affinity_breaks"])[:10]:
-        console.print(f"  [red]![/] {line}")
-    for tb in calls["untyped_tracebacks"][:3]:
-        console.print(tb, markup=False, highlight=False)
-
-    t = Table(title="Invariants", box=box.SIMPLE_HEAVY, title_justify="left", show_header=False)
-    t.add_column("", width=4)
-    t.add_column("invariant")
-    t.add_column("detail", overflow="fold")
-    for inv in report["invariants"]:
-        mark = "[green]ok[/]" if inv["ok"] else "[bold red]FAIL[/]"
-        t.add_row(mark, inv["name"], inv["detail"])
-    console.print(t)

@@ -18,11 +18,18 @@
 
 Names are resolved on first use so that ``import engine.testing`` pulls in
 neither Hypothesis nor Trio for users who need only part of the kit.
+
+Hypothesis comes with the ``testing`` extra (``pip install 'engine[testing]'``),
+not with the core install. Without it, the fakes, faults, fixtures and the
+driver work; importing a part that needs it (:data:`NEEDS_HYPOTHESIS`) raises a
+``ModuleNotFoundError`` that names the extra to install.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -64,6 +71,27 @@ _NAMES = {
 }
 
 __all__ = sorted([*_SUBMODULES, *_NAMES])
+
+# The submodules that import Hypothesis (directly or through one another);
+# tests/test_extras.py checks this list against their imports.
+NEEDS_HYPOTHESIS = frozenset({"campaign", "machine", "profiles", "strategies"})
+
+
+class _NeedsHypothesis:
+    """Import hook, installed only when Hypothesis is missing: ``import engine.testing.machine``
+    then fails with the extra to install instead of "No module named 'hypothesis'"."""
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        package, _, name = fullname.rpartition(".")
+        if package == __name__ and name in NEEDS_HYPOTHESIS \
+                and importlib.util.find_spec("hypothesis") is None:
+            raise ModuleNotFoundError(
+                f"{fullname} needs Hypothesis, which is not installed: "
+                "pip install 'engine[testing]'", name="hypothesis")
+
+
+if importlib.util.find_spec("hypothesis") is None:
+    sys.meta_path.insert(0, _NeedsHypothesis())
 
 
 def __getattr__(name: str) -> Any:
