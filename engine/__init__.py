@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from engine.pool.contract import Ok as Ok
     from engine.pool.contract import Remove as Remove
     from engine.pool.contract import Skip as Skip
+    from engine.pool.lease import LeaseReleased as LeaseReleased
     from engine.pool.pool import Lease as Lease
     from engine.pool.pool import Pool as Pool
     from engine.pool.pool import open_pool as open_pool

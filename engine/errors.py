@@ -8,7 +8,8 @@ This module imports only the standard library at import time because the
 worker-side runtime raises :class:`ProtocolError` through :mod:`engine.protocol`
 and must not pay for (or depend on) Trio. :class:`LeaseReleased` must subclass
 ``trio.ClosedResourceError``, so it lives in :mod:`engine.pool.lease` and is
-resolved lazily by the module ``__getattr__`` below.
+resolved lazily by the module ``__getattr__`` below (type checkers see its
+precise type through ``engine.LeaseReleased`` or ``engine.pool.lease``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
     from typing import Any
 
-    from engine.pool.lease import LeaseReleased as LeaseReleased
-
 __all__ = [
     "BridgeUnavailable",
     "CallTimeout",
     "ContractViolation",
     "EngineError",
-    "LeaseReleased",
+    "LeaseReleased",  # noqa: F822 - provided lazily by __getattr__ below
     "PoolClosed",
     "PoolSaturated",
     "PoolTimeout",

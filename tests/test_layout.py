@@ -42,10 +42,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
     frozenset({"engine.pool.pool", "engine.pool.supervisor", "engine.pool.health"}):
         "being removed (issue 12): supervisor and health get a narrow interface instead "
         "of the whole Pool",
-    frozenset({"engine.errors", "engine.pool.lease"}):
-        "type-only: errors.py names LeaseReleased for type checkers beside its lazy "
-        "__getattr__ re-export, and pool/lease.py subclasses EngineError; to remove it, "
-        "errors.py must stop naming engine.pool.lease under TYPE_CHECKING",
 }
 
 # What the child end may import besides the standard library and engine.workers.*.
