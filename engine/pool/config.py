@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from engine.process.handle import DEFAULT_BUSY_POLL, MAX_BUSY_POLL
+from engine.busy_poll import DEFAULT_BUSY_POLL, MAX_BUSY_POLL
 
 AFFINITY_MODES = ("strict", "fail_fast", "hint")
 

@@ -11,12 +11,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from engine.busy_poll import DEFAULT_BUSY_POLL
 from engine.protocol import Hello
-
-# Busy-polling budget (seconds) of both sides of a worker's pipe; see
-# PoolConfig.busy_poll. The cap keeps a misconfiguration from burning a core.
-DEFAULT_BUSY_POLL = 100e-6
-MAX_BUSY_POLL = 0.01
 
 
 @attrs.frozen

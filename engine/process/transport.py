@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import trio
 
+from engine.busy_poll import BusyPollPolicy
+
 READ_SIZE = 65536
 T = TypeVar("T")
-_clock = time.perf_counter
 
 
 class PeerGone(Exception):
@@ -95,16 +95,15 @@ _GONE_ERRNOS = {errno.EPIPE, errno.EBADF, errno.ECONNRESET}
 class PipeTransport:
     """Raw non-blocking pipe fds (Trio already set O_NONBLOCK on them)."""
 
-    def __init__(self, write_fd: int, read_fd: int, busy_poll: float = 0.0) -> None:
+    def __init__(self, write_fd: int, read_fd: int,
+                 busy_poll: BusyPollPolicy | None = None) -> None:
         self._write_fd = write_fd
         self._read_fd = read_fd
-        # Keep polling (through the scheduler) up to this long for a reply
-        # before sleeping in epoll, while replies usually come sooner.
-        self._busy_poll = busy_poll
+        # When to keep polling (through the scheduler) for a reply before
+        # sleeping in epoll; None: never.
+        self.busy_poll = busy_poll
         self._aborted = False
         self._waiting_on: int | None = None  # the fd a wait_* is parked on
-        self._typical_wait = 0.0  # moving average of how long a reply takes to come
-        self._reads = 0
 
     def abort(self) -> None:
         self._aborted = True
@@ -143,19 +142,10 @@ class PipeTransport:
         finally:
             view.release()
 
-    def _spin_budget(self) -> float:
-        # Poll while replies usually come within the budget. When they don't,
-        # still poll on every 8th wait: a reply waited for in epoll includes the
-        # CPU's wake-up latency, so without these probes a pool once busy would
-        # never measure its way back to polling.
-        self._reads += 1
-        if self._typical_wait < self._busy_poll or not self._reads & 7:
-            return self._busy_poll
-        return 0.0
-
     async def read(self) -> bytes:
         waited = False
-        spin_until = 0.0
+        policy = self.busy_poll
+        spin_until = -1.0  # negative: no wait begun (the reply may be there already)
         while True:
             try:
                 # After an abort, still read what the peer wrote before it went
@@ -165,20 +155,20 @@ class PipeTransport:
             except BlockingIOError:
                 if self._aborted:
                     raise PeerGone("aborted") from None
-                now = _clock()
-                if not spin_until:
-                    spin_until = now + self._spin_budget()
-                    started = now
-                if now < spin_until:
-                    # A reply that usually comes within microseconds: look again
-                    # after one pass through the scheduler (other tasks run in
-                    # it) rather than sleep in epoll, so the CPU doesn't idle
-                    # down and take its wake-up latency on every call. A full
-                    # checkpoint: a cancelled caller leaves at once, as from
-                    # wait_readable (the channel is dirty either way).
-                    await trio.lowlevel.checkpoint()
-                    waited = True
-                    continue
+                if policy is not None:
+                    if spin_until < 0.0:
+                        spin_until = policy.begin_wait()  # 0.0: sleep at once
+                    if spin_until and policy.clock() < spin_until:
+                        # A reply that usually comes within microseconds: look
+                        # again after one pass through the scheduler (other tasks
+                        # run in it) rather than sleep in epoll, so the CPU
+                        # doesn't idle down and take its wake-up latency on every
+                        # call. A full checkpoint: a cancelled caller leaves at
+                        # once, as from wait_readable (the channel is dirty
+                        # either way).
+                        await trio.lowlevel.checkpoint()
+                        waited = True
+                        continue
                 self._waiting_on = self._read_fd
                 try:
                     await trio.lowlevel.wait_readable(self._read_fd)
@@ -197,10 +187,9 @@ class PipeTransport:
                 raise
             if not data:
                 raise PeerGone("end of stream")
-            if spin_until:
-                # How long the reply took: spin next time only if replies are
-                # quick (a slow handler or a busy machine makes spinning waste).
-                self._typical_wait += (_clock() - started - self._typical_wait) * 0.25
+            if spin_until >= 0.0 and policy is not None:
+                # How long the reply took decides whether the next wait spins.
+                policy.frame_arrived()
             if not waited:
                 # The reply was already there: still a schedule point, as every
                 # Trio blocking call must be.
@@ -210,7 +199,10 @@ class PipeTransport:
 
 def transport_for(send: trio.abc.SendStream, receive: trio.abc.ReceiveStream,
                   busy_poll: float = 0.0) -> Transport:
-    """The fast pipe path for subprocess pipes, the generic one for anything else."""
+    """The fast pipe path for subprocess pipes, the generic one for anything else.
+
+    ``busy_poll``: the pipe path's polling budget in seconds (0: never poll)."""
     if isinstance(send, trio.lowlevel.FdStream) and isinstance(receive, trio.lowlevel.FdStream):
-        return PipeTransport(send.fileno(), receive.fileno(), busy_poll)
+        policy = BusyPollPolicy(busy_poll) if busy_poll > 0 else None
+        return PipeTransport(send.fileno(), receive.fileno(), policy)
     return StreamTransport(send, receive)

@@ -18,7 +18,8 @@ Exit codes (the parent maps them onto its errors):
 ====  ====================================================================
 
 Only the standard library is imported (plus :mod:`engine.protocol`,
-:mod:`engine.errors` and :mod:`engine.workers.app`, which are stdlib-only):
+:mod:`engine.errors`, :mod:`engine.busy_poll` and :mod:`engine.workers.app`,
+which are stdlib-only):
 spawn-to-hello must stay close to a bare interpreter's start-up. ``traceback``
 is imported only when something fails.
 """
@@ -30,6 +31,7 @@ import signal
 import sys
 import time
 
+from engine.busy_poll import MAX_BUSY_POLL_US, BusyPollPolicy
 from engine.errors import ProtocolError
 from engine.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -67,7 +69,6 @@ MAX_TRACEBACK = 65536
 
 USAGE = ("usage: python -m engine.workers.runtime --app MODULE[:ATTR] --worker-id ID "
          "[--max-frame-size N] [--busy-poll-us N]")
-MAX_BUSY_POLL_US = 10_000
 
 
 class UsageError(Exception):
@@ -82,48 +83,30 @@ class AppNotFound(Exception):
 
 
 class BusyPoller:
-    """Busy-poll stdin for up to ``budget`` seconds before the blocking read.
+    """The worker's way to busy-poll stdin: ``poll(0)``, yielding the CPU between polls.
 
     Blocking lets the CPU idle, and an idle CPU takes tens of microseconds to
-    wake when the next request comes: more than a whole small call. While
-    requests usually arrive within the budget of the worker going idle, poll for
-    the next one first, yielding the CPU between polls so that the parent (which
-    may share it) is not held up. Sparse requests turn polling off by
-    themselves: the moving average of the idle gaps exceeds the budget.
+    wake when the next request comes: more than a whole small call. Whether and
+    how long to poll first is the shared policy's call (:mod:`engine.busy_poll`);
+    this polls until the time it gave, yielding the CPU between polls so that
+    the parent (which may share it) is not held up.
     """
 
-    __slots__ = ("_average_gap", "_budget", "_clock", "_idle_since", "_poll", "_waits")
+    __slots__ = ("_clock", "_poll")
 
-    def __init__(self, fd: int, budget: float) -> None:
+    def __init__(self, fd: int, clock: Callable[[], float]) -> None:
         import select
 
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         self._poll = poller.poll
-        self._clock = time.perf_counter
-        self._budget = budget
-        self._average_gap = budget  # unknown yet: the first wait does not poll
-        self._idle_since = 0.0
-        self._waits = 0
+        self._clock = clock  # the policy's: deadlines are readings of it
 
-    def wait(self) -> None:
-        """Return once a request is readable or polling is not worth it."""
-        clock = self._clock
-        self._idle_since = now = clock()
-        self._waits += 1
-        # Every 8th wait polls even when the average says no: a gap measured
-        # through a blocking read includes the CPU's wake-up latency, so without
-        # these probes a worker once idle would never measure its way back.
-        if self._average_gap < self._budget or not self._waits & 7:
-            until = now + self._budget
-            poll, yield_cpu = self._poll, os.sched_yield
-            while not poll(0) and clock() < until:
-                yield_cpu()
-
-    def arrived(self) -> None:
-        """A request was read: fold the idle gap into the average."""
-        gap = self._clock() - self._idle_since
-        self._average_gap += (gap - self._average_gap) * 0.25
+    def poll_until(self, until: float) -> None:
+        """Return once a request is readable or the clock reached ``until``."""
+        poll, clock, yield_cpu = self._poll, self._clock, os.sched_yield
+        while not poll(0) and clock() < until:
+            yield_cpu()
 
 
 class Channel:
@@ -374,17 +357,21 @@ class Worker:
         max_frame_size = decoder.max_frame_size
         partial = False  # the decoder holds bytes of a frame not yet complete
         read = os.read
-        poller = BusyPoller(stdin_fd, self.channel.busy_poll) \
-            if self.channel.busy_poll > 0 else None
+        budget = self.channel.busy_poll
+        policy = None
+        if budget > 0:
+            # Nothing is known of the requests to come: the first wait does not poll.
+            policy = BusyPollPolicy(budget, typical_wait=budget)
+            poll_until = BusyPoller(stdin_fd, policy.clock).poll_until
         while True:
-            if poller is not None:
-                poller.wait()
+            if policy is not None and (until := policy.begin_wait()):
+                poll_until(until)
             try:
                 chunk = read(stdin_fd, READ_SIZE)
             except OSError as exc:
                 _die(EXIT_CHANNEL_BROKEN, f"reading requests failed ({exc}); exiting")
-            if poller is not None:
-                poller.arrived()
+            if policy is not None:
+                policy.frame_arrived()  # how long the request took decides the next wait
             if not chunk:
                 return EXIT_OK  # the parent closed stdin: a request to stop
             try:

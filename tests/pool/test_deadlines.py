@@ -20,10 +20,10 @@ import trio
 import trio.testing
 
 import engine
+from engine.busy_poll import DEFAULT_BUSY_POLL, MAX_BUSY_POLL
 from engine.errors import CallTimeout, PoolTimeout
 from engine.pool.pool import Pool
-from engine.process import transport
-from engine.process.handle import DEFAULT_BUSY_POLL, MAX_BUSY_POLL, SpawnRequest, WorkerHandle
+from engine.process.handle import SpawnRequest, WorkerHandle
 from engine.process.spawn import open_process_worker
 from engine.process.transport import PipeTransport
 from engine.testing.fakes import FakeWorkerFactory, Script
@@ -311,8 +311,8 @@ async def test_call_timeout_on_the_pool_timer_replaces_the_worker(busy_poll: flo
     (0.0, "parked"), (DEFAULT_BUSY_POLL, "parked"),
     (DEFAULT_BUSY_POLL, "spinning"), (MAX_BUSY_POLL, "spinning"),
 ])
-async def test_process_worker_time_out_ends_a_call_in_flight(
-        busy_poll: float, phase: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_process_worker_time_out_ends_a_call_in_flight(busy_poll: float,
+                                                             phase: str) -> None:
     request = SpawnRequest(worker_id="t-0.1", app=APP, start_timeout=10.0,
                            busy_poll=busy_poll)
     with trio.fail_after(HANG_GUARD):
@@ -326,8 +326,9 @@ async def test_process_worker_time_out_ends_a_call_in_flight(
                 # A frozen clock: the reader spins until something stops it.
                 # (Its spin is cancel-shielded: should time_out fail to stop it,
                 # the clock thaws after many reads so the guard can fire.)
-                monkeypatch.setattr(transport, "_clock", frozen_clock(reads=50_000))
-                io._typical_wait = 0.0
+                assert io.busy_poll is not None
+                io.busy_poll.clock = frozen_clock(reads=50_000)
+                io.busy_poll.typical_wait = 0.0
             outcome: list[CallTimeout] = []
 
             async def hang() -> None:

@@ -1,8 +1,11 @@
 """Busy-polling on both ends of a worker's pipe.
 
+The rule itself (when to poll) is :mod:`engine.busy_poll`'s, tested purely in
+``tests/test_busy_poll.py``; here each end's mechanics and wiring:
+
 * Layer 1: ``PoolConfig.busy_poll`` validation, the runtime's ``--busy-poll-us``
   option and ``build_argv``, the worker's ``BusyPoller`` (real pipe, fake clock).
-* Layer 2: ``PipeTransport``'s adaptive spin budget (real pipe fds, fake clock).
+* Layer 2: ``PipeTransport``'s spinning (real pipe fds, fake clock).
 * Layer 3: real worker subprocesses, with busy-polling off, on by default and
   at its maximum; an idle pool does not poll.
 """
@@ -19,11 +22,11 @@ import trio
 import trio.testing
 
 import engine
+from engine.busy_poll import DEFAULT_BUSY_POLL, MAX_BUSY_POLL, BusyPollPolicy
 from engine.pool.config import PoolConfig, make_config
-from engine.process import transport
-from engine.process.handle import DEFAULT_BUSY_POLL, MAX_BUSY_POLL, SpawnRequest
+from engine.process.handle import SpawnRequest
 from engine.process.spawn import build_argv
-from engine.process.transport import PipeTransport
+from engine.process.transport import PipeTransport, transport_for
 from engine.workers import runtime
 
 HANG_GUARD = 20.0  # generous: turns a hang into a failure, never a timing assertion
@@ -134,22 +137,35 @@ def pipe() -> Iterator[tuple[int, int]]:
         os.close(write_fd)
 
 
+class WorkerWaits:
+    """The worker's side of a pipe as ``Worker.serve`` drives it: before each read
+    the shared policy decides, and ``BusyPoller`` polls stdin until its time."""
+
+    def __init__(self, read_fd: int, budget: float, clock: FakeClock) -> None:
+        # As the runtime builds it: nothing known yet, the first wait does not poll.
+        self.policy = BusyPollPolicy(budget, typical_wait=budget, clock=clock)
+        self.poller = runtime.BusyPoller(read_fd, clock)
+        self.polls: list[float | None] = []
+        real_poll = self.poller._poll
+
+        def poll(timeout: float | None = None) -> list[tuple[int, int]]:
+            self.polls.append(timeout)
+            return real_poll(timeout)
+
+        self.poller._poll = poll
+
+    def wait(self) -> None:
+        if until := self.policy.begin_wait():
+            self.poller.poll_until(until)
+
+
 def counting_poller(read_fd: int, budget: float,
-                    clock: FakeClock) -> tuple[runtime.BusyPoller, list[float | None]]:
-    poller = runtime.BusyPoller(read_fd, budget)
-    polls: list[float | None] = []
-    real_poll = poller._poll
-
-    def poll(timeout: float | None = None) -> list[tuple[int, int]]:
-        polls.append(timeout)
-        return real_poll(timeout)
-
-    poller._poll = poll
-    poller._clock = clock
-    return poller, polls
+                    clock: FakeClock) -> tuple[WorkerWaits, list[float | None]]:
+    waits = WorkerWaits(read_fd, budget, clock)
+    return waits, waits.polls
 
 
-def one_request(poller: runtime.BusyPoller, clock: FakeClock, pipe: tuple[int, int],
+def one_request(poller: WorkerWaits, clock: FakeClock, pipe: tuple[int, int],
                 gap: float) -> None:
     """A request that arrives ``gap`` seconds after the worker went idle."""
     read_fd, write_fd = pipe
@@ -157,7 +173,7 @@ def one_request(poller: runtime.BusyPoller, clock: FakeClock, pipe: tuple[int, i
     poller.wait()
     clock.now += gap
     assert os.read(read_fd, 16) == b"r"
-    poller.arrived()
+    poller.policy.frame_arrived()
 
 
 @pytest.mark.layer1
@@ -215,8 +231,8 @@ def test_busy_poller_measures_its_way_back_after_an_idle_period(
         before = len(polls)
         one_request(poller, clock, pipe, gap=budget / 10)
         if len(polls) > before:
-            polled_on.append(poller._waits)
-    last = poller._waits
+            polled_on.append(poller.policy.waits)
+    last = poller.policy.waits
     # Short gaps pull the moving average back under the budget: from some point
     # on every wait polls again; before it, only the probes (every 8th wait) did.
     assert polled_on and polled_on[-1] == last, "the poller never went back to polling"
@@ -253,45 +269,58 @@ def test_busy_poller_gives_up_after_its_budget_when_nothing_comes(
 
 
 @pytest.mark.layer2
-def test_spin_budget_follows_the_typical_wait() -> None:
-    budget = 100e-6
-    fast = PipeTransport(-1, -1, busy_poll=budget)
-    fast._typical_wait = budget / 2
-    assert [fast._spin_budget() for _ in range(16)] == [budget] * 16
-
-    slow = PipeTransport(-1, -1, busy_poll=budget)
-    slow._typical_wait = budget * 2
-    spins = [slow._spin_budget() for _ in range(24)]
-    # Replies usually come later than the budget: no spinning, but every 8th
-    # wait is a probe (or the pool could never find its way back).
-    assert [n for n, s in enumerate(spins, 1) if s] == [8, 16, 24]
-    assert {s for s in spins if s} == {budget}
-
-    off = PipeTransport(-1, -1, busy_poll=0.0)
-    assert [off._spin_budget() for _ in range(16)] == [0.0] * 16
-
-
-@pytest.mark.layer2
-def test_pipe_transport_default_is_no_spinning() -> None:
-    transport_ = PipeTransport(-1, -1)
-    assert [transport_._spin_budget() for _ in range(16)] == [0.0] * 16
+@pytest.mark.parametrize("budget", [0.0, 250e-6])
+async def test_transport_for_pipes_polls_with_the_budget_given(budget: float) -> None:
+    read_fd, write_fd = os.pipe()
+    send = trio.lowlevel.FdStream(write_fd)
+    receive = trio.lowlevel.FdStream(read_fd)
+    try:
+        io = transport_for(send, receive, busy_poll=budget)
+        assert isinstance(io, PipeTransport)
+        if not budget:
+            assert io.busy_poll is None  # off: never polls, never reads the clock
+        else:
+            assert io.busy_poll is not None
+            # The parent's first wait (the hello) polls: it starts from 0.
+            assert (io.busy_poll.budget, io.busy_poll.typical_wait) == (budget, 0.0)
+    finally:
+        await send.aclose()
+        await receive.aclose()
 
 
 @pytest.mark.layer2
-async def test_pipe_transport_stops_spinning_for_slow_replies(
-        pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_pipe_transport_without_a_policy_parks_at_once(pipe: tuple[int, int]) -> None:
+    read_fd, write_fd = pipe
+    os.set_blocking(read_fd, False)
+    reader = PipeTransport(write_fd, read_fd)
+    got: list[bytes] = []
+
+    async def read() -> None:
+        got.append(await reader.read())
+
+    with trio.fail_after(HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            assert reader._waiting_on == read_fd  # parked in epoll
+            os.write(write_fd, b"reply")
+    assert got == [b"reply"]
+
+
+@pytest.mark.layer2
+async def test_pipe_transport_stops_spinning_for_slow_replies(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
     os.set_blocking(read_fd, False)
     step = 2.0 ** -14
     budget = 4 * step
     clock = FakeClock(step)
-    monkeypatch.setattr(transport, "_clock", clock)
-    reader = PipeTransport(write_fd, read_fd, busy_poll=budget)
+    policy = BusyPollPolicy(budget, clock=clock)
+    reader = PipeTransport(write_fd, read_fd, policy)
 
     # A reply already there: returned at once, no clock read, not a "wait".
     os.write(write_fd, b"ready")
     assert await reader.read() == b"ready"
-    assert clock.reads == 0 and reader._typical_wait == 0.0
+    assert clock.reads == 0 and policy.waits == 0
 
     async def slow_reply() -> int:
         """The reply comes long after the reader parked; the clock reads it took."""
@@ -314,7 +343,7 @@ async def test_pipe_transport_stops_spinning_for_slow_replies(
     # The first wait spins (nothing known yet), finds replies slow, and stops;
     # only the probes on every 8th wait spin after that.
     assert spun == [1, 8, 16]
-    assert reader._typical_wait > budget
+    assert policy.typical_wait > budget and policy.waits == 16
     # A spinning read looks at the clock once per pass: it spun for its budget.
     assert reads[0] == reads[7] == reads[15] > 2
     assert {reads[n] for n in range(16) if n + 1 not in spun} == {2}

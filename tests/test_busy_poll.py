@@ -1,0 +1,220 @@
+"""The busy-poll policy both ends of a worker's pipe share (layer 1: pure, fake clock).
+
+Every branch of the rule: poll while frames usually come within the budget,
+probe every 8th wait otherwise, measure from the start of each wait; plus the
+policy's contract with the ends (one clock read per decision and per
+observation) and its import weight (the worker imports it at start-up).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from engine.busy_poll import (
+    DEFAULT_BUSY_POLL,
+    MAX_BUSY_POLL,
+    MAX_BUSY_POLL_US,
+    PROBE_EVERY,
+    SMOOTHING,
+    BusyPollPolicy,
+)
+
+pytestmark = pytest.mark.layer1
+
+# Exact binary fractions, so that averages and deadlines compare exactly.
+BUDGET = 2.0 ** -10
+SLOW = 1.0  # a frame that took far longer than the budget
+FAST = 0.0  # a frame that was there at the first look
+
+
+class FakeClock:
+    """Time moves only when the test says so; counts its reads."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+def policy(typical_wait: float = 0.0, budget: float = BUDGET) -> tuple[BusyPollPolicy, FakeClock]:
+    clock = FakeClock()
+    return BusyPollPolicy(budget, typical_wait=typical_wait, clock=clock), clock
+
+
+def frame(p: BusyPollPolicy, clock: FakeClock, took: float) -> bool:
+    """One wait whose frame came ``took`` seconds after it began; True if it polled."""
+    until = p.begin_wait()
+    clock.now += took
+    p.frame_arrived()
+    return bool(until)
+
+
+def polled_waits(p: BusyPollPolicy, clock: FakeClock, took: float, waits: int) -> list[int]:
+    """The policy's own wait numbers on which it said "poll"."""
+    polled = []
+    for _ in range(waits):
+        if frame(p, clock, took):
+            polled.append(p.waits)
+    return polled
+
+
+# --- the bounds --------------------------------------------------------------------------
+
+
+def test_bounds_are_one_set_of_numbers() -> None:
+    assert 0 < DEFAULT_BUSY_POLL <= MAX_BUSY_POLL
+    assert MAX_BUSY_POLL == 0.01
+    # The parent's cap (seconds) and the worker's command-line cap (µs) agree.
+    assert MAX_BUSY_POLL * 1_000_000 == MAX_BUSY_POLL_US
+
+
+@pytest.mark.parametrize("budget", [0, 0.0, -1e-6, float("nan"), float("inf")])
+def test_a_policy_needs_a_positive_finite_budget(budget: float) -> None:
+    with pytest.raises(ValueError, match=r"above 0.*use no policy"):
+        BusyPollPolicy(budget)
+
+
+def test_the_default_clock_is_perf_counter() -> None:
+    import time
+
+    assert BusyPollPolicy(BUDGET).clock is time.perf_counter
+
+
+# --- the decision ------------------------------------------------------------------------
+
+
+def test_a_polling_wait_polls_for_the_budget_from_its_start() -> None:
+    p, clock = policy()
+    assert p.begin_wait() == 1000.0 + BUDGET
+    clock.now += BUDGET / 2
+    p.frame_arrived()
+    clock.now += 5.0  # between waits: not measured
+    # The deadline is the budget after *this* wait began.
+    assert p.begin_wait() == 1005.0 + BUDGET / 2 + BUDGET
+
+
+def test_the_starting_average_decides_the_first_wait() -> None:
+    # The parent starts at 0: its first wait (the hello) polls.
+    parent, _ = policy(typical_wait=0.0)
+    assert parent.begin_wait()
+    # The worker starts at the budget: nothing is known, so it does not.
+    worker, _ = policy(typical_wait=BUDGET)
+    assert worker.begin_wait() == 0.0
+
+
+def test_frames_within_the_budget_poll_on_every_wait() -> None:
+    p, clock = policy()
+    assert polled_waits(p, clock, took=BUDGET / 4, waits=20) == list(range(1, 21))
+
+
+@pytest.mark.parametrize("typical_wait", [BUDGET, 2 * BUDGET, SLOW])
+def test_frames_at_or_over_the_budget_poll_only_on_probes(typical_wait: float) -> None:
+    # Equal to the budget already counts as "not worth it"; the frames below
+    # take exactly the typical wait, so the average stays put.
+    p, clock = policy(typical_wait=typical_wait)
+    polled = polled_waits(p, clock, took=typical_wait, waits=3 * PROBE_EVERY)
+    assert polled == [PROBE_EVERY, 2 * PROBE_EVERY, 3 * PROBE_EVERY]
+    assert p.typical_wait == typical_wait
+
+
+def test_a_probe_polls_for_the_full_budget() -> None:
+    p, clock = policy(typical_wait=SLOW)
+    for _ in range(PROBE_EVERY - 1):
+        assert p.begin_wait() == 0.0
+        p.frame_arrived()
+    assert p.begin_wait() == clock.now + BUDGET
+
+
+def test_every_wait_counts_towards_the_probe() -> None:
+    # Waits that polled (fast frames) and waits that did not count alike: the
+    # probe is every 8th wait, not every 8th wait that would not poll.
+    p, clock = policy()
+    frame(p, clock, FAST)
+    frame(p, clock, FAST)
+    p.typical_wait = SLOW  # replies turned slow after two waits
+    assert polled_waits(p, clock, took=SLOW, waits=PROBE_EVERY) == [PROBE_EVERY]
+
+
+# --- the measurement ---------------------------------------------------------------------
+
+
+def test_each_frame_moves_the_average_a_quarter_of_the_way() -> None:
+    p, clock = policy(typical_wait=0.0)
+    frame(p, clock, took=1.0)
+    assert p.typical_wait == SMOOTHING == 0.25
+    frame(p, clock, took=1.0)
+    assert p.typical_wait == 0.25 + (1.0 - 0.25) * 0.25
+    frame(p, clock, took=0.0)
+    assert p.typical_wait == (0.25 + 0.75 * 0.25) * 0.75
+
+
+def test_the_wait_is_measured_from_its_own_start() -> None:
+    # Time between waits (handling the frame, the caller's own work) is not
+    # part of how long a frame took to come.
+    p, clock = policy(typical_wait=0.0)
+    clock.now += 100.0  # long before the wait
+    p.begin_wait()
+    clock.now += 0.5
+    p.frame_arrived()
+    assert p.typical_wait == 0.5 * SMOOTHING
+
+
+def test_slow_frames_turn_polling_off_and_fast_ones_back_on() -> None:
+    p, clock = policy(typical_wait=0.0)
+    # One slow frame (1 s against a 1 ms budget) turns polling off at once.
+    assert frame(p, clock, SLOW)
+    assert p.typical_wait == 0.25 and not frame(p, clock, FAST)
+    # Fast frames shrink the average by a quarter each: from 0.25 it falls
+    # under 2**-10 after 20 of them (the one above and 19 more), so the 22nd
+    # wait polls again. Before it only the probes (8, 16) did.
+    polled = polled_waits(p, clock, took=FAST, waits=30)
+    assert polled == [8, 16, *range(22, 33)]
+    assert 0.25 * 0.75 ** 20 < BUDGET <= 0.25 * 0.75 ** 19
+
+
+def test_a_wait_that_never_begun_is_not_measured() -> None:
+    # The ends call frame_arrived only after begin_wait; the policy reads the
+    # clock once for each and nothing else (the per-call cost on both ends).
+    p, clock = policy()
+    p.begin_wait()
+    assert clock.reads == 1
+    p.frame_arrived()
+    assert clock.reads == 2
+    assert p.waits == 1
+
+
+def test_repr_shows_the_state() -> None:
+    p, clock = policy()
+    frame(p, clock, BUDGET)
+    assert repr(p) == f"BusyPollPolicy(budget={BUDGET!r}, typical_wait={BUDGET / 4!r}, waits=1)"
+
+
+# --- import weight -----------------------------------------------------------------------
+
+
+def test_the_policy_imports_nothing_heavy() -> None:
+    # The worker imports this module at start-up (spawn-to-hello is benchmarked).
+    script = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import engine.busy_poll\n"
+        "new = sorted(m for m in set(sys.modules) - before if not m.startswith('engine'))\n"
+        "heavy = [m for m in new if m.split('.')[0] in ('typing', 'trio', 'attrs', 'attr')]\n"
+        "assert not heavy, f'engine.busy_poll imported {heavy}'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_policy_is_slotted() -> None:
+    p: Any = BusyPollPolicy(BUDGET)
+    with pytest.raises(AttributeError):
+        p.typo = 1
