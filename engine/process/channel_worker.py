@@ -1,15 +1,25 @@
 """What a real subprocess worker and a test-kit fake have in common.
 
 Both are a :class:`~engine.process.channel.FramedChannel` plus an exit status
-and a stderr tail. This base turns the channel's ``PeerGone`` into the typed
-errors callers see (``WorkerCrashed`` during a call, ``WorkerStartError`` before
-the hello), so the two kinds of worker report deaths identically. Subclasses say
-how to wait for the exit to be known (``_settle``) and how to kill.
+and a stderr tail, and both live the same way: :meth:`ChannelWorker.running`
+starts their background tasks, reads the hello (or raises ``WorkerStartError``
+saying why there was none), runs the owner's block and stops them. This base
+turns the channel's ``PeerGone`` into the typed errors callers see
+(``WorkerCrashed`` during a call, ``WorkerStartError`` before the hello), so the
+two kinds of worker report deaths identically.
+
+A subclass says how its process ends and is watched: it reports the exit with
+:meth:`~ChannelWorker.record_exit` and stderr lines with
+:meth:`~ChannelWorker.record_stderr_line`, and implements ``pid``, ``kill``,
+``stop`` and, when its exit is learned after the pipe's end, ``settle``. It
+uses only this public interface: the base's state is its own.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import trio
@@ -17,7 +27,12 @@ import trio
 from engine.errors import ProtocolError, WorkerCrashed, WorkerStartError
 from engine.process.channel import FramedChannel, PeerGone
 from engine.process.handle import ExitInfo
-from engine.protocol import Hello
+from engine.protocol import Hello, encode_frame
+
+# The shutdown command, sent without waiting for a reply (its id is out of the
+# channel's range, so a stray reply could never match a call).
+_SHUTDOWN_FRAME = encode_frame({"id": 1 << 30, "command": "shutdown", "args": None,
+                                "session": None})
 
 
 def raise_sole_exception(group: BaseExceptionGroup[Any]) -> NoReturn:
@@ -35,16 +50,25 @@ def raise_sole_exception(group: BaseExceptionGroup[Any]) -> NoReturn:
 
 
 class ChannelWorker:
-    # How the error messages name the thing that died ("process", "fake process").
-    _kind = "process"
+    """A worker seen through its framed channel; see the module docstring."""
 
-    def __init__(self, worker_id: str, channel: FramedChannel, tail_lines: int) -> None:
+    def __init__(self, worker_id: str, channel: FramedChannel, tail_lines: int, *,
+                 kind: str = "process", spawned_pid: int | None = None,
+                 argv: tuple[str, ...] = ()) -> None:
+        """``kind`` names the thing that dies in error messages ("process",
+        "fake process"); ``spawned_pid`` and ``argv`` describe what was started,
+        for ``WorkerStartError`` (with a launcher, not the interpreter's pid)."""
         self._worker_id = worker_id
         self._channel = channel
+        self._kind = kind
+        self._spawned_pid = spawned_pid
+        self._argv = argv
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self._hello: Hello | None = None
         self._exit: ExitInfo | None = None
         self._exited = trio.Event()
+
+    # --- the WorkerHandle protocol ----------------------------------------------
 
     @property
     def worker_id(self) -> str:
@@ -61,12 +85,21 @@ class ChannelWorker:
         return self._hello
 
     @property
+    def ready(self) -> bool:
+        """True once the hello arrived."""
+        return self._hello is not None
+
+    @property
     def dirty(self) -> bool:
         return self._channel.dirty or self._channel.broken
 
     @property
     def exit_info(self) -> ExitInfo | None:
         return self._exit
+
+    def is_alive(self) -> bool:
+        """No exit recorded and the pipes intact (subclasses may look further)."""
+        return self._exit is None and not self._channel.broken
 
     def stderr_tail(self) -> tuple[str, ...]:
         return tuple(self._tail)
@@ -81,7 +114,7 @@ class ChannelWorker:
         try:
             return await self._channel.call(command, args, session=session, timeout=timeout)
         except PeerGone as exc:
-            await self._settle()
+            await self.settle()
             info = self._exit
             raise WorkerCrashed(
                 worker_id=self._worker_id, pid=self.pid,
@@ -95,26 +128,91 @@ class ChannelWorker:
         CallTimeout now and the worker is left dirty (to be replaced)."""
         self._channel.time_out(timeout)
 
-    async def _settle(self) -> None:
-        """After the stream ended: wait (bounded) until the exit status is known."""
+    def kill(self) -> None:
+        raise NotImplementedError
 
-    def _describe_exit(self) -> str:
-        return "running" if self._exit is None else self._exit.describe()
+    # --- what subclasses implement ----------------------------------------------
+
+    async def stop(self, grace: float) -> ExitInfo:
+        """Stop the worker and wait until it has exited: politely (the shutdown
+        command, stdin closed) within ``grace`` seconds, then by force."""
+        raise NotImplementedError
+
+    async def settle(self) -> None:
+        """After the stream ended: wait (bounded) until the exit status is known,
+        so that the error raised says how the worker died. A subclass whose exit
+        is recorded before its pipe ends needs nothing more."""
+
+    # --- what subclasses report and use -----------------------------------------
+
+    def record_exit(self, info: ExitInfo, *, abort: bool = True) -> bool:
+        """The worker ended: keep how, wake the call in flight at once (unless
+        ``abort`` is False: a process that exits on its own leaves its last
+        bytes to be read, then EOF) and whoever waits for the exit. False, and
+        nothing changes, when an exit was recorded already."""
+        if self._exit is not None:
+            return False
+        self._exit = info
+        if abort:
+            self._channel.abort(f"{self._kind} {info.describe()}")
+        self._exited.set()
+        return True
+
+    def record_stderr_line(self, line: str) -> None:
+        """One line the worker wrote to stderr (kept for crash reports)."""
+        self._tail.append(line)
+
+    @property
+    def can_stop_gracefully(self) -> bool:
+        """Alive as far as known, its channel clean and no call in flight: it can
+        be asked to shut down (:meth:`send_shutdown`)."""
+        return self._exit is None and not self.dirty and not self._channel.busy
+
+    async def send_shutdown(self) -> None:
+        """Write the shutdown command; no reply is awaited (the worker exits).
+        Raises ``PeerGone`` when the worker is gone already."""
+        await self._channel.send_raw(_SHUTDOWN_FRAME)
+
+    # --- the life of a worker ---------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self, *, start_timeout: float, grace: float,
+                      background: Sequence[Callable[[], Awaitable[object]]] = ()
+                      ) -> AsyncIterator[None]:
+        """Start the worker, run the block, stop it: what real and fake workers share.
+
+        Starts the ``background`` tasks (they must never raise) in a nursery of
+        their own; reads the hello within ``start_timeout``, or raises
+        ``WorkerStartError`` built from the exit status and the stderr tail;
+        runs the block; and on the way out, whatever happened, stops the worker
+        with :meth:`stop`, shielded: with ``grace`` if it said hello and its
+        channel is clean, at once otherwise (nobody is left to ask politely).
+        A single exception (a start failure, or whatever the block raised)
+        comes out as itself, not in a group (:func:`raise_sole_exception`).
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                for task in background:
+                    nursery.start_soon(task)
+                try:
+                    await self._read_hello(start_timeout)
+                    yield
+                finally:
+                    graceful = self._hello is not None and not self.dirty
+                    with trio.CancelScope(shield=True):
+                        await self.stop(grace if graceful else 0.0)
+        except BaseExceptionGroup as group:
+            # The background tasks never raise: see raise_sole_exception.
+            raise_sole_exception(group)
 
     def _start_error(self, reason: str) -> WorkerStartError:
         info = self._exit
         return WorkerStartError(
-            reason, worker_id=self._worker_id, pid=self._spawned_pid(),
+            reason, worker_id=self._worker_id, pid=self._spawned_pid,
             exit_code=info.exit_code if info else None,
             signal=info.signal if info else None,
-            stderr_tail=self.stderr_tail(), argv=self._argv(),
+            stderr_tail=self.stderr_tail(), argv=self._argv,
         )
-
-    def _spawned_pid(self) -> int | None:
-        return self.pid
-
-    def _argv(self) -> tuple[str, ...]:
-        return ()
 
     async def _read_hello(self, start_timeout: float) -> Hello:
         with trio.move_on_after(start_timeout):
@@ -122,12 +220,12 @@ class ChannelWorker:
                 self._hello = await self._channel.read_hello()
                 return self._hello
             except PeerGone:
-                await self._settle()
-                raise self._start_error(
-                    f"{self._kind} {self._describe_exit()} before its hello") from None
+                await self.settle()
+                exit_ = "running" if self._exit is None else self._exit.describe()
+                raise self._start_error(f"{self._kind} {exit_} before its hello") from None
             except ProtocolError as exc:
                 # Usually an error hello: the runtime reported a start failure and
                 # is exiting; wait (bounded) for its status and last stderr lines.
-                await self._settle()
+                await self.settle()
                 raise self._start_error(f"bad hello: {exc}") from exc
         raise self._start_error(f"no hello within start_timeout={start_timeout:g}s")

@@ -25,9 +25,8 @@ import trio
 
 from engine.errors import WorkerStartError
 from engine.process.channel import FramedChannel, PeerGone
-from engine.process.channel_worker import ChannelWorker, raise_sole_exception
+from engine.process.channel_worker import ChannelWorker
 from engine.process.handle import ExitInfo, SpawnRequest
-from engine.protocol import encode_frame
 
 logger = logging.getLogger("engine.worker")
 
@@ -36,6 +35,8 @@ logger = logging.getLogger("engine.worker")
 _EXIT_REPORT_WAIT = 1.0
 _STDERR_SETTLE = 0.2
 _TERM_WAIT = 1.0
+# How long a clean worker gets to exit after the shutdown command.
+_STOP_GRACE = 2.0
 # waitid flags for a liveness check that leaves an exited child for the watcher.
 _PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
 
@@ -68,9 +69,9 @@ class ProcessWorker(ChannelWorker):
         channel = FramedChannel(process.stdin, process.stdout, worker_id=request.worker_id,
                                 max_frame_size=request.max_frame_size, pid=lambda: self.pid,
                                 busy_poll=request.busy_poll)
-        super().__init__(request.worker_id, channel, request.stderr_tail_lines)
+        super().__init__(request.worker_id, channel, request.stderr_tail_lines,
+                         spawned_pid=process.pid, argv=tuple(build_argv(request)))
         self._process = process
-        self._request = request
         self._stderr_done = trio.Event()
         self._stop_reason = "exited"
 
@@ -80,14 +81,14 @@ class ProcessWorker(ChannelWorker):
     def pid(self) -> int | None:
         # The hello's pid is the interpreter's own; with a launcher the process we
         # spawned (and signal) is the launcher.
-        return self._hello.pid if self._hello is not None else self._process.pid
+        return self.hello.pid if self.ready else self._process.pid
 
     @property
     def os_pid(self) -> int:
         return self._process.pid
 
     def is_alive(self) -> bool:
-        if self._exit is not None or self._channel.broken:
+        if not super().is_alive():
             return False
         # One waitid syscall that leaves the child unreaped (WNOWAIT), so the
         # exit watcher still collects its status; cheaper than Process.poll(),
@@ -97,19 +98,13 @@ class ProcessWorker(ChannelWorker):
         except ChildProcessError:
             return False  # already reaped: the exit watcher is about to report it
 
-    async def _settle(self) -> None:
+    async def settle(self) -> None:
         # After the pipe hits EOF the process is normally already dead; give the
         # exit watcher and the stderr drain a moment to report status and last lines.
         with trio.move_on_after(_EXIT_REPORT_WAIT):
-            await self._exited.wait()
+            await self.wait_exited()
         with trio.move_on_after(_STDERR_SETTLE):
             await self._stderr_done.wait()
-
-    def _spawned_pid(self) -> int | None:
-        return self._process.pid
-
-    def _argv(self) -> tuple[str, ...]:
-        return tuple(build_argv(self._request))
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -133,34 +128,30 @@ class ProcessWorker(ChannelWorker):
 
         Always waits for the process; callers should shield it.
         """
-        if self._exit is None and not self.dirty and not self._channel.busy:
+        if self.can_stop_gracefully:
             self._stop_reason = "stopped"
             with trio.move_on_after(min(grace, 1.0)):
                 try:
-                    await self._channel.send_raw(
-                        encode_frame({"id": 1 << 30, "command": "shutdown", "args": None,
-                                      "session": None}))
+                    await self.send_shutdown()
                 except (PeerGone, trio.BusyResourceError):
                     pass  # already gone, or a call is in flight: stdin close and signals follow
-        elif self._exit is None:
+        elif self.exit_info is None:
             self._stop_reason = "killed"
         await self._close_stdin()
         # Wait on the process itself, not on the exit watcher: when the scope
         # around the worker is cancelled (a start abandoned, a parent scope
         # timing out) the watcher task is cancelled too, and waiting for it to
         # report would hang this shielded stop forever.
-        if self._exit is None and grace > 0 and self._stop_reason == "stopped":
+        if self.exit_info is None and grace > 0 and self._stop_reason == "stopped":
             with trio.move_on_after(grace):
                 await self._reap()
-        if self._exit is None and self._stop_reason == "stopped":
+        if self.exit_info is None and self._stop_reason == "stopped":
             self._signal_group(signal.SIGTERM)
             with trio.move_on_after(_TERM_WAIT):
                 await self._reap()
-        if self._exit is None:
+        if self.exit_info is None:
             self._signal_group(signal.SIGKILL)
-        await self._reap()
-        assert self._exit is not None
-        return self._exit
+        return await self._reap()
 
     async def _close_stdin(self) -> None:
         assert self._process.stdin is not None
@@ -174,18 +165,18 @@ class ProcessWorker(ChannelWorker):
     async def _watch_exit(self) -> None:
         await self._reap()
 
-    async def _reap(self) -> None:
+    async def _reap(self) -> ExitInfo:
         """Wait for the process (trio.Process.wait may be awaited by several tasks)
         and record its exit, once."""
         returncode = await self._process.wait()
-        if self._exit is not None:
-            return
-        self._exit = ExitInfo.from_returncode(returncode, self._stop_reason)
-        # Grandchildren die with the worker, and a grandchild holding our pipe
-        # open must not keep a caller waiting for an EOF that never comes.
-        self._signal_group(signal.SIGKILL)
-        self._channel.abort(f"process {self._describe_exit()}")
-        self._exited.set()
+        if self.record_exit(ExitInfo.from_returncode(returncode, self._stop_reason)):
+            # Grandchildren die with the worker, and a grandchild holding our
+            # pipe open must not keep a caller waiting for an EOF that never
+            # comes. (The call in flight was woken already; it runs after this.)
+            self._signal_group(signal.SIGKILL)
+        info = self.exit_info
+        assert info is not None
+        return info
 
     async def _drain_stderr(self) -> None:
         stream = self._process.stderr
@@ -210,8 +201,9 @@ class ProcessWorker(ChannelWorker):
 
     def _log_line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
-        self._tail.append(line)
-        logger.info("[%s] %s", self._worker_id, line, extra={"worker_id": self._worker_id})
+        self.record_stderr_line(line)
+        logger.info("[%s] %s", self.worker_id, line, extra={"worker_id": self.worker_id})
+
 
 @asynccontextmanager
 async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWorker]:
@@ -227,21 +219,9 @@ async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWor
                                worker_id=request.worker_id, argv=tuple(argv)) from exc
     worker = ProcessWorker(process, request)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker._watch_exit)
-            nursery.start_soon(worker._drain_stderr)
-            try:
-                await worker._read_hello(request.start_timeout)
-                yield worker
-            finally:
-                # No hello (a failed start) or a dirty channel: there is nobody to
-                # ask politely, so skip the shutdown command and its grace.
-                graceful = worker._hello is not None and not worker.dirty
-                with trio.CancelScope(shield=True):
-                    await worker.stop(2.0 if graceful else 0.0)
-    except BaseExceptionGroup as group:
-        # The background tasks never raise: see raise_sole_exception.
-        raise_sole_exception(group)
+        async with worker.running(start_timeout=request.start_timeout, grace=_STOP_GRACE,
+                                  background=(worker._watch_exit, worker._drain_stderr)):
+            yield worker
     finally:
         # Belt and braces: whatever happened above, the process is reaped.
         if process.returncode is None:

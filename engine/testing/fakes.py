@@ -42,7 +42,7 @@ import trio.testing
 
 from engine.errors import ProtocolError
 from engine.process.channel import FramedChannel, PeerGone
-from engine.process.channel_worker import ChannelWorker, raise_sole_exception
+from engine.process.channel_worker import ChannelWorker
 from engine.process.handle import ExitInfo, SpawnRequest
 from engine.protocol import (
     HEADER_SIZE,
@@ -165,7 +165,7 @@ class FakeContext:
 
     def log(self, line: str) -> None:
         """A line on the worker's stderr (shows up in ``stderr_tail()``)."""
-        self.worker._log(line)
+        self.worker.record_stderr_line(line)
 
 
 # --- default handlers (the fake counterpart of engine.workers.programs) -------------
@@ -317,10 +317,10 @@ class _Peer:
             if script.start_delay > 0:
                 await trio.sleep(script.start_delay)
             for line in script.stderr_lines:
-                self.worker._log(line)
+                self.worker.record_stderr_line(line)
             if script.crash_before_hello is not None:
-                self.worker._log(f"fake worker: crashing before its hello "
-                                 f"(code {script.crash_before_hello})")
+                self.worker.record_stderr_line(f"fake worker: crashing before its hello "
+                                               f"(code {script.crash_before_hello})")
                 self.exit(script.crash_before_hello)
                 return
             if script.bad_hello:
@@ -337,7 +337,7 @@ class _Peer:
 
     async def _crash_later(self, delay: float) -> None:
         await trio.sleep(delay)
-        self.worker._log(f"fake worker: crashing (code {self.script.crash_code})")
+        self.worker.record_stderr_line(f"fake worker: crashing (code {self.script.crash_code})")
         self.exit(self.script.crash_code)
 
     async def _serve(self) -> None:
@@ -406,7 +406,7 @@ class _Peer:
             frame = garbage_frame()
         if mode == "truncated":
             await self.write(frame[: max(1, len(frame) // 2)])
-            self.worker._log("fake worker: died in the middle of a reply")
+            self.worker.record_stderr_line("fake worker: died in the middle of a reply")
             self.exit(1)
             return True
         if mode == "fragmented":
@@ -448,14 +448,13 @@ class FakeWorker(ChannelWorker):
     ``reaped`` (its factory context has exited: the "process" was waited for).
     """
 
-    _kind = "fake process"
-
     def __init__(self, request: SpawnRequest, script: Script, pid: int) -> None:
         to_child, child_stdin = trio.testing.memory_stream_one_way_pair()
         child_stdout, from_child = trio.testing.memory_stream_one_way_pair()
         channel = FramedChannel(to_child, from_child, worker_id=request.worker_id,
                                 max_frame_size=request.max_frame_size, pid=lambda: pid)
-        super().__init__(request.worker_id, channel, request.stderr_tail_lines)
+        super().__init__(request.worker_id, channel, request.stderr_tail_lines,
+                         kind="fake process", spawned_pid=pid)
         self.request = request
         self.script = script
         self._pid = pid
@@ -472,48 +471,34 @@ class FakeWorker(ChannelWorker):
     def pid(self) -> int:
         return self._pid
 
-    @property
-    def ready(self) -> bool:
-        """True once the hello arrived (the pool may use it)."""
-        return self._hello is not None
-
-    def is_alive(self) -> bool:
-        return self._exit is None and not self._channel.broken
-
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Kill the fake process now: ``is_alive()`` is False on return and a call in
         flight gets ``WorkerCrashed``. Call it from inside the Trio run."""
         self._died(ExitInfo(exit_code=None, signal=int(sig), reason="killed"))
 
-    # --- internals ----------------------------------------------------------------------
-
-    def _log(self, line: str) -> None:
-        self._tail.append(line)
-
-    def _died(self, info: ExitInfo, *, abort: bool = True) -> None:
-        if self._exit is not None:
-            return
-        self._exit = info
-        self._peer.close_pipes()
-        if abort:
-            # Like ProcessWorker's exit watcher: a killed process wakes the call in
-            # flight at once instead of leaving it to find EOF.
-            self._channel.abort(f"fake process {self._describe_exit()}")
-        self._exited.set()
-
-    async def _stop(self, grace: float) -> None:
+    async def stop(self, grace: float) -> ExitInfo:
         """Like ProcessWorker.stop: shutdown + stdin EOF, wait ``grace``, then kill."""
-        if self._exit is None and self.ready and not self.dirty and not self._channel.busy:
+        if self.ready and self.can_stop_gracefully:
             try:
-                await self._channel.send_raw(encode_frame(
-                    {"id": 1 << 30, "command": "shutdown", "args": None, "session": None}))
+                await self.send_shutdown()
             except PeerGone:
                 pass  # the fake process already went away: kill() below settles it
             self._to_child.close()
             with trio.move_on_after(grace):
-                await self._exited.wait()
-        if self._exit is None:
+                await self.wait_exited()
+        if self.exit_info is None:
             self.kill(signal.SIGTERM if not self.dirty else signal.SIGKILL)
+        info = self.exit_info  # kill() records the exit at once
+        assert info is not None
+        return info
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _died(self, info: ExitInfo, *, abort: bool = True) -> None:
+        # Like ProcessWorker's exit watcher, a killed process wakes the call in
+        # flight at once (abort) instead of leaving it to find EOF.
+        if self.record_exit(info, abort=abort):
+            self._peer.close_pipes()
 
 
 class FakeWorkerFactory:
@@ -568,18 +553,9 @@ class FakeWorkerFactory:
         worker = FakeWorker(request, self.script_for(request), next(self._pids))
         self.workers.append(worker)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(worker._peer.run, name=f"fake {request.worker_id}")
-                try:
-                    await worker._read_hello(request.start_timeout)
-                    yield worker
-                finally:
-                    graceful = worker.ready and not worker.dirty
-                    with trio.CancelScope(shield=True):
-                        await worker._stop(self.grace if graceful else 0.0)
-        except BaseExceptionGroup as group:
-            # The peer task never raises: see raise_sole_exception.
-            raise_sole_exception(group)
+            async with worker.running(start_timeout=request.start_timeout, grace=self.grace,
+                                      background=(worker._peer.run,)):
+                yield worker
         finally:
             worker.kill()  # no-op unless something above failed before the stop
             worker.reaped = True
