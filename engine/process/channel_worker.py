@@ -29,8 +29,8 @@ from engine.process.channel import FramedChannel, PeerGone
 from engine.process.handle import ExitInfo
 from engine.protocol import Hello, encode_frame
 
-# The shutdown command, sent without waiting for a reply (its id is out of the
-# channel's range, so a stray reply could never match a call).
+# The shutdown command, sent without waiting for a reply (its id, 2**30, is far
+# above those of the channel's own calls).
 _SHUTDOWN_FRAME = encode_frame({"id": 1 << 30, "command": "shutdown", "args": None,
                                 "session": None})
 
