@@ -157,8 +157,13 @@ class PipeTransport:
                     raise PeerGone("aborted") from None
                 if policy is not None:
                     if spin_until < 0.0:
-                        spin_until = policy.begin_wait()  # 0.0: sleep at once
-                    if spin_until and policy.clock() < spin_until:
+                        # Nothing there at the first look: a wait begins, and
+                        # the policy says whether to spin (0.0: sleep at once).
+                        spin_until = policy.begin_wait()
+                        spinning = spin_until > 0.0  # the budget is ahead
+                    else:
+                        spinning = spin_until > 0.0 and policy.clock() < spin_until
+                    if spinning:
                         # A reply that usually comes within microseconds: look
                         # again after one pass through the scheduler (other tasks
                         # run in it) rather than sleep in epoll, so the CPU
