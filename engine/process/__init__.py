@@ -4,9 +4,11 @@
   (a subprocess or a test fake), ``SpawnRequest`` and ``ExitInfo``;
 * :mod:`~engine.process.transport`: byte transports (raw pipe fds, Trio streams);
 * :mod:`~engine.process.channel`: request/response framing over a transport;
-* :mod:`~engine.process.channel_worker`: what real and fake workers share;
+* :mod:`~engine.process.channel_worker`: what real and fake workers share (their
+  start-up and stop, ``ChannelWorker.running``, and how their deaths are reported);
 * :mod:`~engine.process.spawn`: ``open_process_worker``, one worker subprocess;
 * :mod:`~engine.process.procfs`: process facts read from ``/proc``.
 
-The child end lives in :mod:`engine.workers` and never imports this package.
+The child end lives in :mod:`engine.workers` and never imports this package;
+both ends busy-poll by the one rule in :mod:`engine.busy_poll`.
 """

@@ -93,7 +93,10 @@ _GONE_ERRNOS = {errno.EPIPE, errno.EBADF, errno.ECONNRESET}
 
 
 class PipeTransport:
-    """Raw non-blocking pipe fds (Trio already set O_NONBLOCK on them)."""
+    """Raw non-blocking pipe fds (Trio already set O_NONBLOCK on them).
+
+    A read whose reply is not there yet spins through the scheduler first, for
+    as long as its ``busy_poll`` policy says (:mod:`engine.busy_poll`)."""
 
     def __init__(self, write_fd: int, read_fd: int,
                  busy_poll: BusyPollPolicy | None = None) -> None:

@@ -117,7 +117,7 @@ class Channel:
     def __init__(self, fd: int, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.fd = fd
         self.max_frame_size = max_frame_size
-        self.busy_poll = 0.0  # seconds; see BusyPoller
+        self.busy_poll = 0.0  # seconds, 0: off; see engine.busy_poll
 
     def write(self, data: bytes) -> None:
         """Write all of ``data``; a pipe may take it in several pieces."""
