@@ -10,9 +10,9 @@ two kinds of worker report deaths identically.
 
 A subclass says how its process ends and is watched: it reports the exit with
 :meth:`~ChannelWorker.record_exit` and stderr lines with
-:meth:`~ChannelWorker.record_stderr_line`, and implements ``pid``, ``kill``,
-``stop`` and, when its exit is learned after the pipe's end, ``settle``. It
-uses only this public interface: the base's state is its own.
+:meth:`~ChannelWorker.record_stderr_line`, and implements ``kill``, ``stop``
+and, when its exit is learned after the pipe's end, ``settle``. It uses only
+this public interface: the base's state is its own.
 """
 
 from __future__ import annotations
@@ -76,7 +76,10 @@ class ChannelWorker:
 
     @property
     def pid(self) -> int | None:
-        raise NotImplementedError
+        """The pid the hello gave (the worker interpreter's own); before the
+        hello, the spawned process's (with a launcher, the launcher's)."""
+        hello = self._hello
+        return hello.pid if hello is not None else self._spawned_pid
 
     @property
     def hello(self) -> Hello:

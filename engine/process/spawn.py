@@ -78,17 +78,14 @@ class ProcessWorker(ChannelWorker):
     # --- identity and state -------------------------------------------------
 
     @property
-    def pid(self) -> int | None:
-        # The hello's pid is the interpreter's own; with a launcher the process we
-        # spawned (and signal) is the launcher.
-        return self.hello.pid if self.ready else self._process.pid
-
-    @property
     def os_pid(self) -> int:
+        """The process we spawned and signal: with a launcher, not ``pid``
+        (the interpreter's own, from the hello)."""
         return self._process.pid
 
     def is_alive(self) -> bool:
-        if not super().is_alive():
+        # The base's check by name, not super(): this runs at every hand-off.
+        if not ChannelWorker.is_alive(self):
             return False
         # One waitid syscall that leaves the child unreaped (WNOWAIT), so the
         # exit watcher still collects its status; cheaper than Process.poll(),

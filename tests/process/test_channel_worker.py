@@ -23,12 +23,13 @@ from engine.protocol import encode_frame, hello_message
 pytestmark = pytest.mark.layer2
 
 GUARD = 100.0  # virtual seconds (autojump clock): a hang fails the test
-PID = 4242
+PID = 4242  # the process spawned (a launcher, say)
+HELLO_PID = 4343  # the interpreter's own, as its hello says
 ARGV = ("python", "-m", "engine.workers.runtime")
 
 
 class BareWorker(ChannelWorker):
-    """The least a subclass implements: pid, kill, stop. Records what was asked."""
+    """The least a subclass implements: kill and stop. Records what was asked."""
 
     def __init__(self) -> None:
         to_child, self.child_stdin = trio.testing.memory_stream_one_way_pair()
@@ -40,10 +41,6 @@ class BareWorker(ChannelWorker):
         self.events: list[str] = []
         self.stops: list[float] = []
         self.process = trio.CancelScope()  # the "process" tasks run in it
-
-    @property
-    def pid(self) -> int:
-        return PID
 
     def kill(self) -> None:
         self.exits(ExitInfo(exit_code=None, signal=9, reason="killed"))
@@ -65,10 +62,10 @@ class BareWorker(ChannelWorker):
     # What the "process" may do (background tasks).
 
     async def says_hello(self) -> None:
-        self.events.append("started")
+        self.events.append(f"started, pid {self.pid}")
         with self.process:
             await self.child_stdout.send_all(
-                encode_frame(hello_message("bare-0.1", PID, "bare", [])))
+                encode_frame(hello_message("bare-0.1", HELLO_PID, "bare", [])))
             await trio.sleep_forever()
 
     async def crashes_before_hello(self) -> None:
@@ -97,10 +94,11 @@ async def test_running_starts_tasks_reads_the_hello_then_stops_gracefully(
     worker = BareWorker()
     with trio.fail_after(GUARD):
         async with lifetime(worker, worker.says_hello, grace=1.5):
-            worker.events.append("block")
-            assert worker.ready and worker.hello.pid == PID
+            worker.events.append(f"block, pid {worker.pid}")
+            assert worker.ready and worker.hello.pid == HELLO_PID
             assert worker.is_alive() and worker.can_stop_gracefully
-    assert worker.events == ["started", "block"]
+    # Before the hello the pid is the spawned process's, then the hello's.
+    assert worker.events == [f"started, pid {PID}", f"block, pid {HELLO_PID}"]
     assert worker.stops == [1.5]  # clean, said hello: the grace given
     assert worker.exit_info is not None and not worker.is_alive()
 
