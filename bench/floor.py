@@ -1,11 +1,12 @@
-"""The floor: a bare Trio pipe echo with the engine's framing.
+"""The Trio pipe echo with the engine's framing: issue 3's floor, now a yardstick.
 
-The child is the least a worker can be: it reads length-prefixed frames from
-stdin and writes each one straight back, without decoding it. The parent
-encodes with :func:`engine.protocol.encode_frame` and decodes with
-:class:`engine.protocol.FrameDecoder`, exactly as the real parent side does, so
-the difference between this and a real worker call is the cost of the runtime,
-the channel, and (for ``pool.call``) the pool's bookkeeping.
+The child reads length-prefixed frames from stdin with blocking reads and
+writes each one straight back, without decoding it. The parent encodes with
+:func:`engine.protocol.encode_frame` and decodes with
+:class:`engine.protocol.FrameDecoder` over Trio's pipe streams, sleeping in
+epoll for every reply. Both ends sleep, so every call pays an idle CPU's
+wake-up twice; the busy-polling pool beats it, which is why the reference row
+is now the spin floor (:mod:`bench.spin`), where neither end sleeps.
 """
 
 from __future__ import annotations
