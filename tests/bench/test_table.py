@@ -1,0 +1,126 @@
+"""The bench table's verdicts (layer 1: synthetic figures, nothing measured).
+
+Every row with a target says PASS or FAIL, every other row neither; each
+target is judged at its boundary the way the README states it; a section that
+did not run has no rows; a skipped pool size says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.table import COLUMNS, markdown, rows
+
+pytestmark = pytest.mark.layer1
+
+US = 1e-6
+
+
+def _seq(median_us: float, mean_us: float | None = None) -> dict[str, Any]:
+    cpu = {"total": 2 * median_us * US, "parent": median_us * US, "workers": median_us * US}
+    return {"median": median_us * US, "p90": 1.2 * median_us * US,
+            "mean": (mean_us or median_us) * US, "n": 300, "rounds": 10,
+            "cpu": cpu, "cpu_mean": cpu}
+
+
+def _window(rate: float) -> dict[str, float]:
+    return {"rate": rate, "cpu_per_call": 50 * US, "parent_cpu_per_call": 30 * US,
+            "worker_cpu_per_call": 20 * US}
+
+
+def _scale(cpu_us: float, workers: int, callers: int) -> dict[str, Any]:
+    return {"workers": workers, "callers": callers, "calls": 2000,
+            "waiting_at_open": max(0, callers - workers - 1), "cpu_per_call": cpu_us * US,
+            "wall_per_call": cpu_us * US}
+
+
+def results(*, pool_us: float = 15.0, contended_pool_us: float = 100.0,
+            queue_ratio: float = 1.3, skip_256: bool = False) -> dict[str, Any]:
+    latency = {name: _seq(us) for name, us in (
+        ("spin", 10.0), ("spin_trio", 11.0), ("process_worker", 12.0), ("checkout", 3.0),
+        ("pool", pool_us), ("pool_no_poll", 30.0), ("floor", 14.0), ("json_floor", 16.0),
+        ("anyio", 50.0), ("trio_parallel", 60.0), ("process_pool_executor", 150.0))}
+    tp = {name: _window(rate) for name, rate in (
+        ("pool", 20_000.0), ("pool_no_poll", 15_000.0), ("anyio", 10_000.0),
+        ("trio_parallel", 12_000.0), ("process_pool_executor", 3_000.0))}
+    pool_sizes: dict[str, Any] = {
+        n: {"start": 0.03 * k, "close": 0.01 * k, "ideal_start": 0.03 * k,
+            "ideal_close": 0.01 * k} for n, k in (("1", 1), ("4", 2), ("64", 32), ("256", 128))}
+    if skip_256:
+        pool_sizes["256"] = {"skipped": "100 MiB available, ~4,000 MiB needed"}
+    idle = {"pool_cpu": 0.001, "cpu_per_second": 0.002, "parent_cpu_per_second": 0.001,
+            "worker_cpu_per_second": 0.001}
+    return {
+        "machine": {"cpus": "2", "cpu": "x", "os": "Linux", "implementation": "cpython",
+                    "python": "3.11", "trio": "0", "engine": "0"},
+        "latency": latency,
+        "throughput": {"seconds": 1.0, "callers": 8, "runs": 3, "2": tp, "4": tp},
+        "idle": {"seconds": 3.0, "size": 4, "pool": idle, "pool_no_poll": idle},
+        "contended": {"hogs": 2, "sequential": {
+            "pool": _seq(contended_pool_us), "pool_no_poll": _seq(100.0),
+            "anyio": _seq(150.0), "trio_parallel": _seq(150.0)},
+            "throughput": {"workers": 2, "seconds": 1.0, "runs": 3, **tp}},
+        "scale": {"queue_1": _scale(100.0, 1, 1),
+                  "queue_many": _scale(100.0 * queue_ratio, 1, 10_000),
+                  "workers_1": _scale(100.0, 1, 1024), "workers_many": _scale(100.0, 1024, 1024)},
+        "startup": {"bare": 0.03, "hello": 0.03, "stop": 0.01, "crash": 0.04, "cores": 2,
+                    "pool": pool_sizes, "rss": {"bare": 10.0 * 2**20, "worker": 10.6 * 2**20}},
+    }
+
+
+def _row(table: list[tuple[str, ...]], label: str) -> dict[str, str]:
+    matches = [dict(zip(COLUMNS, row, strict=True)) for row in table if row[0].startswith(label)]
+    assert len(matches) == 1, (label, matches)
+    return matches[0]
+
+
+def test_every_row_with_a_target_has_a_verdict_and_no_other_row_has_one() -> None:
+    table = rows(results())
+    assert len(table) > 50
+    for row in table:
+        target, result = row[4], row[5]
+        if target and not target.startswith("("):  # "(reference)", "(yardstick)"
+            assert result in ("PASS", "FAIL"), row
+        else:
+            assert result == "", row
+    assert "FAIL" not in {row[5] for row in table}  # every synthetic figure is on target
+    lines = markdown(results()).splitlines()
+    assert sum(line.startswith("| ") for line in lines) == len(table) + 1  # + header
+
+
+@pytest.mark.parametrize(("pool_us", "verdict"), [(15.0, "PASS"), (15.1, "FAIL")])
+def test_pool_call_within_one_and_a_half_spin_floors(pool_us: float, verdict: str) -> None:
+    row = _row(rows(results(pool_us=pool_us)), "pool.call: checkout")
+    assert row["target"] == "<= 1.5x spin" and row["result"] == verdict
+
+
+@pytest.mark.parametrize(("pool_us", "verdict"), [(100.0, "PASS"), (100.5, "FAIL")])
+def test_contended_default_no_slower_than_no_polling(pool_us: float, verdict: str) -> None:
+    table = rows(results(contended_pool_us=pool_us))
+    i = next(i for i, row in enumerate(table) if row[0].startswith("[contended, "))
+    assert table[i + 2][0].strip().startswith("the same with busy_poll=0")
+    assert table[i + 2][5] == verdict
+
+
+@pytest.mark.parametrize(("ratio", "verdict"), [(1.3, "PASS"), (1.31, "FAIL")])
+def test_queued_callers_within_1_3x(ratio: float, verdict: str) -> None:
+    row = _row(rows(results(queue_ratio=ratio)), "1 worker, 10,000 callers")
+    assert row["ratio"] == f"{ratio:.2f}x" and row["result"] == verdict
+    assert "(9,998 queued)" in row["measurement"]
+
+
+def test_a_skipped_pool_size_says_so_and_judges_nothing() -> None:
+    row = _row(rows(results(skip_256=True)), "pool start / close, 256 workers")
+    assert row["value"] == "skipped" and "MiB available" in row["ratio"]
+    assert row["result"] == ""
+
+
+def test_only_the_sections_that_ran_have_rows() -> None:
+    r = results()
+    for section in ("throughput", "idle", "contended", "scale", "startup"):
+        del r[section]
+    table = rows(r)
+    assert table and all(not row[0].startswith("[throughput") for row in table)
+    assert not any("RSS" in row[0] for row in table)
