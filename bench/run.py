@@ -145,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     # Other processes on the machine skew figures: say how busy it was (before
     # the run: during it, our own workers and hogs count as load too).
     load_before = os.getloadavg()[0]
+    results: dict[str, Any] = {}
     try:
         results = measure(args.sections, args.quick, log)
-    except KeyboardInterrupt:
-        # Every section stops what it started (pools, peers, hogs) on the way out.
+    except* KeyboardInterrupt:
+        # Every section stops what it started (pools, peers, hogs) on the way
+        # out. (A group: Trio wraps it when it lands among many tasks.)
+        pass
+    if not results:
         print("interrupted", file=sys.stderr)
         return 130
     results["machine"]["bytecode"] = bytecode
