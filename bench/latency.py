@@ -119,5 +119,5 @@ def summarize(rounds: list[list[float]], windows: list[Window]) -> dict[str, Any
 
 
 def measure(quick: bool) -> dict[str, Any]:
-    rounds, per_round = (3, 200) if quick else (10, 300)
+    rounds, per_round = (3, 200) if quick else (20, 300)
     return trio.run(sequential, rounds, per_round)
