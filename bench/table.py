@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from engine.process.handle import DEFAULT_BUSY_POLL
+from engine import PoolConfig
 
 Row = tuple[str, str, str, str, str, str]
 COLUMNS = ("measurement", "value", "CPU/call: p + w", "ratio", "target", "result")
@@ -136,7 +136,7 @@ def throughput_rows(tp: dict[str, Any], heading: str, peers_target: bool = True,
 def idle_rows(idle: dict[str, Any]) -> list[Row]:
     out = [_heading(f"idle pool of {idle['size']}, {idle['seconds']:.0f} s after a burst: "
                     f"CPU per second")]
-    for name, label in (("pool", f"default busy_poll ({us(DEFAULT_BUSY_POLL)})"),
+    for name, label in (("pool", f"default busy_poll ({us(PoolConfig().busy_poll)})"),
                         ("pool_no_poll", "busy_poll=0 (no polling)")):
         r = idle[name]
         out.append((label, f"{r['cpu_per_second'] * 1e3:.2f} ms/s "
