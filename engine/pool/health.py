@@ -15,7 +15,9 @@ import trio
 from engine import telemetry
 from engine.errors import CallTimeout, EngineError
 from engine.pool.core import WaiterStatus
+from engine.pool.deadlines import Deadlines
 from engine.pool.lifecycle import WorkerState
+from engine.process.handle import WorkerHandle
 
 if TYPE_CHECKING:
     from engine.pool.pool import Pool
@@ -45,9 +47,10 @@ async def _probe(pool: Pool, index: int) -> None:
     answer: Any = None
     if worker is not None:
         timeout = pool.config.health_timeout
+        # The probe's deadline is kept by the pool's timer, like a call's.
+        entry = pool.timer.deadlines.add(pool.now() + timeout, _ProbeDeadline(worker, timeout))
         try:
-            # The call's own timeout is the health timeout (one deadline, not two).
-            answer = await worker.call("health", None, timeout=timeout)
+            answer = await worker.call("health", None)
             ok, reason = True, ""
         except CallTimeout:
             reason = f"no answer within health_timeout={timeout:g}s"
@@ -57,6 +60,8 @@ async def _probe(pool: Pool, index: int) -> None:
             pool.core.health_result(waiter.id, False, "probe cancelled")
             pool.flush()
             raise
+        finally:
+            Deadlines.remove(entry)
     if ok and worker is not None and worker.dirty:
         ok, reason = False, "worker left dirty"
     if ok:  # failures are reported by the core, with the count in a row
@@ -72,6 +77,19 @@ async def _probe(pool: Pool, index: int) -> None:
     if ok and worker is not None and worker.dirty is False:
         _check_rss(pool, index, answer)
     pool.flush()
+
+
+class _ProbeDeadline:
+    """A health probe's deadline: the worker's call ends with CallTimeout."""
+
+    __slots__ = ("timeout", "worker")
+
+    def __init__(self, worker: WorkerHandle, timeout: float) -> None:
+        self.worker = worker
+        self.timeout = timeout
+
+    def deadline_passed(self) -> None:
+        self.worker.time_out(self.timeout)
 
 
 def _check_rss(pool: Pool, index: int, answer: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
@@ -53,10 +52,12 @@ from engine.pool.core import (
     WaiterStatus,
     Wake,
 )
+from engine.pool.deadlines import Deadlines
 from engine.pool.lease import LeaseReleased
 from engine.pool.lifecycle import Transition, WorkerState
 from engine.pool.resilience import CircuitBreaker, Decision, Retry
-from engine.pool.supervisor import SlotSupervisor
+from engine.pool.supervisor import IncompleteWorkerHandle, SlotSupervisor
+from engine.pool.timer import PoolTimer
 from engine.process.handle import WorkerFactory, WorkerHandle
 
 logger = logging.getLogger("engine.pool")
@@ -107,8 +108,8 @@ def _default_factory(request: Any) -> Any:
 class Lease:
     """Exclusive use of one worker until the ``checkout`` block ends."""
 
-    __slots__ = ("_pool", "_waiter", "_worker", "calls", "deadline", "error", "forced",
-                 "in_call", "released", "timeout")
+    __slots__ = ("_pool", "_waiter", "_worker", "calls", "error", "forced", "in_call",
+                 "released", "timeout")
 
     def __init__(self, pool: Pool, waiter: Waiter, worker: WorkerHandle) -> None:
         self._pool = pool
@@ -118,9 +119,7 @@ class Lease:
         self.forced = False
         self.calls = 0
         self.error: BaseException | None = None
-        # The call in flight's deadline (inf when none) and timeout, watched by
-        # the pool's timer task (see Pool._fire_deadlines).
-        self.deadline = math.inf
+        # The call in flight's timeout, for the CallTimeout the timer raises.
         self.timeout = 0.0
         self.in_call = False
 
@@ -163,22 +162,16 @@ class Lease:
             timeout = self._pool.config.call_timeout
         pool = self._pool
         started = pool.now()
-        own_timeout = None
+        entry = None
         if timeout is not None:
-            if pool.timer_can_end_calls(self._worker):
-                # No cancel scope per call: the pool's timer ends an overdue
-                # call with worker.time_out(), which raises CallTimeout in it.
-                self.timeout = timeout
-                self.deadline = started + timeout
-                if self.deadline < pool.armed_deadline:
-                    pool.arm_timer(self.deadline)
-            else:
-                own_timeout = timeout  # a handle without time_out(): its own scope
+            # No cancel scope per call: the pool's timer ends an overdue call
+            # with worker.time_out(), which raises CallTimeout in it.
+            self.timeout = timeout
+            entry = pool.timer.deadlines.add(started + timeout, self)
         outcome = "ok"
         self.in_call = True
         try:
-            return await self._worker.call(command, args, session=self.session,
-                                           timeout=own_timeout)
+            return await self._worker.call(command, args, session=self.session)
         except BaseException as exc:
             outcome = type(exc).__name__
             if isinstance(exc, WorkerCrashed | CallTimeout | ProtocolError):
@@ -189,10 +182,15 @@ class Lease:
             raise
         finally:
             self.in_call = False
-            self.deadline = math.inf
+            if entry is not None:
+                Deadlines.remove(entry)
             self.calls += 1
             self._pool.observe_call(command, self._pool.now() - started, outcome,
                                     self._worker.worker_id)
+
+    def deadline_passed(self) -> None:
+        # The timer: this call's deadline passed (it ends with CallTimeout).
+        self._worker.time_out(self.timeout)
 
     def _force_close(self) -> None:
         # Killing the worker wakes a call in flight at once (as a crash would);
@@ -239,12 +237,8 @@ class Pool:
         # fails) them: a Wake action reschedules it. No Event, no cancel scope.
         self._parked: dict[int, trio.lowlevel.Task] = {}
         # One timer task serves every deadline (queued checkouts, calls in
-        # flight): it sleeps until armed_deadline, which is never later than
-        # the earliest live deadline (it may be earlier: stale entries cost one
-        # spurious wake-up, at most once per timeout period).
-        self.armed_deadline = math.inf
-        self._timer_scope: trio.CancelScope | None = None
-        self._time_out_support: dict[type, bool] = {}
+        # flight, health probes).
+        self.timer = PoolTimer(self.now, self.flush)
         self._leases: dict[int, Lease] = {}
         self.live = trio_util.AsyncValue(0)
         # Set when the last lease returns while aclose() waits for leases.
@@ -259,6 +253,7 @@ class Pool:
         self.start_failures = 0
         self.last_start_error: WorkerStartError | None = None
         self.failing_slots: set[int] = set()  # slots whose last start failed
+        self.handle_defect_reported = False
         self.metrics_store = telemetry.Metrics(histograms=("checkout_wait", "call"))
         self._call_latency = self.metrics_store.histogram("call")
         self._checkout_latency = self.metrics_store.histogram("checkout_wait")
@@ -484,19 +479,24 @@ class Pool:
             self._parked.pop(waiter_id, None)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        while waiter.status is WaiterStatus.QUEUED:
-            deadline = waiter.deadline
-            if deadline is not None and deadline < self.armed_deadline:
-                self.arm_timer(deadline)
-            self._parked[waiter_id] = trio.lowlevel.current_task()
-            try:
-                await trio.lowlevel.wait_task_rescheduled(abort)
-            except BaseException:
-                # Cancelled while queued (a grant reschedules the task, so it
-                # can't be cancelled after one): the core forgets the waiter.
-                self.core.cancel(waiter_id)
-                self.flush()
-                raise
+        entry = None
+        if waiter.deadline is not None:
+            entry = self.timer.deadlines.add(waiter.deadline,
+                                             _CheckoutDeadline(self.core, waiter_id))
+        try:
+            while waiter.status is WaiterStatus.QUEUED:
+                self._parked[waiter_id] = trio.lowlevel.current_task()
+                try:
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+                except BaseException:
+                    # Cancelled while queued (a grant reschedules the task, so it
+                    # can't be cancelled after one): the core forgets the waiter.
+                    self.core.cancel(waiter_id)
+                    self.flush()
+                    raise
+        finally:
+            if entry is not None:
+                Deadlines.remove(entry)
 
     def _release(self, lease: Lease, error: BaseException | None) -> None:
         if lease.released:
@@ -600,57 +600,6 @@ class Pool:
                            {"pool": self.label, "command": command, "outcome": outcome,
                             "worker_id": worker_id})
 
-    # --- internals: deadlines ------------------------------------------------------
-
-    def timer_can_end_calls(self, worker: WorkerHandle) -> bool:
-        """Whether the timer can end this worker's calls (``time_out``). Worker
-        handles written before ``time_out`` joined the protocol can't: their
-        calls get the timeout as an argument instead."""
-        kind = type(worker)
-        able = self._time_out_support.get(kind)
-        if able is None:
-            method = getattr(worker, "time_out", None)
-            # A class that subclasses the protocol without implementing it
-            # inherits the protocol's stub, which can't end anything.
-            able = callable(method) and \
-                getattr(method, "__func__", None) is not WorkerHandle.time_out
-            self._time_out_support[kind] = able
-        return able
-
-    def arm_timer(self, deadline: float) -> None:
-        """Make the timer wake by ``deadline`` (callers check it is earlier)."""
-        self.armed_deadline = deadline
-        if self._timer_scope is not None:
-            self._timer_scope.deadline = deadline
-
-    async def _timer_loop(self) -> None:
-        while True:
-            with trio.CancelScope(deadline=self.armed_deadline) as self._timer_scope:
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self._fire_deadlines()
-
-    def _fire_deadlines(self) -> None:
-        """Expire overdue checkouts, time out overdue calls, re-arm for the next."""
-        now = self.now()
-        earliest = math.inf
-        for waiter in list(self.core.queue.values()):
-            deadline = waiter.deadline
-            if deadline is None:
-                continue
-            if deadline <= now:
-                self.core.expire(waiter.id)
-            elif deadline < earliest:
-                earliest = deadline
-        for lease in list(self._leases.values()):
-            if lease.deadline <= now:
-                lease.deadline = math.inf
-                lease._worker.time_out(lease.timeout)
-            elif lease.deadline < earliest:
-                earliest = lease.deadline
-        self.armed_deadline = earliest
-        self.flush()
-
     # --- internals: supervision hooks ---------------------------------------------
 
     def record_crash(self, index: int, worker: WorkerHandle, reason: str) -> None:
@@ -698,7 +647,7 @@ class Pool:
     def start(self) -> None:
         for supervisor in self.slots:
             self._nursery.start_soon(supervisor.run)
-        self._nursery.start_soon(self._timer_loop)
+        self._nursery.start_soon(self.timer.run)
         if self.config.health_interval is not None:
             self._nursery.start_soon(self._health_loop)
         if self.config.session_ttl is not None:
@@ -724,6 +673,17 @@ class Pool:
         from engine.pool.health import run_idle_retirement
 
         await run_idle_retirement(self)
+
+
+@attrs.define(slots=True)
+class _CheckoutDeadline:
+    """A queued checkout's deadline: the core fails it with PoolTimeout."""
+
+    core: PoolCore
+    waiter_id: int
+
+    def deadline_passed(self) -> None:
+        self.core.expire(self.waiter_id)
 
 
 _FAULTS: dict[str, Any] = {}
@@ -767,11 +727,14 @@ async def open_pool(config: PoolConfig | None = None, **overrides: Any) -> Async
                 with trio.CancelScope(shield=True):
                     await pool.aclose()
     except BaseExceptionGroup as group:
-        # Background tasks never raise, so a group holding just the body's own
-        # exception is unwrapped: users see what they raised, not a group.
-        if body_error is not None and len(group.exceptions) == 1 \
-                and group.exceptions[0] is body_error:
-            raise body_error from None
+        # Background tasks raise only for a worker handle that lacks a
+        # required method (a programming error, raised once), so a group
+        # holding just that or the body's own exception is unwrapped: users
+        # see what they (or their worker_factory) got wrong, not a group.
+        if len(group.exceptions) == 1:
+            sole: BaseException = group.exceptions[0]
+            if sole is body_error or isinstance(sole, IncompleteWorkerHandle):
+                raise sole from None
         raise
 
 

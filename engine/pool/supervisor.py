@@ -29,6 +29,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger("engine.supervisor")
 
 
+class IncompleteWorkerHandle(TypeError):
+    """A worker factory yielded a handle that lacks a required WorkerHandle method."""
+
+
+def check_handle(worker: object) -> IncompleteWorkerHandle | None:
+    """The error for a handle lacking ``time_out``, or None if it has it.
+
+    A handle whose class names WorkerHandle as its base but does not implement
+    it inherits the protocol's stub, which ends nothing: that counts as
+    missing. (Checked once per worker, not per call.)"""
+    method = getattr(worker, "time_out", None)
+    if callable(method) and getattr(method, "__func__", None) is not WorkerHandle.time_out:
+        return None
+    return IncompleteWorkerHandle(
+        f"the worker handle {type(worker).__qualname__} (from worker_factory) does not "
+        "implement time_out(timeout): every WorkerHandle must, custom ones included. The "
+        "pool keeps call and health-probe deadlines on one timer and ends an overdue call "
+        "only by calling worker.time_out(timeout), which must make that call raise "
+        "CallTimeout (see engine.process.handle.WorkerHandle)")
+
+
 class SlotSupervisor:
     def __init__(self, pool: Pool, index: int, rng: random.Random) -> None:
         self.pool = pool
@@ -110,12 +131,17 @@ class SlotSupervisor:
         self.killed_by_pool = False
         reason = "start abandoned"
         crashed = False
+        defect: IncompleteWorkerHandle | None = None
         telemetry.emit(telemetry.WORKER_SPAWN, {},
                        {"pool": pool.label, "slot": self.index, "worker_id": request.worker_id})
         try:
             with self.run_scope:
                 async with pool.factory(request) as worker:
-                    reason, crashed = await self._serve(worker)
+                    defect = check_handle(worker)
+                    if defect is None:
+                        reason, crashed = await self._serve(worker)
+                    else:
+                        reason = f"unusable worker handle: {defect}"
         except WorkerStartError as exc:
             reason, crashed = f"start failed: {exc.reason}", True
             self.looping = True
@@ -142,6 +168,11 @@ class SlotSupervisor:
                 "exit_code": info.exit_code if info is not None else None,
                 "signal": info.signal if info is not None else None,
             })
+        if defect is not None and not pool.handle_defect_reported:
+            # A programming error, not a failing app: it fails the pool (once,
+            # however many slots find it), as any TypeError would.
+            pool.handle_defect_reported = True
+            raise defect
 
     async def _serve(self, worker: WorkerHandle) -> tuple[str, bool]:
         """Hand the worker to the core and wait until it dies or must stop."""

@@ -51,7 +51,11 @@ class SpawnRequest:
 
 
 class WorkerHandle(Protocol):
-    """A started worker that has sent its hello."""
+    """A started worker that has sent its hello.
+
+    A ``worker_factory`` yields one of these; every member is required
+    (``time_out`` included: the pool's deadlines depend on it).
+    """
 
     @property
     def worker_id(self) -> str: ...
@@ -79,10 +83,15 @@ class WorkerHandle(Protocol):
 
     def time_out(self, timeout: float) -> None:
         """The owner's deadline for the call in flight passed: make that call
-        raise CallTimeout now (the pool keeps call deadlines on one timer and
-        calls this, instead of giving every call a cancel scope). Optional: the
-        pool gives the calls of a handle without it ``timeout=`` instead."""
-        raise NotImplementedError
+        raise CallTimeout (``timeout`` is the figure it reports) now, and leave
+        the handle dirty; no call in flight: do nothing.
+
+        Required of every handle, custom ``worker_factory`` ones included: the
+        pool keeps every deadline on one timer and ends overdue calls (and
+        health probes) only through this method, never with a cancel scope per
+        call. The pool checks for it when it first receives a handle and
+        raises TypeError naming it if it is missing."""
+        ...
 
     async def wait_exited(self) -> ExitInfo: ...
 

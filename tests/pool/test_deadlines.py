@@ -1,17 +1,17 @@
-"""Deadlines: the pool's single timer for queued checkouts and calls in flight.
+"""Deadlines: the pool's single timer for queued checkouts, calls in flight and
+health probes (the heap itself: tests/properties/test_deadline_properties.py).
 
 * Layer 2: ``time_out`` on fake workers, and the pool timer over fake workers
   under an autojump ``MockClock`` (virtual time, so deadlines are checked
-  exactly); regression tests for deadlines a call could lose.
+  exactly); ``time_out`` is required of every worker handle; regression tests
+  for deadlines a call could lose.
 * Layer 3: the same on real worker subprocesses.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,29 +35,10 @@ READY = 10.0
 APP = "engine.workers.programs"
 
 
-# --- layer 1: configuration and command line -------------------------------------------
-
-
-# --- layer 1: the worker's BusyPoller ---------------------------------------------------
-
-
 def frozen_clock(reads: int) -> Callable[[], float]:
     """Time stands still for ``reads`` reads of the clock, then leaps ahead."""
     count = itertools.count()
     return lambda: 1000.0 if next(count) < reads else 1e9
-
-
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    read_fd, write_fd = os.pipe()
-    try:
-        yield read_fd, write_fd
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
-
-
-# --- layer 2: the parent's PipeTransport ------------------------------------------------
 
 
 # --- layer 2: time_out and the pool timer over fake workers -----------------------------
@@ -124,14 +105,12 @@ async def test_queued_checkouts_expire_in_deadline_order(
                 for timeout in (30.0, 20.0, 10.0):
                     nursery.start_soon(queue, timeout)
                     await trio.testing.wait_all_tasks_blocked()
-                    assert pool.armed_deadline == trio.current_time() + timeout
                 assert pool.statistics().waiting == 3
             assert [asked for asked, _, _ in expired] == [10.0, 20.0, 30.0]
             for asked, reported, waited in expired:
                 assert reported == pytest.approx(asked)
                 assert waited == pytest.approx(asked)  # on time, virtual seconds
             assert pool.statistics().waiting == 0
-            assert pool.armed_deadline == math.inf  # nothing left to watch
             assert await held.call("echo", "still mine") == "still mine"
         assert await pool.call("echo", 1) == 1
         pool.core.check_invariants()
@@ -160,7 +139,6 @@ async def test_queued_checkout_served_before_its_deadline_is_not_expired_later(
                 assert pool.statistics().waiting == 1
                 await trio.sleep(4)  # the period the waiter stays queued
         assert served == [pytest.approx(4.0)]
-        assert pool.armed_deadline == math.inf
         assert pool.statistics().restarts == 0 and len(factory.workers) == 1
 
 
@@ -187,16 +165,18 @@ async def test_cancelled_queued_checkout_leaves_the_queue(
                 await trio.testing.wait_all_tasks_blocked()
                 nursery.start_soon(second_in_line)
                 await trio.testing.wait_all_tasks_blocked()
-                assert pool.statistics().waiting == 2 and len(pool._parked) == 2
+                assert pool.statistics().waiting == 2
                 impatient.cancel()
                 await trio.testing.wait_all_tasks_blocked()
                 assert impatient.cancelled_caught
-                # The cancelled task left the core's queue and the parked tasks.
-                assert pool.statistics().waiting == 1 and len(pool._parked) == 1
+                # The cancelled task left the core's queue (and the parked tasks:
+                # check_invariants compares them).
+                assert pool.statistics().waiting == 1
+                pool.core.check_invariants()
                 released_at = trio.current_time()
             # The lease goes back: the remaining waiter is served, at once.
         assert served == [(held.worker_id, released_at)]
-        assert pool.statistics().waiting == 0 and not pool._parked
+        assert pool.statistics().waiting == 0
         pool.core.check_invariants()
 
 
@@ -220,7 +200,6 @@ async def test_call_deadlines_share_the_pool_timer(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(hang, "default", None)  # the pool's call_timeout
             await trio.testing.wait_all_tasks_blocked()
-            assert pool.armed_deadline == trio.current_time() + 100.0
             nursery.start_soon(quick)
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(hang, "short", 10.0)  # queued after, due before
@@ -236,8 +215,11 @@ async def test_call_deadlines_share_the_pool_timer(
         assert await pool.call("echo", "served") == "served"
 
 
+# --- time_out is required of every worker handle ---------------------------------------
+
+
 class _HandleWithoutTimeOut:
-    """A worker handle written before ``time_out`` joined the protocol."""
+    """A custom worker handle that forwards everything but ``time_out``."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -248,32 +230,81 @@ class _HandleWithoutTimeOut:
         return getattr(self._inner, name)
 
 
+class _ExplicitHandle(WorkerHandle):
+    """A custom handle that names the protocol as its base (a common way to
+    declare conformance) but implements no ``time_out``: it would inherit the
+    protocol's stub, which ends nothing."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    @property
+    def worker_id(self) -> str:
+        return self._inner.worker_id  # type: ignore[no-any-return]
+
+    @property
+    def pid(self) -> int | None:
+        return self._inner.pid  # type: ignore[no-any-return]
+
+    @property
+    def hello(self) -> Any:
+        return self._inner.hello
+
+    @property
+    def dirty(self) -> bool:
+        return self._inner.dirty  # type: ignore[no-any-return]
+
+    @property
+    def exit_info(self) -> Any:
+        return self._inner.exit_info
+
+    def is_alive(self) -> bool:
+        return self._inner.is_alive()  # type: ignore[no-any-return]
+
+    async def call(self, command: str, args: Any = None, *, session: str | None = None,
+                   timeout: float | None = None) -> Any:
+        return await self._inner.call(command, args, session=session, timeout=timeout)
+
+    async def wait_exited(self) -> Any:
+        return await self._inner.wait_exited()
+
+    def kill(self) -> None:
+        self._inner.kill()
+
+    def stderr_tail(self) -> tuple[str, ...]:
+        return self._inner.stderr_tail()  # type: ignore[no-any-return]
+
+
 @pytest.mark.layer2
-async def test_call_timeout_works_for_a_handle_without_time_out(
-        autojump_clock: trio.testing.MockClock) -> None:
-    # Such a handle's calls get the timeout as an argument (their own scope):
-    # the timer must not call a method that is not there (it would crash the
-    # pool's nursery).
+@pytest.mark.parametrize("wrap", [_HandleWithoutTimeOut, _ExplicitHandle],
+                         ids=["no-time_out", "protocol-stub"])
+@pytest.mark.parametrize("size", [1, 3])
+async def test_a_worker_handle_without_time_out_fails_the_pool_with_a_type_error(
+        wrap: Callable[[Any], Any], size: int, autojump_clock: trio.testing.MockClock) -> None:
+    # Once a call's deadline could only be enforced by time_out(), a handle
+    # without it must not run calls whose timeout is silently ignored: the pool
+    # refuses it when it first receives it, at once and loudly.
     fakes = FakeWorkerFactory(Script())
 
     @asynccontextmanager
     async def factory(request: SpawnRequest) -> AsyncIterator[Any]:
         async with fakes(request) as worker:
-            yield _HandleWithoutTimeOut(worker)
+            yield wrap(worker)
 
+    reached_body_end = False
     with trio.fail_after(VIRTUAL_GUARD):
-        async with engine.open_pool(worker_factory=factory, size=1,
-                                    call_timeout=3.0) as pool:
-            await pool.wait_ready()
-            started = trio.current_time()
-            with pytest.raises(CallTimeout) as info:
-                await pool.call("hang")
-            assert info.value.timeout == 3.0
-            assert trio.current_time() - started == pytest.approx(3.0)
-            assert pool.armed_deadline == math.inf  # the timer was never armed
-            await wait_for_pool_ready(pool, 1)
-            assert await pool.call("echo", "served") == "served"
-            assert pool.statistics().restarts == 1
+        with pytest.raises(TypeError) as info:
+            async with engine.open_pool(worker_factory=factory, size=size,
+                                        call_timeout=3.0) as pool:
+                await pool.wait_ready()
+                reached_body_end = True
+    assert not reached_body_end
+    message = str(info.value)
+    assert "time_out(timeout)" in message and "worker_factory" in message
+    assert type(wrap(None)).__qualname__ in message
+    assert trio.current_time() < 1.0  # at the first worker, not after timeouts
+    assert not fakes.unreaped  # every fake worker was stopped and reaped
+
 
 # --- layer 3: real workers --------------------------------------------------------------
 
@@ -366,11 +397,6 @@ async def test_process_worker_call_timeout_still_uses_its_own_scope(busy_poll: f
             assert info.value.timeout == 0.2
             assert worker.dirty
 
-VIRTUAL_GUARD = 1000.0  # virtual seconds: a lost deadline fails the test, not hangs it
-
-
-# --- PipeTransport.write: an abort between wake-up and resumption is lost -------------
-
 
 # --- Lease.call: a refused concurrent call wipes the in-flight call's deadline --------
 
@@ -405,79 +431,4 @@ async def test_busy_lease_call_keeps_the_deadline_of_the_call_in_flight(
                     await trio.testing.wait_all_tasks_blocked()
                     nursery.start_soon(second)
                     await trio.testing.wait_all_tasks_blocked()
-                    # The first call is still in flight: its deadline must stand.
-                    assert lease.deadline == pytest.approx(started + 5.0)
             assert outcome == [("busy", started), ("timeout", pytest.approx(started + 5.0))]
-
-
-# --- a handle that subclasses the WorkerHandle protocol inherits a no-op time_out ------
-
-
-class _ExplicitHandle(WorkerHandle):
-    """A custom handle that names the protocol as its base (a common way to
-    declare conformance). It inherits WorkerHandle.time_out, the protocol's stub,
-    which can't end a call."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    @property
-    def worker_id(self) -> str:
-        return self._inner.worker_id  # type: ignore[no-any-return]
-
-    @property
-    def pid(self) -> int | None:
-        return self._inner.pid  # type: ignore[no-any-return]
-
-    @property
-    def hello(self) -> Any:
-        return self._inner.hello
-
-    @property
-    def dirty(self) -> bool:
-        return self._inner.dirty  # type: ignore[no-any-return]
-
-    @property
-    def exit_info(self) -> Any:
-        return self._inner.exit_info
-
-    def is_alive(self) -> bool:
-        return self._inner.is_alive()  # type: ignore[no-any-return]
-
-    async def call(self, command: str, args: Any = None, *, session: str | None = None,
-                   timeout: float | None = None) -> Any:
-        return await self._inner.call(command, args, session=session, timeout=timeout)
-
-    async def wait_exited(self) -> Any:
-        return await self._inner.wait_exited()
-
-    def kill(self) -> None:
-        self._inner.kill()
-
-    def stderr_tail(self) -> tuple[str, ...]:
-        return self._inner.stderr_tail()  # type: ignore[no-any-return]
-
-
-@pytest.mark.layer2
-async def test_call_timeout_holds_for_a_handle_subclassing_the_protocol(
-        autojump_clock: trio.testing.MockClock) -> None:
-    # Pool.timer_can_end_calls used to see a callable time_out (the protocol's
-    # stub), so the call got timeout=None and relied on time_out(), which did
-    # nothing: call_timeout was silently not enforced (it was before 42b5426).
-    fakes = FakeWorkerFactory(Script())
-
-    @asynccontextmanager
-    async def factory(request: SpawnRequest) -> AsyncIterator[Any]:
-        async with fakes(request) as worker:
-            yield _ExplicitHandle(worker)  # type: ignore[abstract]
-
-    with trio.fail_after(VIRTUAL_GUARD):
-        async with engine.open_pool(worker_factory=factory, size=1,
-                                    call_timeout=3.0) as pool:
-            await pool.wait_ready()
-            started = trio.current_time()
-            with trio.move_on_after(100.0) as guard:
-                with pytest.raises(CallTimeout):
-                    await pool.call("hang")
-            assert not guard.cancelled_caught, "call_timeout=3 was not enforced"
-            assert trio.current_time() - started == pytest.approx(3.0)
