@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from engine.pool.contract import Ok as Ok
     from engine.pool.contract import Remove as Remove
     from engine.pool.contract import Skip as Skip
+    from engine.pool.introspection import PoolStatistics as PoolStatistics
+    from engine.pool.lease import Lease as Lease
     from engine.pool.lease import LeaseReleased as LeaseReleased
-    from engine.pool.pool import Lease as Lease
     from engine.pool.pool import Pool as Pool
     from engine.pool.pool import open_pool as open_pool
     from engine.pool.resilience import CircuitBreaker as CircuitBreaker
@@ -34,8 +35,8 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "open_pool": "engine.pool.pool",
     "Pool": "engine.pool.pool",
-    "Lease": "engine.pool.pool",
-    "PoolStatistics": "engine.pool.pool",
+    "Lease": "engine.pool.lease",
+    "PoolStatistics": "engine.pool.introspection",
     "PoolConfig": "engine.pool.config",
     "Ok": "engine.pool.contract",
     "Remove": "engine.pool.contract",

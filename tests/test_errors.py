@@ -148,7 +148,7 @@ async def test_start_and_discovery_errors_carry_their_fields() -> None:
         with pytest.raises(PoolTimeout) as not_ready:
             await pool.wait_ready(1, timeout=2)
         assert "no.such.module" in not_ready.value.reason
-        start_error = pool.last_start_error
+        start_error = pool.inspect().last_start_error
         assert isinstance(start_error, WorkerStartError)
         assert "no.such.module" in start_error.reason and start_error.argv
         one_line(start_error)

@@ -38,11 +38,7 @@ from tests.imports import (
 
 pytestmark = pytest.mark.layer1
 
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"engine.pool.pool", "engine.pool.supervisor", "engine.pool.health"}):
-        "being removed (issue 12): supervisor and health get a narrow interface instead "
-        "of the whole Pool",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 # What the child end may import besides the standard library and engine.workers.*.
 WORKER_SIDE_SHARED = ("engine.errors", "engine.protocol", "engine.busy_poll")

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from engine.busy_poll import DEFAULT_BUSY_POLL, MAX_BUSY_POLL
+from engine.process.handle import SpawnRequest
 
 AFFINITY_MODES = ("strict", "fail_fast", "hint")
 
@@ -168,8 +169,11 @@ class PoolConfig:
     busy_poll: float = attrs.field(default=DEFAULT_BUSY_POLL, validator=_busy_poll)
     policy: Any = None
     name: str | None = attrs.field(default=None, validator=_name)
-    # Test seam: a callable(SpawnRequest) -> async context manager yielding a
-    # WorkerHandle. None means real subprocesses (ProcessWorker).
+    # A callable(SpawnRequest) -> async context manager yielding a WorkerHandle
+    # (engine.process.handle), e.g. the test kit's FakeWorkerFactory. None means
+    # real subprocesses (ProcessWorker). The handle must implement every
+    # WorkerHandle method, time_out(timeout) included: the pool ends overdue
+    # calls only through it, and refuses a handle without it (TypeError).
     worker_factory: Callable[..., Any] | None = attrs.field(
         default=None, validator=_callable_or_none)
     seed: int | None = None
@@ -205,3 +209,16 @@ def make_config(config: PoolConfig | None, overrides: Mapping[str, Any]) -> Pool
         return attrs.evolve(base, **overrides)
     except TypeError as exc:
         raise ValueError(f"invalid PoolConfig: {exc}") from None
+
+
+# The SpawnRequest fields that are PoolConfig fields too (all but worker_id).
+_SPAWN_FIELDS = tuple(field.name for field in attrs.fields(SpawnRequest)
+                      if field.name in attrs.fields_dict(PoolConfig))
+
+
+def spawn_request(config: PoolConfig, pool: str, slot: int, generation: int) -> SpawnRequest:
+    """What to start for ``slot``'s ``generation``-th worker of the pool labelled
+    ``pool``: every SpawnRequest field named like a PoolConfig field takes the
+    config's value, so a new spawn parameter is added in those two places only."""
+    return SpawnRequest(worker_id=f"{pool}-{slot}.{generation}",
+                        **{name: getattr(config, name) for name in _SPAWN_FIELDS})

@@ -123,6 +123,8 @@ class Binding:
 
 @attrs.frozen
 class CoreCounts:
+    """The core's counts (O(1) to take); the pool's statistics extend them."""
+
     size: int
     ready: int
     busy: int
@@ -133,6 +135,8 @@ class CoreCounts:
     waiting: int
     sessions: int
     restarts: int
+    crashes: int
+    start_failures: int
     leased: int
 
 
@@ -173,6 +177,8 @@ class PoolCore:
         self.bindings: dict[str, Binding] = {}
         self.closing = False
         self.restarts = 0
+        self.crashes = 0  # workers that died on their own after their hello
+        self.start_failures = 0
         self._ids = itertools.count(1)
         self._tick = itertools.count(1)
         self._actions: list[Action] = []
@@ -246,9 +252,13 @@ class PoolCore:
             self._stop(slot, "pool closing", graceful=True)
         self._dispatch()
 
-    def worker_exited(self, index: int, reason: str, *, restart: bool = True) -> None:
-        """The slot's worker is gone (crash, stop or start failure)."""
+    def worker_exited(self, index: int, reason: str, *, restart: bool = True,
+                      crashed: bool = False, start_failed: bool = False) -> None:
+        """The slot's worker is gone (a stop; ``crashed``: it died on its own;
+        ``start_failed``: it never sent a usable hello)."""
         slot = self.slots[index]
+        self.crashes += crashed
+        self.start_failures += start_failed
         self._move(slot, S.STOPPED, reason)
         if slot.lease is not None:
             lease = self.waiters.get(slot.lease)
@@ -640,6 +650,7 @@ class PoolCore:
             size=self.size, ready=c[S.READY], busy=c[S.BUSY], starting=c[S.STARTING],
             degraded=c[S.DEGRADED], stopping=c[S.STOPPING], stopped=c[S.STOPPED],
             waiting=len(self.queue), sessions=len(self.bindings), restarts=self.restarts,
+            crashes=self.crashes, start_failures=self.start_failures,
             leased=sum(1 for s in self.slots if s.lease is not None),
         )
 

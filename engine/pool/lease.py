@@ -1,12 +1,31 @@
-"""LeaseReleased lives apart from :mod:`engine.errors` because it must subclass
-``trio.ClosedResourceError`` and ``engine.errors`` must stay importable without Trio
-(the worker-side runtime imports it through :mod:`engine.protocol`)."""
+"""A lease: one checked-out worker, from receipt to check-in.
+
+:class:`Lease` is what ``pool.checkout()`` yields (and what ``pool.call`` uses
+inside). Its calls' deadlines go on the pool's timer (no cancel scope per
+call); :func:`release` checks it back in (the policy's ``on_checkin``, then the
+core), and :func:`revoke` ends it at shutdown. A lease sees its pool only
+through a :class:`LeaseContext`.
+
+``LeaseReleased`` lives here rather than in :mod:`engine.errors` because it
+must subclass ``trio.ClosedResourceError``, and ``engine.errors`` must stay
+importable without Trio (the worker-side runtime imports it through
+:mod:`engine.protocol`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import attrs
 import trio
 
-from engine.errors import EngineError
+from engine import telemetry
+from engine.errors import CallTimeout, EngineError, PoolClosed, ProtocolError, WorkerCrashed
+from engine.pool.core import PoolCore
+from engine.pool.deadlines import Deadlines
+from engine.pool.timer import Expirable
+from engine.process.handle import WorkerHandle
 
 
 class LeaseReleased(EngineError, trio.ClosedResourceError):
@@ -18,3 +37,175 @@ class LeaseReleased(EngineError, trio.ClosedResourceError):
             f"lease on worker {worker_id} was already released; check out a new lease "
             "with pool.checkout()"
         )
+
+
+#: ``(slot, worker, clean, error, calls)`` -> a Remove reason, or None to keep
+#: the worker: the policy's ``on_checkin``, validated (None: the default policy,
+#: whose rule the core applies itself).
+CheckinVetting = Callable[[int, WorkerHandle, bool, "BaseException | None", int], "str | None"]
+
+
+class HeldLeases:
+    """The leases callers hold, by token; shutdown waits for them to drain."""
+
+    __slots__ = ("_drained", "by_token")
+
+    def __init__(self) -> None:
+        self.by_token: dict[int, Lease] = {}
+        self._drained: trio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self.by_token)
+
+    async def wait_drained(self) -> None:
+        """Return once no lease is held."""
+        if self.by_token:
+            if self._drained is None:
+                self._drained = trio.Event()
+            await self._drained.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def _discard(self, token: int) -> None:
+        self.by_token.pop(token, None)
+        if not self.by_token and self._drained is not None:
+            self._drained.set()
+
+
+@attrs.frozen
+class LeaseContext:
+    """What a lease needs of its pool, and nothing else."""
+
+    label: str
+    call_timeout: float | None
+    clock: Callable[[], float]
+    core: PoolCore
+    flush: Callable[[], None]
+    deadlines: Deadlines[Expirable]
+    held: HeldLeases
+    #: ``(command, duration, outcome, worker)``: latency, counters, telemetry.
+    record_call: Callable[[str, float, str, WorkerHandle], None]
+    vet_checkin: CheckinVetting | None
+
+
+class Lease:
+    """Exclusive use of one worker until the ``checkout`` block ends."""
+
+    __slots__ = ("_calls", "_context", "_error", "_forced", "_in_call", "_released",
+                 "_session", "_slot", "_timeout", "_token", "_worker")
+
+    def __init__(self, context: LeaseContext, token: int, slot: int, worker: WorkerHandle,
+                 session: str | None) -> None:
+        self._context = context
+        self._token = token  # the core's waiter id: a stale lease can't check in another's
+        self._slot = slot
+        self._worker = worker
+        self._session = session
+        self._released = False
+        self._forced = False
+        self._in_call = False
+        self._calls = 0
+        self._error: BaseException | None = None
+        self._timeout = 0.0  # the call in flight's, for the CallTimeout the timer raises
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker.worker_id
+
+    @property
+    def pid(self) -> int | None:
+        return self._worker.pid
+
+    @property
+    def session(self) -> str | None:
+        return self._session
+
+    @property
+    def slot(self) -> int:
+        return self._slot
+
+    @property
+    def calls(self) -> int:
+        """Calls made on this lease so far."""
+        return self._calls
+
+    async def call(self, command: str, args: Any = None, *,
+                   timeout: float | None = None) -> Any:
+        """Send one command to this worker and return its result.
+
+        Raises RemoteError (the handler failed; the worker is fine), WorkerCrashed,
+        CallTimeout or ProtocolError (the worker is replaced), PoolClosed when the
+        pool shut down under this lease, LeaseReleased after the block ended.
+        """
+        if self._released:
+            if self._forced:
+                raise PoolClosed(pool=self._context.label)
+            raise LeaseReleased(worker_id=self._worker.worker_id)
+        if self._in_call:
+            # Refused before touching the deadline: it belongs to the call in
+            # flight, which the pool's timer must keep watching.
+            raise trio.BusyResourceError(
+                f"lease on worker {self._worker.worker_id} already has a call in flight; "
+                "a lease serves one call at a time")
+        context = self._context
+        if timeout is None:
+            timeout = context.call_timeout
+        started = context.clock()
+        entry = None
+        if timeout is not None:
+            # No cancel scope per call: the pool's timer ends an overdue call
+            # through deadline_passed() -> worker.time_out() -> CallTimeout.
+            self._timeout = timeout
+            entry = context.deadlines.add(started + timeout, self)
+        outcome = "ok"
+        self._in_call = True
+        try:
+            return await self._worker.call(command, args, session=self._session)
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            if isinstance(exc, WorkerCrashed | CallTimeout | ProtocolError):
+                self._error = exc
+                if self._forced:
+                    # Shutdown killed this worker after shutdown_grace.
+                    raise PoolClosed(pool=context.label) from exc
+            raise
+        finally:
+            self._in_call = False
+            if entry is not None:
+                Deadlines.remove(entry)
+            self._calls += 1
+            context.record_call(command, context.clock() - started, outcome, self._worker)
+
+    def deadline_passed(self) -> None:
+        """Called by the pool's timer: the call in flight is overdue."""
+        self._worker.time_out(self._timeout)
+
+
+def release(lease: Lease, error: BaseException | None) -> None:
+    """Check the lease in (the end of its ``checkout`` block); idempotent.
+
+    ``error``: what ended the block, if anything (the policy sees it)."""
+    if lease._released:
+        return
+    lease._released = True
+    context = lease._context
+    context.held._discard(lease._token)
+    worker = lease._worker
+    # No poll here: a death is reported by the exit watcher (exit_info) or the
+    # channel (dirty), and the next hand-off polls anyway.
+    clean = lease._error is None and not worker.dirty and worker.exit_info is None
+    remove = None
+    if context.vet_checkin is not None:
+        remove = context.vet_checkin(lease._slot, worker, clean, error, lease._calls)
+    context.core.checkin(lease._token, clean=clean, remove=remove, calls=lease._calls)
+    context.flush()
+    if telemetry.active():
+        telemetry.emit(telemetry.CHECKIN, {}, {"pool": context.label,
+                                               "worker_id": worker.worker_id, "clean": clean})
+
+
+def revoke(lease: Lease) -> None:
+    """Shutdown, after ``shutdown_grace``: kill the lease's worker. A call in
+    flight wakes at once (as a crash would) and its caller gets PoolClosed."""
+    lease._forced = True
+    lease._worker.kill()

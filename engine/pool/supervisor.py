@@ -7,24 +7,32 @@ then exponential with full jitter up to a maximum, reset after a healthy
 period; more than ``max_restarts`` in ``restart_period`` puts the slot in a
 cooldown. A start that always fails therefore costs a bounded number of spawns
 per second and never blocks the other slots.
+
+A slot task sees its pool only through a :class:`SupervisorContext`: the
+config, the core, a way to flush the core's actions, the pool's closing event,
+the worker factory and the :class:`SupervisionEvents` it reports to. Its own
+:class:`~engine.pool.table.WorkerRow` is the one place it writes: the handle of
+its worker while that worker is ready.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
+import attrs
 import trio
 import trio_util
 
 from engine import telemetry
 from engine.errors import WorkerStartError
+from engine.pool.config import PoolConfig, spawn_request
+from engine.pool.core import PoolCore
 from engine.pool.resilience import Backoff, RestartIntensity
-from engine.process.handle import ExitInfo, SpawnRequest, WorkerHandle
-
-if TYPE_CHECKING:
-    from engine.pool.pool import Pool
+from engine.pool.table import WorkerRow
+from engine.process.handle import ExitInfo, WorkerFactory, WorkerHandle
 
 logger = logging.getLogger("engine.supervisor")
 
@@ -50,159 +58,197 @@ def check_handle(worker: object) -> IncompleteWorkerHandle | None:
         "CallTimeout (see engine.process.handle.WorkerHandle)")
 
 
+class SupervisionEvents(Protocol):
+    """What slot tasks report to the pool (logs, metrics, the circuit breaker)."""
+
+    def worker_ready(self, slot: int) -> None: ...
+
+    def worker_crashed(self, slot: int, worker: WorkerHandle, reason: str) -> None: ...
+
+    def start_failed(self, slot: int, error: WorkerStartError, consecutive: int) -> None: ...
+
+    def handle_defect(self, error: IncompleteWorkerHandle) -> bool:
+        """A handle lacks a required method; True if this is the first report."""
+        ...
+
+
+@attrs.frozen
+class SupervisorContext:
+    """What a slot task needs of its pool, and nothing else."""
+
+    config: PoolConfig
+    label: str
+    core: PoolCore
+    flush: Callable[[], None]
+    #: Set when the pool starts closing: no new start, and backoffs end early.
+    closing: trio.Event
+    factory: WorkerFactory
+    events: SupervisionEvents
+    clock: Callable[[], float]
+
+
 class SlotSupervisor:
-    def __init__(self, pool: Pool, index: int, rng: random.Random) -> None:
-        self.pool = pool
-        self.index = index
-        self.rng = rng
-        config = pool.config
+    """The slot task of one :class:`WorkerRow` (its worker's whole life)."""
+
+    def __init__(self, context: SupervisorContext, row: WorkerRow,
+                 rng: random.Random) -> None:
+        self._context = context
+        self._row = row
+        self.index = row.index
+        self._rng = rng
+        config = context.config
         low, high, jitter = config.restart_backoff
-        self.backoff = Backoff(initial=low, maximum=high, multiplier=2.0,
-                               reset_after=config.healthy_period, jitter=jitter)
-        self.intensity = RestartIntensity(max_restarts=config.max_restarts,
-                                          period=config.restart_period, clock=pool.now)
-        self.start_wanted = trio.Event()
-        self.stop_wanted = trio.Event()
-        self.stop_reason = ""
-        self.stop_graceful = True
-        self.failed_last = False
-        self.start_failures = 0
-        self.run_scope = trio.CancelScope()
-        self.running = False
-        self.looping = False
-        self.last_exit: ExitInfo | None = None
-        self.killed_by_pool = False  # the pool killed it on purpose (shutdown)
+        self._backoff = Backoff(initial=low, maximum=high, multiplier=2.0,
+                                reset_after=config.healthy_period, jitter=jitter)
+        self._intensity = RestartIntensity(max_restarts=config.max_restarts,
+                                           period=config.restart_period, clock=context.clock)
+        self._start_wanted = trio.Event()
+        self._stop_wanted = trio.Event()
+        self._stop_reason = ""
+        self._stop_graceful = True
+        self._failed_last = False
+        self._looping = False
+        self._start_failures = 0
+        self._run_scope = trio.CancelScope()
+        self._last_exit: ExitInfo | None = None
+        self._killed_by_pool = False
 
     def request_start(self) -> None:
-        self.start_wanted.set()
+        self._start_wanted.set()
 
     def request_stop(self, reason: str, graceful: bool) -> None:
-        self.stop_reason = reason
-        self.stop_graceful = graceful
-        self.stop_wanted.set()
-        if self.pool.workers[self.index] is None:
+        self._stop_reason = reason
+        self._stop_graceful = graceful
+        self._stop_wanted.set()
+        if self._row.worker is None:
             # Still starting: abandon the start (the factory kills and reaps it).
-            self.run_scope.cancel()
+            self._run_scope.cancel()
+
+    def expect_kill(self) -> None:
+        """The pool is about to kill this slot's worker on purpose (shutdown):
+        its death is a stop, not a crash."""
+        self._killed_by_pool = True
 
     async def run(self) -> None:
+        closing = self._context.closing
         while True:
-            await self.start_wanted.wait()
-            self.start_wanted = trio.Event()
-            if self.pool.closing:
+            await self._start_wanted.wait()
+            self._start_wanted = trio.Event()
+            if closing.is_set():
                 return
             await self._pause_before_start()
-            if self.pool.closing:
+            if closing.is_set():
                 return
             await self._run_one_worker()
 
     async def _pause_before_start(self) -> None:
-        delay = self.backoff.next_delay(self.rng) if self.failed_last else 0.0
+        context = self._context
+        config = context.config
+        delay = self._backoff.next_delay(self._rng) if self._failed_last else 0.0
         # Intensity counts crash loops only (failed starts, deaths before serving).
-        if self.failed_last and self.looping and not self.intensity.record():
-            delay = max(delay, self.pool.config.restart_cooldown)
+        if self._failed_last and self._looping and not self._intensity.record():
+            delay = max(delay, config.restart_cooldown)
             telemetry.emit(telemetry.WORKER_COOLDOWN, {"cooldown": delay},
-                           {"pool": self.pool.label, "slot": self.index})
+                           {"pool": context.label, "slot": self.index})
             logger.warning("slot %d restarted more than %d times in %gs; cooling down %gs",
-                           self.index, self.pool.config.max_restarts,
-                           self.pool.config.restart_period, delay)
-        if self.pool.core.slots[self.index].generation > 0:
+                           self.index, config.max_restarts, config.restart_period, delay)
+        if context.core.slots[self.index].generation > 0:
             telemetry.emit(telemetry.WORKER_RESTART, {"delay": delay},
-                           {"pool": self.pool.label, "slot": self.index,
-                            "reason": "crash loop" if self.looping else "replacement"})
+                           {"pool": context.label, "slot": self.index,
+                            "reason": "crash loop" if self._looping else "replacement"})
         if delay > 0:
             with trio.move_on_after(delay):
-                await self.pool.closed_event.wait()
+                await context.closing.wait()
 
     async def _run_one_worker(self) -> None:
-        pool = self.pool
-        generation = pool.core.worker_starting(self.index)
-        pool.flush()
-        config = pool.config
-        request = SpawnRequest(
-            worker_id=f"{pool.label}-{self.index}.{generation}", app=config.app,
-            start_timeout=config.start_timeout, launcher=config.launcher,
-            python=config.python, env=config.env, max_frame_size=config.max_frame_size,
-            stderr_tail_lines=config.stderr_tail_lines, busy_poll=config.busy_poll,
-        )
-        self.stop_wanted = trio.Event()
-        self.stop_reason = ""
-        self.run_scope = trio.CancelScope()
-        self.last_exit = None
-        self.killed_by_pool = False
+        context = self._context
+        core = context.core
+        generation = core.worker_starting(self.index)
+        context.flush()
+        request = spawn_request(context.config, context.label, self.index, generation)
+        self._stop_wanted = trio.Event()
+        self._stop_reason = ""
+        self._run_scope = trio.CancelScope()
+        self._last_exit = None
+        self._killed_by_pool = False
         reason = "start abandoned"
-        crashed = False
+        crashed = start_failed = False
         defect: IncompleteWorkerHandle | None = None
-        telemetry.emit(telemetry.WORKER_SPAWN, {},
-                       {"pool": pool.label, "slot": self.index, "worker_id": request.worker_id})
+        telemetry.emit(telemetry.WORKER_SPAWN, {}, {"pool": context.label, "slot": self.index,
+                                                    "worker_id": request.worker_id})
         try:
-            with self.run_scope:
-                async with pool.factory(request) as worker:
+            with self._run_scope:
+                async with context.factory(request) as worker:
                     defect = check_handle(worker)
                     if defect is None:
                         reason, crashed = await self._serve(worker)
                     else:
                         reason = f"unusable worker handle: {defect}"
         except WorkerStartError as exc:
-            reason, crashed = f"start failed: {exc.reason}", True
-            self.looping = True
-            self.start_failures += 1
-            pool.record_start_failure(self.index, exc)
+            self._start_failed(exc)
+            reason, start_failed = f"start failed: {exc.reason}", True
         except Exception as exc:
             # A worker factory bug must not take the whole pool down: count it as
             # a failed start and let backoff pace the retries.
             logger.exception("worker factory for slot %d failed", self.index)
-            reason, crashed = f"start failed: {type(exc).__name__}: {exc}", True
-            self.looping = True
-            self.start_failures += 1
-            pool.record_start_failure(self.index, WorkerStartError(
-                f"{type(exc).__name__}: {exc}", worker_id=request.worker_id))
+            self._start_failed(WorkerStartError(f"{type(exc).__name__}: {exc}",
+                                                worker_id=request.worker_id))
+            reason, start_failed = f"start failed: {type(exc).__name__}: {exc}", True
         finally:
-            pool.workers[self.index] = None
-            self.failed_last = crashed
-            pool.core.worker_exited(self.index, reason)
-            pool.flush()
-            info = self.last_exit
+            self._row.worker = None
+            self._failed_last = crashed or start_failed
+            core.worker_exited(self.index, reason, crashed=crashed, start_failed=start_failed)
+            context.flush()
+            info = self._last_exit
             telemetry.emit(telemetry.WORKER_EXIT, {}, {
-                "pool": pool.label, "slot": self.index, "reason": reason,
+                "pool": context.label, "slot": self.index, "reason": reason,
                 "worker_id": request.worker_id,
                 "exit_code": info.exit_code if info is not None else None,
                 "signal": info.signal if info is not None else None,
             })
-        if defect is not None and not pool.handle_defect_reported:
+        if defect is not None and context.events.handle_defect(defect):
             # A programming error, not a failing app: it fails the pool (once,
             # however many slots find it), as any TypeError would.
-            pool.handle_defect_reported = True
             raise defect
 
+    def _start_failed(self, error: WorkerStartError) -> None:
+        self._looping = True
+        self._start_failures += 1
+        self._context.events.start_failed(self.index, error, self._start_failures)
+
     async def _serve(self, worker: WorkerHandle) -> tuple[str, bool]:
-        """Hand the worker to the core and wait until it dies or must stop."""
-        pool = self.pool
+        """Hand the worker to the core and wait until it dies or must stop.
+
+        Returns why it ended and whether it crashed (died on its own)."""
+        context = self._context
+        core = context.core
         started = trio.current_time()
-        pool.workers[self.index] = worker
-        pool.core.worker_ready(self.index, worker.worker_id, worker.pid)
-        pool.flush()
-        self.start_failures = 0
-        pool.breaker_success()
+        self._row.worker = worker
+        core.worker_ready(self.index, worker.worker_id, worker.pid)
+        context.flush()
+        self._start_failures = 0
+        context.events.worker_ready(self.index)
         telemetry.emit(telemetry.WORKER_READY, {},
-                       {"pool": pool.label, "slot": self.index, "worker_id": worker.worker_id,
-                        "pid": worker.pid})
-        await trio_util.wait_any(worker.wait_exited, self.stop_wanted.wait)
+                       {"pool": context.label, "slot": self.index,
+                        "worker_id": worker.worker_id, "pid": worker.pid})
+        await trio_util.wait_any(worker.wait_exited, self._stop_wanted.wait)
         # A worker that served callers and was then killed says nothing about the
         # app: its replacement starts at once. Backoff is for crash loops: starts
         # that fail, and workers that die before serving anyone.
-        served = pool.core.slots[self.index].leases_granted > 0
-        self.looping = not (served or trio.current_time() - started >= pool.config.healthy_period)
-        if not self.looping:
-            self.backoff.reset()
-        info = self.last_exit = worker.exit_info
+        served = core.slots[self.index].leases_granted > 0
+        self._looping = not (served or trio.current_time() - started
+                             >= context.config.healthy_period)
+        if not self._looping:
+            self._backoff.reset()
+        info = self._last_exit = worker.exit_info
         # We have not stopped it yet (that happens when the factory's block ends),
         # so an exit status here means the worker died on its own.
-        if info is not None and not self.killed_by_pool:
+        if info is not None and not self._killed_by_pool:
             how = f"signal {info.signal}" if info.signal is not None \
                 else f"exit code {info.exit_code}"
             reason = f"crashed: {how}"
-            pool.record_crash(self.index, worker, reason)
+            context.events.worker_crashed(self.index, worker, reason)
             return reason, True
-        if not self.stop_graceful:
+        if not self._stop_graceful:
             worker.kill()
-        return self.stop_reason or "stopped", False
+        return self._stop_reason or "stopped", False

@@ -187,8 +187,8 @@ def kill_random_worker(pool: Pool, ledger: DeathLedger, rng: random.Random) -> I
     pool's own doing or a start failure, not a crash to detect.
     """
     ledger.kills_attempted += 1
-    eligible = [w for w in pool.workers_snapshot()
-                if w.state in ("ready", "busy") and w.pid is not None
+    eligible = [w for w in pool.inspect().slots
+                if w.state.value in ("ready", "busy") and w.pid is not None
                 and not ledger.doomed(w.pid) and pid_alive(w.pid)]
     if not eligible:
         ledger.kills_skipped += 1
@@ -196,7 +196,7 @@ def kill_random_worker(pool: Pool, ledger: DeathLedger, rng: random.Random) -> I
     victim = rng.choice(eligible)
     assert victim.pid is not None
     now = trio.current_time()
-    ledger.claim(victim.pid, "kill", slot=victim.slot, worker_id=victim.worker_id, at=now)
+    ledger.claim(victim.pid, "kill", slot=victim.index, worker_id=victim.worker_id, at=now)
     try:
         os.kill(victim.pid, signal.SIGKILL)
     except ProcessLookupError:  # pragma: no cover - it died in the last microsecond

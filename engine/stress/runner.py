@@ -361,7 +361,7 @@ class _Run:
         self.facts["live_pids"] = sorted(pool.worker_pids())
         self.facts["statistics"] = attrs.asdict(pool.statistics())
         try:
-            pool.core.check_invariants()
+            pool.check_invariants()
             self.facts["core_invariants"] = None
         except AssertionError as exc:
             self.facts["core_invariants"] = str(exc) or "AssertionError"

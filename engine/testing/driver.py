@@ -96,9 +96,11 @@ class TaskHandle(Generic[T]):
     def cancel(self) -> None:
         """Cancel the task (takes effect at the next pump)."""
         self._cancel_requested = True
-        self._driver.call_soon(self._cancel_in_run)
+        self._driver.call_soon(self.cancel_from_run)
 
-    def _cancel_in_run(self) -> None:
+    def cancel_from_run(self) -> None:
+        """Cancel the task now, from code running inside the Trio run (a task,
+        a fault hook): unlike :meth:`cancel`, it does not wait for a pump."""
         if self._scope is not None:
             self._scope.cancel()
 

@@ -131,7 +131,7 @@ def inject_fault(point: str, *, probability: float = 1.0, rng: random.Random | N
                 or metadata.get("reason") != "checkout":
             return
         slot = metadata.get("slot")
-        worker = pool.workers[slot] if isinstance(slot, int) else None
+        worker = pool.inspect().slots[slot].worker if isinstance(slot, int) else None
         if worker is not None and worker.is_alive():
             hook(pool, slot, worker)
 

@@ -8,11 +8,11 @@ block ends::
     async with start_test_pool(size=2) as pool:
         assert await pool.call("ping")
 
-``wait_for_pool_ready`` waits on the pool's own change notifications (its
-``live`` value changes whenever a worker starts, becomes ready or dies) and
-re-checks *real* readiness each time: the slot is READY or BUSY, its worker
-has sent its hello and is alive right now. A counter alone could count a
-worker whose process has just died.
+``wait_for_pool_ready`` waits on the pool's own change notifications
+(``pool.wait_until``: re-checked whenever a worker becomes live or dies) and
+checks *real* readiness in the pool's snapshot (``pool.inspect()``) each time:
+the slot is READY or BUSY, its worker has sent its hello and is alive right
+now. A counter alone could count a worker whose process has just died.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import trio
 
 from engine.errors import PoolClosed, PoolTimeout
 from engine.pool.config import PoolConfig
+from engine.pool.introspection import PoolView
 from engine.pool.lifecycle import WorkerState
 from engine.pool.pool import Pool, open_pool
 
@@ -39,13 +40,13 @@ _DEFAULT_SIZE = 2
 
 def ready_workers(pool: Pool) -> list[str]:
     """Ids of the workers that can serve now: READY/BUSY, hello received, alive."""
-    ready = []
-    for slot in pool.core.slots:
-        worker = pool.workers[slot.index]
-        if slot.state in (WorkerState.READY, WorkerState.BUSY) and worker is not None \
-                and worker.is_alive():
-            ready.append(worker.worker_id)
-    return ready
+    return _ready_in(pool.inspect())
+
+
+def _ready_in(view: PoolView) -> list[str]:
+    return [slot.worker.worker_id for slot in view.slots
+            if slot.state in (WorkerState.READY, WorkerState.BUSY)
+            and slot.worker is not None and slot.worker.is_alive()]
 
 
 async def wait_for_pool_ready(pool: Pool, n: int | None = None,
@@ -61,13 +62,14 @@ async def wait_for_pool_ready(pool: Pool, n: int | None = None,
         raise ValueError(f"n={want} must be between 0 and the pool size {pool.config.size}")
     limit = pool.config.start_timeout * 2 if timeout is None else timeout
     with trio.move_on_after(limit):
-        await pool.live.wait_value(lambda _: pool.closing or len(ready_workers(pool)) >= want)
-        if pool.closing:
+        view = await pool.wait_until(lambda v: v.closing or len(_ready_in(v)) >= want)
+        if view.closing:
             raise PoolClosed(pool=pool.label)
-        return ready_workers(pool)
-    why = f"{len(ready_workers(pool))} of {want} workers ready"
-    if pool.last_start_error is not None:
-        why += f"; last start failure: {pool.last_start_error.reason}"
+        return _ready_in(view)
+    view = pool.inspect()
+    why = f"{len(_ready_in(view))} of {want} workers ready"
+    if view.last_start_error is not None:
+        why += f"; last start failure: {view.last_start_error.reason}"
     raise PoolTimeout(timeout=limit, pool=pool.label, reason=why)
 
 

@@ -71,6 +71,7 @@ from engine.errors import (
     SessionLost,
     WorkerCrashed,
 )
+from engine.pool.introspection import PoolView
 from engine.pool.lifecycle import WorkerState
 from engine.pool.pool import Pool, open_pool
 from engine.process.procfs import pid_alive
@@ -218,9 +219,9 @@ class PoolMachine(RuleBasedStateMachine):
         self.ctx = self.driver.enter_handle(open_pool(**config))
         self.pool = self.ctx.value
         self.settle()
-        for worker in self.pool.workers:
-            if worker is not None:
-                self.commands = set(worker.hello.commands)
+        for slot in self.pool.inspect().slots:
+            if slot.worker is not None:
+                self.commands = set(slot.worker.hello.commands)
                 break
         if self.allowed_commands is not None:
             self.commands &= self.allowed_commands
@@ -258,16 +259,16 @@ class PoolMachine(RuleBasedStateMachine):
 
     def quiet(self) -> bool:
         """Real workers: nothing is in transit (starting, stopping, running a call)."""
-        pool = self.pool
-        if pool.closing and not self.closed:
+        view = self.pool.inspect()
+        if view.closing and not self.closed:
             return False
-        for slot in pool.core.slots:
+        for slot in view.slots:
             if slot.state in (S.STARTING, S.STOPPING):
                 return False
-            if slot.state is S.STOPPED and slot.wanted and not pool.closing:
+            if slot.state is S.STOPPED and slot.wanted and not view.closing:
                 return False
             if slot.state in (S.READY, S.BUSY, S.DEGRADED):
-                worker = pool.workers[slot.index]
+                worker = slot.worker
                 if worker is None:
                     return False
                 # A leased worker whose channel broke (garbage, timeout) stays
@@ -281,15 +282,16 @@ class PoolMachine(RuleBasedStateMachine):
                 requesting += 1
             elif c.phase == "calling":
                 return False
-        return requesting == len(pool.core.queue)
+        return requesting == len(view.queue)
 
     # --- model upkeep after each settle --------------------------------------------
 
     def after_settle(self) -> None:
-        for worker in self.pool.workers:
-            if worker is not None:
-                self.remember(worker)
-        for session, binding in self.pool.core.bindings.items():
+        view = self.pool.inspect()
+        for slot in view.slots:
+            if slot.worker is not None:
+                self.remember(slot.worker)
+        for session, binding in view.bindings.items():
             # A binding made for a checkout cancelled before receipt is not in the
             # model yet: learn it (which worker holds that session's state).
             if binding.lost is None and binding.worker_id is not None \
@@ -384,7 +386,8 @@ class PoolMachine(RuleBasedStateMachine):
         c.lease = lease
         c.slot = lease.slot
         c.worker_id = lease.worker_id
-        worker = self.pool.workers[lease.slot]
+        view = self.pool.inspect()
+        worker = view.slots[lease.slot].worker
         c.worker = worker
         if worker is None or worker.worker_id != lease.worker_id:
             self.violations.append(f"{c!r} leased {lease.worker_id}, not its slot's worker")
@@ -403,7 +406,7 @@ class PoolMachine(RuleBasedStateMachine):
                     and other.worker_id == lease.worker_id and not other.broken:
                 self.violations.append(f"worker {lease.worker_id} leased to {other!r} and {c!r}")
         if c.session is not None:
-            binding = self.pool.core.bindings.get(c.session)
+            binding = view.bindings.get(c.session)
             if binding is None or binding.slot != lease.slot:
                 self.violations.append(f"{c!r} for session {c.session!r} not routed to "
                                        "its bound worker")
@@ -625,7 +628,7 @@ class PoolMachine(RuleBasedStateMachine):
         worker = self.seen.get(c.worker_id)
         record = CallRecord(command, args, timeout, c.worker_id, c.session,
                             broken_before=c.broken or worker is None or not worker.is_alive()
-                            or self.pool.closing)
+                            or self.pool.closed)
         c.calls.append(record)
         return record
 
@@ -634,7 +637,7 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(pick=SLOT_PICKS)
     def kill_worker(self, pick: int) -> None:
         """Kill a started worker, whatever it is doing (SIGKILL / the fake's kill)."""
-        workers = [w for w in self.pool.workers if w is not None and w.is_alive()]
+        workers = self.pool.inspect().live_workers()
         if not workers:
             return
         worker = workers[pick % len(workers)]
@@ -682,7 +685,7 @@ class PoolMachine(RuleBasedStateMachine):
 
         def cancel_requester(pool: Any, slot: int, worker: Any) -> None:
             if c.handle is not None and trio.lowlevel.current_task() is c.handle.task:
-                c.handle._cancel_in_run()
+                c.handle.cancel_from_run()
                 self.handoff_cancels.append((slot, worker.worker_id, c))
 
         self.arm_fault("cancel_before_handoff",
@@ -718,10 +721,10 @@ class PoolMachine(RuleBasedStateMachine):
         for slot, worker_id, c in self.handoff_cancels:
             if not c.settled and c.phase != "done":
                 continue
-            worker = self.pool.workers[slot]
+            worker = self.pool.inspect().slots[slot].worker
             # The waiter was cancelled between selection and receipt: the same
             # worker is back (idle, or leased to someone else since), not killed.
-            if not self.pool.closing and (worker is None or worker.worker_id != worker_id
+            if not self.pool.closed and (worker is None or worker.worker_id != worker_id
                                           or not worker.is_alive()):
                 self.violations.append(f"worker {worker_id} lost after {c!r} was cancelled "
                                        "between selection and receipt")
@@ -763,10 +766,10 @@ class PoolMachine(RuleBasedStateMachine):
         """``pool.end_session`` when the session's worker is free (it completes now)."""
         if self.closed:
             return
-        core = self.pool.core
-        binding = core.bindings.get(session)
+        view = self.pool.inspect()
+        binding = view.bindings.get(session)
         if binding is not None and binding.lost is None:
-            slot = core.slots[binding.slot]
+            slot = view.slots[binding.slot]
             if slot.state is not S.READY or slot.lease is not None:
                 return
         worker_id = self.bound.get(session)
@@ -826,64 +829,65 @@ class PoolMachine(RuleBasedStateMachine):
 
     def describe(self) -> str:
         lines = ["pool state:"]
-        for slot in self.pool.core.slots:
-            worker = self.pool.workers[slot.index]
+        view = self.pool.inspect()
+        for slot in view.slots:
+            worker = slot.worker
             health = "-" if worker is None else \
                 f"alive={worker.is_alive()} dirty={worker.dirty} exit={worker.exit_info}"
             lines.append(f"  slot {slot.index} {slot.state.value} lease={slot.lease} "
                          f"{slot.worker_id} {health}")
             lines.extend(f"    {t.old.value} -> {t.new.value}: {t.reason}"
-                         for t in list(slot.lifecycle.history)[-6:])
-        lines.append(f"  queue={list(self.pool.core.queue)} active={self.active}")
+                         for t in slot.history[-6:])
+        lines.append(f"  queue={[w.id for w in view.queue]} active={self.active}")
         return "\n".join(lines)
 
     def check_consistent(self) -> None:
-        pool, core = self.pool, self.pool.core
-        core.check_invariants()
+        pool = self.pool
+        pool.check_invariants()
+        view = pool.inspect()
         stats = pool.statistics()
         assert stats.busy + stats.ready + stats.starting <= stats.size, stats
         # Every waiter is queued or served, never both: the checkouts still asking
         # are exactly the core's queue (the run is settled, nobody is in transit).
         requesting = [c for c in self.active if c.phase == "requesting"]
-        if not pool.closing:
-            assert len(requesting) == len(core.queue), \
-                f"{len(requesting)} checkouts waiting but {len(core.queue)} queued"
+        if not view.closing:
+            assert len(requesting) == len(view.queue), \
+                f"{len(requesting)} checkouts waiting but {len(view.queue)} queued"
         holders = [c for c in self.active if c.phase in ("holding", "calling")]
         live_ids = [c.worker_id for c in holders if c.worker_id is not None
                     and self.alive(c.worker_id)]
         dupes = [w for w, n in collections.Counter(live_ids).items() if n > 1]
         assert not dupes, f"workers leased twice: {dupes}"
-        for session, binding in core.bindings.items():
+        for session, binding in view.bindings.items():
             if binding.lost is None:
-                worker = pool.workers[binding.slot]
+                worker = view.slots[binding.slot].worker
                 assert worker is not None and worker.worker_id == binding.worker_id, \
                     f"session {session!r} bound to a replaced worker"
                 # A worker whose channel broke under a lease (garbage, timeout) is
                 # only replaced at checkin; its process is still running until then.
-                leased_broken = core.slots[binding.slot].lease is not None \
+                leased_broken = view.slots[binding.slot].lease is not None \
                     and worker.exit_info is None
                 assert worker.is_alive() or leased_broken, \
                     f"session {session!r} bound to dead worker {worker.worker_id}"
-        for slot in core.slots:
-            worker = pool.workers[slot.index]
+        for slot in view.slots:
+            worker = slot.worker
             if slot.state is S.READY and slot.lease is None and worker is not None:
                 # An idle worker is fit to hand out: alive, its channel clean.
                 assert worker.is_alive() and not worker.dirty, \
                     f"idle worker {worker.worker_id} is dead or dirty"
-        if not pool.closing:
-            self.check_nobody_waits_beside_idle_worker()
+        if not view.closing:
+            self.check_nobody_waits_beside_idle_worker(view)
         if self.factory is not None:
             unreaped = self.factory.unreaped
-            assert len(unreaped) <= core.size, \
-                f"{len(unreaped)} fake processes for {core.size} slots"
+            assert len(unreaped) <= len(view.slots), \
+                f"{len(unreaped)} fake processes for {len(view.slots)} slots"
 
-    def check_nobody_waits_beside_idle_worker(self) -> None:
-        core = self.pool.core
-        free = [s for s in core.slots if s.state is S.READY and s.lease is None]
-        for waiter in core.queue.values():
+    def check_nobody_waits_beside_idle_worker(self, view: PoolView) -> None:
+        free = [s for s in view.slots if s.state is S.READY and s.lease is None]
+        for waiter in view.queue:
             if waiter.purpose != "call":
                 continue
-            binding = core.bindings.get(waiter.session) if waiter.session else None
+            binding = view.bindings.get(waiter.session) if waiter.session else None
             usable = free
             if binding is not None and binding.lost is None:
                 usable = [s for s in free if s.index == binding.slot]

@@ -44,7 +44,7 @@ async def test_open_call_close() -> None:
             assert await pool.call("echo", {"a": 1}) == {"a": 1}
             pids = pool.worker_pids()
             assert len(pids) == 2 and all(pid_alive(p) for p in pids)
-            pool.core.check_invariants()
+            pool.check_invariants()
         stats = pool.statistics()
         assert stats.closed and stats.stopped == 2 and stats.ready == 0
         # aclose waited for every process: none is left, not even as a zombie.
@@ -147,7 +147,7 @@ async def test_pool_timeout_when_all_workers_are_held() -> None:
                 assert pool.statistics().waiting == 0
             # Both workers come back and serve again.
             assert await pool.call("echo", 2) == 2
-            pool.core.check_invariants()
+            pool.check_invariants()
 
 
 async def test_pool_saturated_beyond_max_waiters() -> None:

@@ -53,7 +53,7 @@ async def test_random_sigkills_under_load() -> None:
                             kills += 1
                         except ProcessLookupError:
                             pass  # already dead and reaped: fine
-                    pool.core.check_invariants()
+                    pool.check_invariants()
                     await trio.sleep(kill_every)
             calm.set()
 
@@ -91,7 +91,7 @@ async def test_random_sigkills_under_load() -> None:
         await pool.wait_ready(size, timeout=2.0)
         stats = pool.statistics()
         assert stats.crashes >= 1 and stats.restarts >= 1
-        pool.core.check_invariants()
+        pool.check_invariants()
         assert await pool.call("echo", "after") == "after"
         seen_pids.update(pool.worker_pids())
     assert not [p for p in seen_pids if pid_alive(p)]
@@ -161,8 +161,9 @@ async def test_one_slot_failing_to_start_leaves_the_others_serving() -> None:
         # A single bad slot must not open the pool-wide breaker.
         assert stats.breaker == "closed", stats
         assert stats.ready + stats.busy == size - 1
-        assert pool.last_start_error is not None
-        assert any("flaky_start" in line for line in pool.last_start_error.stderr_tail)
+        last = pool.inspect().last_start_error
+        assert last is not None
+        assert any("flaky_start" in line for line in last.stderr_tail)
 
 
 class FlakyPolicy:
@@ -209,7 +210,7 @@ async def test_bad_policy_never_crashes_the_pool() -> None:
             assert stats.restarts >= 4
             assert pids_before - set(pool.worker_pids())
             assert pool.metrics().counters["contract_violations"] == 5
-            pool.core.check_invariants()
+            pool.check_invariants()
     events = [e for e in seen if e.metadata.get("pool") == pool.label]
     callbacks = sorted(str(e.metadata["callback"]) for e in events)
     assert callbacks == ["FlakyPolicy.on_checkin"] * 2 + ["FlakyPolicy.on_checkout"] * 3

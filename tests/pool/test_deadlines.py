@@ -113,7 +113,7 @@ async def test_queued_checkouts_expire_in_deadline_order(
             assert pool.statistics().waiting == 0
             assert await held.call("echo", "still mine") == "still mine"
         assert await pool.call("echo", 1) == 1
-        pool.core.check_invariants()
+        pool.check_invariants()
         assert pool.statistics().restarts == 0
 
 
@@ -172,12 +172,12 @@ async def test_cancelled_queued_checkout_leaves_the_queue(
                 # The cancelled task left the core's queue (and the parked tasks:
                 # check_invariants compares them).
                 assert pool.statistics().waiting == 1
-                pool.core.check_invariants()
+                pool.check_invariants()
                 released_at = trio.current_time()
             # The lease goes back: the remaining waiter is served, at once.
         assert served == [(held.worker_id, released_at)]
         assert pool.statistics().waiting == 0
-        pool.core.check_invariants()
+        pool.check_invariants()
 
 
 @pytest.mark.layer2
@@ -334,7 +334,7 @@ async def test_call_timeout_on_the_pool_timer_replaces_the_worker(busy_poll: flo
             assert not pid_alive(old)
             assert pool.statistics().restarts == 1
             assert [await pool.call("echo", i) for i in range(5)] == list(range(5))
-            pool.core.check_invariants()
+            pool.check_invariants()
 
 
 @pytest.mark.layer3

@@ -27,13 +27,13 @@ async def test_idle_session_expires_and_its_worker_gets_cleanup(
     async with engine.open_pool(size=2, worker_factory=factory, session_ttl=10.0) as pool:
         await pool.wait_ready(2)
         await pool.call("echo", {"x": 1}, session="short-lived")
-        bound = pool.core.bindings["short-lived"].worker_id
+        bound = pool.inspect().bindings["short-lived"].worker_id
         await trio.sleep(5)
         await pool.call("echo", {"x": 2}, session="short-lived")  # still bound: refreshes
-        assert "short-lived" in pool.core.bindings
+        assert "short-lived" in pool.inspect().bindings
         assert cleaned == []
         await trio.sleep(30)
-        assert "short-lived" not in pool.core.bindings
+        assert "short-lived" not in pool.inspect().bindings
         assert cleaned == [(bound, {"session": "short-lived"})]
         assert pool.statistics().sessions == 0
 
@@ -61,7 +61,7 @@ async def test_session_lost_once_when_its_fake_worker_dies(
         await pool.wait_ready(2)
         await pool.call("create_program", {"id": "p", "signature": {"inputs": ["a"],
                         "outputs": ["b"]}, "handler": "echo"}, session="s")
-        bound = factory.worker(pool.core.bindings["s"].worker_id or "")
+        bound = factory.worker(pool.inspect().bindings["s"].worker_id or "")
         bound.kill()
         await pool.wait_ready(2)
         with pytest.raises(SessionLost):

@@ -11,6 +11,7 @@ import trio
 import engine
 from engine import telemetry
 from engine.errors import SessionLost
+from engine.pool.lifecycle import WorkerState
 
 pytestmark = pytest.mark.layer3
 
@@ -88,16 +89,16 @@ async def test_idle_workers_shrink_to_min_size_and_grow_on_demand() -> None:
         telemetry.detach("test-idle")
 
 
-async def test_workers_snapshot_has_bounded_history() -> None:
+async def test_slot_snapshots_have_bounded_history() -> None:
     async with engine.open_pool(size=2) as pool:
         await pool.wait_ready(2, timeout=20)
         for _ in range(50):
             await pool.call("ping")
-        snapshot = pool.workers_snapshot()
-        assert [w.slot for w in snapshot] == [0, 1]
-        for worker in snapshot:
-            assert worker.state == "ready" and worker.pid is not None
-            assert 0 < len(worker.history) <= 32
-            assert worker.history[0].new.value in ("starting", "ready", "busy")
-            for a, b in zip(worker.history, list(worker.history)[1:], strict=False):
+        snapshot = pool.inspect().slots
+        assert [slot.index for slot in snapshot] == [0, 1]
+        for slot in snapshot:
+            assert slot.state is WorkerState.READY and slot.pid is not None
+            assert 0 < len(slot.history) <= 32
+            assert slot.history[0].new.value in ("starting", "ready", "busy")
+            for a, b in zip(slot.history, list(slot.history)[1:], strict=False):
                 assert a.new is b.old and b.at >= a.at

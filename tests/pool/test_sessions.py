@@ -91,7 +91,7 @@ async def test_each_session_sticks_to_its_worker() -> None:
             assert all(len(pids) == 1 for pids in seen.values()), seen
             assert len({next(iter(p)) for p in seen.values()}) == 3
             assert pool.statistics().sessions == 3
-            pool.core.check_invariants()
+            pool.check_invariants()
 
 
 async def test_session_lost_once_after_its_worker_dies_then_rebinds_empty() -> None:
@@ -112,7 +112,7 @@ async def test_session_lost_once_after_its_worker_dies_then_rebinds_empty() -> N
             assert await program_count(pool, "s1") == 0
             assert await session_pid(pool, "s1") != pid
             assert await program_count(pool, "s1") == 0
-            pool.core.check_invariants()
+            pool.check_invariants()
 
 
 async def test_strict_affinity_waits_for_the_bound_worker() -> None:
@@ -161,7 +161,7 @@ async def test_end_session_cleans_up_and_unbinds() -> None:
             await pool.call("create_program", PROGRAM, session="s2")
             assert pool.statistics().sessions == 2
             assert await pool.end_session("s1") is True
-            assert "s1" not in pool.core.bindings
+            assert "s1" not in pool.inspect().bindings
             assert pool.statistics().sessions == 1
             # Same (only) worker, but its state for s1 was dropped; s2 is untouched.
             assert await program_count(pool, "s1") == 0
@@ -226,7 +226,7 @@ async def test_recycling_after_max_calls_per_worker() -> None:
             assert pids[6] not in (pids[0], pids[3])
             assert pool.statistics().restarts == 2
             assert pool.statistics().crashes == 0
-            history = pool.workers_snapshot()[0].history
+            history = pool.inspect().slots[0].history
             assert any("recycled after 3 calls" in t.reason for t in history)
 
 

@@ -28,7 +28,7 @@ async def test_worker_killed_after_grant_is_not_handed_over() -> None:
     async with start_test_pool(worker_factory=FakeWorkerFactory(), size=1) as pool:
         with inject_fault("kill_after_grant", pool=pool, times=1) as fault:
             async with pool.checkout(timeout=5) as lease:
-                worker = pool.workers[lease.slot]
+                worker = pool.inspect().slots[lease.slot].worker
                 assert fault.fired == 1
                 assert worker is not None and worker.worker_id == lease.worker_id
                 assert worker.is_alive(), "handed a worker that died after the grant"

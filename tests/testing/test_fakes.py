@@ -176,7 +176,7 @@ async def test_kill_before_handoff_serves_the_waiter_with_another_worker(
         assert answer["worker_id"] != killed
         assert not factory.worker(killed).is_alive()
         await wait_for_pool_ready(pool, 2, timeout=10)  # the dead one was replaced
-        assert killed not in [w.worker_id for w in pool.workers if w is not None]
+        assert killed not in [w.worker_id for w in pool.inspect().live_workers()]
 
 
 @pytest.mark.layer2
@@ -228,7 +228,7 @@ async def test_wait_for_pool_ready_waits_for_a_replacement(
     factory = FakeWorkerFactory()
     async with start_test_pool(worker_factory=factory, size=1) as pool:
         factory.plan.append(Script(start_delay=4.0))
-        worker = pool.workers[0]
+        worker = pool.inspect().slots[0].worker
         assert isinstance(worker, FakeWorker)
         started = trio.current_time()
         worker.kill()

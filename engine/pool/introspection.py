@@ -1,0 +1,152 @@
+"""What a pool shows of itself: statistics, and snapshots for tests and tools.
+
+* :class:`PoolStatistics` (``pool.statistics()``): the core's counts
+  (:class:`~engine.pool.core.CoreCounts`, every field) plus what only the
+  shell knows (name, leases held, breaker state, closed).
+* :class:`PoolView` (``pool.inspect()``): a frozen snapshot of every slot
+  (:class:`SlotView`), session binding (:class:`BindingView`) and queued
+  checkout (:class:`WaiterView`), for the test kit, the stress runner and
+  debugging. Taking one costs O(size + sessions + queue): not for hot paths.
+
+Snapshots are frozen attrs values: they do not change when the pool does.
+The one live object in them is ``SlotView.worker``, the slot's worker handle
+(for liveness checks such as ``is_alive()``; calling it directly bypasses the
+pool's leases, so tests only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from engine.errors import WorkerStartError
+from engine.pool.core import Binding, CoreCounts, PoolCore, Slot, Waiter, WaiterStatus
+from engine.pool.lifecycle import Transition, WorkerState
+from engine.pool.table import WorkerTable
+from engine.process.handle import WorkerHandle
+
+
+@attrs.frozen
+class PoolStatistics(CoreCounts):
+    """A snapshot of the pool: the core's counts plus the shell's own figures.
+
+    ``busy`` and ``leased`` count workers under a lease (health probes too);
+    ``leases`` counts the leases callers hold.
+    """
+
+    name: str | None
+    leases: int
+    breaker: str
+    closed: bool
+
+    @classmethod
+    def from_counts(cls, counts: CoreCounts, *, name: str | None, leases: int, breaker: str,
+                    closed: bool) -> PoolStatistics:
+        return cls(**attrs.asdict(counts, recurse=False), name=name, leases=leases,
+                   breaker=breaker, closed=closed)
+
+
+@attrs.frozen
+class SlotView:
+    """One slot: the core's record of it and the shell's worker handle."""
+
+    index: int
+    state: WorkerState
+    generation: int  # workers this slot has started
+    worker_id: str | None
+    pid: int | None
+    lease: int | None  # the token (waiter id) of the lease holding it
+    sessions: tuple[str, ...]
+    calls: int  # calls served by the current worker
+    wanted: bool  # the pool wants a worker here (a stopped slot will restart)
+    history: tuple[Transition, ...]
+    worker: WorkerHandle | None  # None while starting or stopped
+
+
+@attrs.frozen
+class BindingView:
+    """A session's binding: which slot's worker holds its state."""
+
+    session: str
+    slot: int
+    generation: int
+    worker_id: str | None
+    lost: str | None  # why its state is gone, until the next use reports SessionLost
+
+
+@attrs.frozen
+class WaiterView:
+    """A queued checkout (or health probe), in queue order."""
+
+    id: int
+    session: str | None
+    purpose: str  # "call" or "health"
+    deadline: float | None
+    enqueued_at: float
+
+
+@attrs.frozen
+class PoolView:
+    """A frozen snapshot of the whole pool (``pool.inspect()``)."""
+
+    label: str
+    closing: bool
+    slots: tuple[SlotView, ...]
+    bindings: Mapping[str, BindingView]
+    queue: tuple[WaiterView, ...]
+    last_start_error: WorkerStartError | None
+
+    def live_workers(self) -> list[WorkerHandle]:
+        """Handles of the workers present whose process is alive right now."""
+        return [s.worker for s in self.slots if s.worker is not None and s.worker.is_alive()]
+
+
+def _slot_view(slot: Slot, worker: WorkerHandle | None) -> SlotView:
+    return SlotView(index=slot.index, state=slot.state, generation=slot.generation,
+                    worker_id=slot.worker_id, pid=slot.pid, lease=slot.lease,
+                    sessions=tuple(sorted(slot.sessions)), calls=slot.calls,
+                    wanted=slot.wanted, history=tuple(slot.lifecycle.history), worker=worker)
+
+
+def _binding_view(session: str, binding: Binding) -> BindingView:
+    return BindingView(session=session, slot=binding.slot, generation=binding.generation,
+                       worker_id=binding.worker_id, lost=binding.lost)
+
+
+def _waiter_view(waiter: Waiter) -> WaiterView:
+    return WaiterView(id=waiter.id, session=waiter.session, purpose=waiter.purpose,
+                      deadline=waiter.deadline, enqueued_at=waiter.enqueued_at)
+
+
+def view_of(label: str, core: PoolCore, table: WorkerTable,
+            last_start_error: WorkerStartError | None) -> PoolView:
+    """Snapshot the core and the worker table."""
+    return PoolView(
+        label=label, closing=core.closing,
+        slots=tuple(_slot_view(slot, table.worker(slot.index)) for slot in core.slots),
+        bindings={s: _binding_view(s, b) for s, b in core.bindings.items()},
+        queue=tuple(_waiter_view(w) for w in core.queue.values()),
+        last_start_error=last_start_error,
+    )
+
+
+def check_shell_invariants(core: PoolCore, table: WorkerTable, held: Mapping[int, object],
+                           parked: Mapping[int, object]) -> None:
+    """Raise AssertionError if the shell's tables disagree with the core."""
+    S = WorkerState
+    for slot in core.slots:
+        worker = table.worker(slot.index)
+        if slot.state in (S.READY, S.BUSY, S.DEGRADED):
+            assert worker is not None, f"slot {slot.index} is {slot.state.value} with no worker"
+            assert worker.worker_id == slot.worker_id, \
+                f"slot {slot.index} runs {slot.worker_id} but its row holds {worker.worker_id}"
+        elif slot.state in (S.STARTING, S.STOPPED):
+            assert worker is None, f"slot {slot.index} is {slot.state.value} but has a worker"
+    for token in held:
+        waiter = core.waiters.get(token)
+        assert waiter is not None, f"lease {token} is held but the core forgot it"
+        assert waiter.status is WaiterStatus.HELD and waiter.purpose == "call", \
+            f"lease {token} is held but its waiter is {waiter.purpose} {waiter.status.value}"
+    for waiter_id in parked:
+        assert waiter_id in core.queue, f"task parked for waiter {waiter_id}, not queued"
