@@ -181,22 +181,24 @@ class PoolCore:
         self.start_failures = 0
         self._ids = itertools.count(1)
         self._tick = itertools.count(1)
-        self._actions: list[Action] = []
+        #: Pending actions, oldest first (the shell takes them with take_actions();
+        #: a plain list so that "anything to do?" costs no call).
+        self.actions: list[Action] = []
 
     # --- plumbing --------------------------------------------------------------
 
     def has_actions(self) -> bool:
-        return bool(self._actions)
+        return bool(self.actions)
 
     def take_actions(self) -> list[Action]:
-        actions, self._actions = self._actions, []
+        actions, self.actions = self.actions, []
         return actions
 
     def _emit(self, event: Event, *, measurements: dict[str, float] | None = None,
               **metadata: Any) -> None:
         if not self.telemetry_enabled():
             return
-        self._actions.append(Emit(event, measurements or {}, metadata))
+        self.actions.append(Emit(event, measurements or {}, metadata))
 
     def _move(self, slot: Slot, new: WorkerState, reason: str,
               now: float | None = None) -> None:
@@ -224,7 +226,7 @@ class PoolCore:
     def _want(self, slot: Slot) -> None:
         slot.wanted = True
         if slot.state is S.STOPPED and not self.closing:
-            self._actions.append(StartWorker(slot.index, slot.generation + 1))
+            self.actions.append(StartWorker(slot.index, slot.generation + 1))
 
     # --- worker events (from slot tasks) -----------------------------------------
 
@@ -278,7 +280,7 @@ class PoolCore:
         if self.closing or not restart:
             slot.wanted = False
         if slot.wanted and not self.closing:
-            self._actions.append(StartWorker(slot.index, slot.generation + 1))
+            self.actions.append(StartWorker(slot.index, slot.generation + 1))
         self._ensure_capacity()
         self._dispatch()
 
@@ -525,7 +527,7 @@ class PoolCore:
         if slot.state in (S.STOPPING, S.STOPPED):
             return
         self._move(slot, S.STOPPING, reason)
-        self._actions.append(StopWorker(slot.index, slot.generation, reason, graceful))
+        self.actions.append(StopWorker(slot.index, slot.generation, reason, graceful))
 
     # --- dispatch ----------------------------------------------------------------
 
@@ -626,14 +628,14 @@ class PoolCore:
                 self._emit(SESSION_BIND, session=waiter.session, slot=slot.index,
                            worker_id=slot.worker_id)
         if woken:
-            self._actions.append(Wake(waiter.id))
+            self.actions.append(Wake(waiter.id))
 
     def _fail(self, waiter: Waiter, error: BaseException) -> None:
         woken = self.queue.pop(waiter.id, None) is not None  # as in _grant
         waiter.status = WaiterStatus.FAILED
         waiter.error = error
         if woken:
-            self._actions.append(Wake(waiter.id))
+            self.actions.append(Wake(waiter.id))
 
     def _requeue(self, waiter: Waiter) -> None:
         waiter.status = WaiterStatus.QUEUED

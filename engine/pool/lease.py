@@ -66,10 +66,6 @@ class HeldLeases:
         else:
             await trio.lowlevel.checkpoint()
 
-    def _discard(self, token: int) -> None:
-        self.by_token.pop(token, None)
-        if not self.by_token and self._drained is not None:
-            self._drained.set()
 
 
 @attrs.frozen
@@ -189,7 +185,10 @@ def release(lease: Lease, error: BaseException | None) -> None:
         return
     lease._released = True
     context = lease._context
-    context.held._discard(lease._token)
+    held = context.held
+    held.by_token.pop(lease._token, None)
+    if not held.by_token and held._drained is not None:
+        held._drained.set()
     worker = lease._worker
     # No poll here: a death is reported by the exit watcher (exit_info) or the
     # channel (dirty), and the next hand-off polls anyway.

@@ -456,7 +456,7 @@ class Pool:
     def _flush(self) -> None:
         """Perform the actions the core asked for."""
         core = self._core
-        for action in core.take_actions() if core.has_actions() else ():
+        for action in core.take_actions() if core.actions else ():
             if isinstance(action, Wake):
                 task = self._parked.pop(action.waiter, None)
                 if task is not None:
