@@ -87,10 +87,15 @@ class DefaultPolicy:
 
 @attrs.frozen
 class Verdict:
-    """A validated decision plus the violation, if the policy broke the contract."""
+    """A validated decision plus the violation, if the policy broke the contract.
+
+    ``by_policy`` is False for the pool's own hand-off checks (a dead process,
+    a dirty channel), which decide before the policy is asked.
+    """
 
     decision: Ok | Remove | Skip
     violation: ContractViolation | None = None
+    by_policy: bool = True
 
 
 def _callback_name(policy: Any, method: str) -> str:

@@ -88,6 +88,12 @@ class Waiter:
     slot: int | None = None
     generation: int | None = None
     error: BaseException | None = None
+    # Workers removed at hand-off instead of being granted to this waiter (by
+    # the checkout policy, and in all), and the last reason: its PoolTimeout
+    # says so.
+    policy_removals: int = 0
+    removals: int = 0
+    last_removal: str = ""
 
 
 @attrs.define(eq=False)
@@ -398,6 +404,11 @@ class PoolCore:
                 reason=self._timeout_reason(waiter)))
 
     def _timeout_reason(self, waiter: Waiter) -> str:
+        if waiter.removals:
+            who = "the checkout policy" if waiter.policy_removals == waiter.removals \
+                else "the hand-off check or the checkout policy"
+            return (f"{who} removed every worker offered to this checkout ({waiter.removals} "
+                    f"removed; the last: {waiter.last_removal})")
         if waiter.session is not None and waiter.session in self.bindings:
             return f"session worker busy, affinity={self.affinity}"
         counts = self.counts()
@@ -578,6 +589,9 @@ class PoolCore:
                 self._fail(waiter, decision.exception)
                 return
             if isinstance(decision, Remove):
+                waiter.removals += 1
+                waiter.policy_removals += verdict.by_policy
+                waiter.last_removal = decision.reason
                 self._stop(slot, decision.reason, graceful=False)
 
     def _candidates(self, waiter: Waiter) -> list[Slot]:

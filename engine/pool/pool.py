@@ -410,13 +410,13 @@ class Pool:
         if fault is not None and worker is not None:
             fault(self, slot.index, worker)
         if worker is None:
-            return Verdict(Remove("not_ready: no worker"))
+            return Verdict(Remove("not_ready: no worker"), by_policy=False)
         if not worker.is_alive():
-            return Verdict(Remove("process_dead"))
+            return Verdict(Remove("process_dead"), by_policy=False)
         if worker.dirty:
-            return Verdict(Remove("pipe_closed"))
+            return Verdict(Remove("pipe_closed"), by_policy=False)
         if slot.state is not WorkerState.READY:
-            return Verdict(Remove("not_ready"))
+            return Verdict(Remove("not_ready"), by_policy=False)
         if self._default_policy:
             return _OK_VERDICT  # nothing to ask: skip building the policy's view
         request = CheckoutRequest(waiter.session, self._now() - waiter.enqueued_at)

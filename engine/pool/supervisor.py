@@ -108,6 +108,7 @@ class SlotSupervisor:
         self._stop_graceful = True
         self._failed_last = False
         self._looping = False
+        self._removed_unserved = False
         self._start_failures = 0
         self._run_scope = trio.CancelScope()
         self._last_exit: ExitInfo | None = None
@@ -171,6 +172,7 @@ class SlotSupervisor:
         self._run_scope = trio.CancelScope()
         self._last_exit = None
         self._killed_by_pool = False
+        self._removed_unserved = False
         reason = "start abandoned"
         crashed = start_failed = False
         defect: IncompleteWorkerHandle | None = None
@@ -196,7 +198,11 @@ class SlotSupervisor:
             reason, start_failed = f"start failed: {type(exc).__name__}: {exc}", True
         finally:
             self._row.worker = None
-            self._failed_last = crashed or start_failed
+            # Backoff (and the intensity limit) for crash loops: failed starts,
+            # and workers that died or were removed as unfit before serving
+            # anyone (a policy that refuses every worker would otherwise make
+            # the slot restart it in a tight loop).
+            self._failed_last = crashed or start_failed or self._removed_unserved
             core.worker_exited(self.index, reason, crashed=crashed, start_failed=start_failed)
             context.flush()
             info = self._last_exit
@@ -250,5 +256,8 @@ class SlotSupervisor:
             context.events.worker_crashed(self.index, worker, reason)
             return reason, True
         if not self._stop_graceful:
+            # Removed as unfit (hand-off check, policy, health); a graceful stop
+            # (recycling, idle retirement, shutdown) is replaced at once.
+            self._removed_unserved = self._looping
             worker.kill()
         return self._stop_reason or "stopped", False
