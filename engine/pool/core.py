@@ -461,7 +461,10 @@ class PoolCore:
                 if s.state in (S.READY, S.DEGRADED) and s.lease is None
                 and now - s.last_used >= idle_for]
 
-    def health_result(self, waiter_id: int, ok: bool, reason: str = "") -> None:
+    def health_result(self, waiter_id: int, ok: bool, reason: str = "", *,
+                      unusable: bool = False) -> None:
+        """A health probe ended. ``unusable``: it left the worker unable to answer
+        again (a dirty channel): replace it now, whatever the failure count."""
         waiter = self.waiters.pop(waiter_id, None)
         if waiter is None or waiter.slot is None:
             return
@@ -478,7 +481,10 @@ class PoolCore:
             self._emit(HEALTH_FAILED, slot=slot.index, worker_id=slot.worker_id,
                        failures=slot.health_failures, reason=reason)
             self._move(slot, S.DEGRADED, f"health check failed: {reason}")
-            if slot.health_failures >= self.max_health_failures:
+            if unusable:
+                self._stop(slot, "its channel can't be used again after a failed health check",
+                           graceful=False)
+            elif slot.health_failures >= self.max_health_failures:
                 self._stop(slot, f"{slot.health_failures} health checks failed in a row",
                            graceful=False)
         if slot.retire_reason is not None:

@@ -98,13 +98,17 @@ async def _probe(context: HealthContext, index: int) -> None:
             raise
         finally:
             Deadlines.remove(entry)
-    if ok and worker is not None and worker.dirty:
+    # A probe that timed out (or broke the framing) leaves the channel dirty:
+    # a late reply would be read as the answer to the next request, so the
+    # worker can never answer again. No point probing it again: replace it.
+    unusable = worker is not None and worker.dirty
+    if ok and unusable:
         ok, reason = False, "worker left dirty"
     if ok:  # failures are reported by the core, with the count in a row
         telemetry.emit(telemetry.HEALTH_OK, {},
                        {"pool": context.label, "slot": index,
                         "worker_id": worker.worker_id if worker is not None else None})
-    core.health_result(waiter.id, ok, reason)
+    core.health_result(waiter.id, ok, reason, unusable=unusable)
     # Like start failures, health failures count towards the pool-wide breaker
     # only when most of the pool is failing, not for one sick worker.
     degraded = core.state_counts[WorkerState.DEGRADED]

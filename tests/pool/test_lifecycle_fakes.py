@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 import engine
+from engine import telemetry
 from engine.errors import SessionLost
 from engine.testing.fakes import FakeContext, FakeWorkerFactory, Script
 
@@ -85,3 +86,31 @@ async def test_shutdown_kill_of_a_held_lease_is_not_a_crash(
             await pool.aclose()
     assert pool.statistics().crashes == 0
     assert not any(w.is_alive() for w in factory.workers)
+
+
+async def test_a_worker_whose_health_probe_timed_out_is_replaced_at_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # Found while testing telemetry: a probe that times out leaves the channel
+    # dirty (the reply may still come), so the worker can never answer again;
+    # it used to stay DEGRADED and be probed, failing "channel unusable", up to
+    # max_health_failures times before it was replaced.
+    factory = FakeWorkerFactory(Script())
+    factory.plan.append(Script(faults={"health": "hang"}))  # the first worker
+    with telemetry.capture([telemetry.HEALTH_FAILED]) as failures, trio.fail_after(1000):
+        async with engine.open_pool(size=1, worker_factory=factory, health_interval=1.0,
+                                    health_timeout=0.5, max_health_failures=3) as pool:
+            await pool.wait_ready(1)
+            victim = factory.workers[0]
+            # The first probe starts at t=1 and times out at t=1.5.
+            await victim.wait_exited()
+            assert trio.current_time() == pytest.approx(1.5)
+            await pool.wait_ready(1)
+            assert await pool.call("echo", "served") == "served"
+            replaced_at = trio.current_time()
+            history = pool.inspect().slots[0].history
+    reported = [e for e in failures if e.metadata["worker_id"] == victim.worker_id]
+    assert [e.metadata["failures"] for e in reported] == [1]
+    assert "health_timeout=0.5" in str(reported[0].metadata["reason"])
+    assert replaced_at == pytest.approx(1.5)  # replaced at once, no backoff
+    assert pool.statistics().restarts == 1
+    assert any("can't be used again" in t.reason for t in history), history
