@@ -296,7 +296,7 @@ async def test_close_while_workers_are_starting() -> None:
 
 
 async def test_cancelling_the_scope_around_the_pool_reaps_every_worker() -> None:
-    with trio.CancelScope() as scope:
+    with trio.fail_after(HANG_GUARD), trio.CancelScope() as scope:
         async with engine.open_pool(size=2) as pool:
             await pool.wait_ready(2, timeout=READY)
             pids = pool.worker_pids()

@@ -74,16 +74,18 @@ async def test_session_lost_once_when_its_fake_worker_dies(
 async def test_shutdown_kill_of_a_held_lease_is_not_a_crash(
         autojump_clock: trio.testing.MockClock) -> None:
     factory = FakeWorkerFactory(Script())
-    async with engine.open_pool(size=1, worker_factory=factory, shutdown_grace=0.1) as pool:
-        await pool.wait_ready(1)
-        async with trio.open_nursery() as nursery:
-            async def hold() -> None:
-                async with pool.checkout() as lease:
-                    with pytest.raises(engine.PoolClosed):
-                        await lease.call("sleep", {"seconds": 60})
-            nursery.start_soon(hold)
-            await trio.testing.wait_all_tasks_blocked()
-            await pool.aclose()
+    with trio.fail_after(1000):  # virtual seconds: a hang fails
+        async with engine.open_pool(size=1, worker_factory=factory,
+                                    shutdown_grace=0.1) as pool:
+            await pool.wait_ready(1)
+            async with trio.open_nursery() as nursery:
+                async def hold() -> None:
+                    async with pool.checkout() as lease:
+                        with pytest.raises(engine.PoolClosed):
+                            await lease.call("sleep", {"seconds": 60})
+                nursery.start_soon(hold)
+                await trio.testing.wait_all_tasks_blocked()
+                await pool.aclose()
     assert pool.statistics().crashes == 0
     assert not any(w.is_alive() for w in factory.workers)
 
