@@ -16,6 +16,10 @@
 * :mod:`~engine.testing.profiles`: Hypothesis profiles ``dev``, ``ci``,
   ``campaign`` (:func:`load_profile`, :func:`scaled`).
 
+The kit sees a pool only through its documented introspection API
+(``pool.inspect()``, ``pool.wait_until()``, ``pool.check_invariants()``,
+``pool.worker_pids()``: see :mod:`engine.pool.pool`), never its internals.
+
 Names are resolved on first use so that ``import engine.testing`` pulls in
 neither Hypothesis nor Trio for users who need only part of the kit.
 
