@@ -1,4 +1,4 @@
-"""The tree keeps its structural rules (layer 1; reads source with ``ast``, imports nothing).
+"""The tree keeps its two structural rules (layer 1; reads source with ``ast``, imports nothing).
 
 1. No import cycle among engine's modules. Every import statement counts:
    top level, inside functions, under ``if TYPE_CHECKING:`` (a type-only cycle
@@ -11,18 +11,14 @@
    import sits. What it shares runs in every worker too, so those modules (and
    ``engine/__init__.py``) import only the standard library and each other when
    imported.
-3. No module reads another module's private attributes (``x._name`` where
-   ``_name`` is not defined in the reading module): what modules share has a
-   public name.
 
-Found cycles (private reads) that someone is removing are listed in
-:data:`KNOWN_CYCLES` (:data:`KNOWN_PRIVATE_READS`); the entry must go once the
-cycle (read) is gone.
+Found cycles that someone is removing are listed in :data:`KNOWN_CYCLES`; the
+entry must go once the cycle is gone. (That no module reads another's private
+names is checked by tests/test_module_privacy.py.)
 """
 
 from __future__ import annotations
 
-import ast
 import textwrap
 from pathlib import Path
 
@@ -30,7 +26,6 @@ import pytest
 
 from tests.imports import (
     ENGINE,
-    REPO,
     Import,
     all_imports,
     cycles_in,
@@ -165,77 +160,3 @@ def test_what_the_worker_side_shares_imports_only_the_standard_library() -> None
         f"{', '.join(sorted(shared))} run in every worker: when imported they may import only "
         f"the standard library and {', '.join(WORKER_SIDE_SHARED)} (anything else only "
         "under TYPE_CHECKING or in a module __getattr__):\n  " + "\n  ".join(bad))
-
-
-# --- rule 3: no module reads another module's private attributes ------------------------
-
-#: Private reads across modules that someone is removing; the entry must go once
-#: the read is gone. (module, attribute) -> why it is still there.
-_STARTUP = ("being removed (issue 12): one start-up routine shared by real and fake "
-            "workers replaces ChannelWorker's private hello reading")
-KNOWN_PRIVATE_READS: dict[tuple[str, str], str] = {
-    ("engine.process.spawn", "_read_hello"): _STARTUP,
-    ("engine.process.spawn", "_hello"): _STARTUP,
-    ("engine.testing.fakes", "_read_hello"): _STARTUP,
-}
-
-
-def _private_reads(path: Path) -> list[tuple[int, str]]:
-    """``x._name`` reads in a module where ``_name`` is not defined by that module
-    (a ``self._name`` assignment, a def, a class attribute or a ``__slots__`` entry),
-    ``x`` being neither ``self``/``cls`` nor a standard-library module (``os._exit``)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    defined: set[str] = set()
-    stdlib_names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            defined.add(node.name)
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) \
-                and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
-            defined.add(node.attr)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            defined.add(node.id)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and node.value.isidentifier():
-            defined.add(node.value)  # __slots__ entries, attrs aliases
-        elif isinstance(node, ast.Import):
-            stdlib_names.update((alias.asname or alias.name).partition(".")[0]
-                                for alias in node.names if is_stdlib(alias.name))
-    reads = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
-                and not node.attr.startswith("__"):
-            owner = node.value.id if isinstance(node.value, ast.Name) else None
-            if owner in ("self", "cls") or owner in stdlib_names or node.attr in defined:
-                continue
-            reads.append((node.lineno, node.attr))
-    return reads
-
-
-def test_the_private_read_scanner_sees_foreign_reads(tmp_path: Path) -> None:
-    module = tmp_path / "m.py"
-    module.write_text(textwrap.dedent("""\
-        import os
-        class Mine:
-            __slots__ = ("_slot",)
-            def __init__(self):
-                self._own = 1
-            def _helper(self):
-                return other._theirs + self._own + mine._slot + mine._helper()
-        def f(x):
-            os._exit(x._foreign)
-    """))
-    assert sorted(_private_reads(module)) == [(7, "_theirs"), (9, "_foreign")]
-
-
-def test_no_module_reads_another_modules_private_attributes() -> None:
-    found = {(name, attr): f"{path.relative_to(REPO)}:{line}"
-             for name, path in modules(ENGINE).items()
-             for line, attr in _private_reads(path)}
-    new = sorted(f"{where}: {name} reads .{attr}" for (name, attr), where in found.items()
-                 if (name, attr) not in KNOWN_PRIVATE_READS)
-    assert not new, (
-        "a module reads private attributes defined elsewhere (give the owner a public "
-        "method or attribute for what is needed, or pass it in):\n  " + "\n  ".join(new))
-    gone = [key for key in KNOWN_PRIVATE_READS if key not in found]
-    assert not gone, f"these KNOWN_PRIVATE_READS entries are gone: delete them: {gone}"
