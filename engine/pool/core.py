@@ -88,12 +88,17 @@ class Waiter:
     slot: int | None = None
     generation: int | None = None
     error: BaseException | None = None
-    # Workers removed at hand-off instead of being granted to this waiter (by
-    # the checkout policy, and in all), and the last reason: its PoolTimeout
-    # says so.
-    policy_removals: int = 0
-    removals: int = 0
-    last_removal: str = ""
+    removals: Removals | None = None  # workers removed at hand-off instead of granted
+
+
+@attrs.define(eq=False)
+class Removals:
+    """Workers removed at hand-off (Remove) while they were offered to one
+    waiter: its PoolTimeout says so."""
+
+    total: int = 0
+    by_policy: int = 0
+    last: str = ""
 
 
 @attrs.define(eq=False)
@@ -404,11 +409,12 @@ class PoolCore:
                 reason=self._timeout_reason(waiter)))
 
     def _timeout_reason(self, waiter: Waiter) -> str:
-        if waiter.removals:
-            who = "the checkout policy" if waiter.policy_removals == waiter.removals \
+        removals = waiter.removals
+        if removals is not None:
+            who = "the checkout policy" if removals.by_policy == removals.total \
                 else "the hand-off check or the checkout policy"
-            return (f"{who} removed every worker offered to this checkout ({waiter.removals} "
-                    f"removed; the last: {waiter.last_removal})")
+            return (f"{who} removed every worker offered to this checkout ({removals.total} "
+                    f"removed; the last: {removals.last})")
         if waiter.session is not None and waiter.session in self.bindings:
             return f"session worker busy, affinity={self.affinity}"
         counts = self.counts()
@@ -595,9 +601,11 @@ class PoolCore:
                 self._fail(waiter, decision.exception)
                 return
             if isinstance(decision, Remove):
-                waiter.removals += 1
-                waiter.policy_removals += verdict.by_policy
-                waiter.last_removal = decision.reason
+                if waiter.removals is None:
+                    waiter.removals = Removals()
+                waiter.removals.total += 1
+                waiter.removals.by_policy += verdict.by_policy
+                waiter.removals.last = decision.reason
                 self._stop(slot, decision.reason, graceful=False)
 
     def _candidates(self, waiter: Waiter) -> list[Slot]:

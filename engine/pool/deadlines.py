@@ -22,10 +22,10 @@ spurious wake-up, at most one per removed head, never one per call.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 from collections.abc import Callable
+from heapq import heapify, heappop, heappush
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -39,6 +39,10 @@ Entry = list[Any]
 _MIN_PRUNE = 64
 
 
+def _nothing(deadline: float) -> None:
+    pass
+
+
 class Deadlines(Generic[T]):
     """Pending deadlines with lazy deletion; ``T`` is whatever the owner fires."""
 
@@ -50,7 +54,7 @@ class Deadlines(Generic[T]):
         self._prune_at = _MIN_PRUNE
         # Told when an added deadline is earlier than wake_at (the owner's alarm
         # must move); rare: deadlines mostly come in increasing order.
-        self._on_earlier = on_earlier
+        self._on_earlier = on_earlier or _nothing
         self.wake_at = math.inf
 
     def __len__(self) -> int:
@@ -61,11 +65,10 @@ class Deadlines(Generic[T]):
         """Schedule ``item`` (not None) for ``deadline``; returns the entry to remove."""
         entry = [deadline, next(self._sequence), item]
         heap = self._heap
-        heapq.heappush(heap, entry)
+        heappush(heap, entry)
         if deadline < self.wake_at:
             self.wake_at = deadline
-            if self._on_earlier is not None:
-                self._on_earlier(deadline)
+            self._on_earlier(deadline)
         if len(heap) > self._prune_at:
             self._prune()
         return entry
@@ -82,7 +85,7 @@ class Deadlines(Generic[T]):
         heap = self._heap
         due: list[T] = []
         while heap and (heap[0][0] <= now or heap[0][2] is None):
-            item = heapq.heappop(heap)[2]
+            item = heappop(heap)[2]
             if item is not None:
                 due.append(item)
         self.wake_at = heap[0][0] if heap else math.inf
@@ -98,6 +101,6 @@ class Deadlines(Generic[T]):
             # Mostly live: pruning would gain little; look again when it doubles.
             self._prune_at = 2 * len(self._heap)
             return
-        heapq.heapify(live)
+        heapify(live)
         self._heap = live
         self._prune_at = max(_MIN_PRUNE, 2 * len(live))

@@ -44,7 +44,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
-import attrs
 import trio
 import trio_util
 
@@ -379,20 +378,15 @@ class Pool:
         # A grant can be taken back before we run (the worker died between grant
         # and receipt: the core re-queues us), so wait until served for good.
         waiter_id = waiter.id
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._parked.pop(waiter_id, None)
-            return trio.lowlevel.Abort.SUCCEEDED
-
+        queued = _Queued(self._core, self._parked, waiter_id)
         entry = None
         if waiter.deadline is not None:
-            entry = self._timer.deadlines.add(waiter.deadline,
-                                              _CheckoutDeadline(self._core, waiter_id))
+            entry = self._timer.deadlines.add(waiter.deadline, queued)
         try:
             while waiter.status is WaiterStatus.QUEUED:
                 self._parked[waiter_id] = trio.lowlevel.current_task()
                 try:
-                    await trio.lowlevel.wait_task_rescheduled(abort)
+                    await trio.lowlevel.wait_task_rescheduled(queued.abort)
                 except BaseException:
                     # Cancelled while queued (a grant reschedules the task, so it
                     # can't be cancelled after one): the core forgets the waiter.
@@ -566,15 +560,26 @@ class Pool:
             self._closed.set()
 
 
-@attrs.define(slots=True)
-class _CheckoutDeadline:
-    """A queued checkout's deadline: the core fails it with PoolTimeout."""
+class _Queued:
+    """A checkout parked in the queue: what its deadline and a cancellation do."""
 
-    core: PoolCore
-    waiter_id: int
+    __slots__ = ("core", "parked", "waiter_id")
+
+    def __init__(self, core: PoolCore, parked: dict[int, trio.lowlevel.Task],
+                 waiter_id: int) -> None:
+        self.core = core
+        self.parked = parked
+        self.waiter_id = waiter_id
 
     def deadline_passed(self) -> None:
+        # The timer: checkout_timeout passed (the core fails it with PoolTimeout
+        # and wakes the task, unless it was served meanwhile).
         self.core.expire(self.waiter_id)
+
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        # Cancelled while parked: it no longer waits for a Wake.
+        self.parked.pop(self.waiter_id, None)
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 _FAULTS: dict[str, Any] = {}

@@ -169,6 +169,7 @@ class SlotSupervisor:
         request = spawn_request(context.config, context.label, self.index, generation)
         self._stop_wanted = trio.Event()
         self._stop_reason = ""
+        self._stop_graceful = True
         self._run_scope = trio.CancelScope()
         self._last_exit = None
         self._killed_by_pool = False
