@@ -644,4 +644,4 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
     return leaves
 
 
-__all__ = ["EngineError", "Lease", "Pool", "PoolStatistics", "open_pool", "set_fault"]
+__all__ = ["EngineError", "Lease", "Pool", "PoolStatistics", "PoolView", "open_pool", "set_fault"]

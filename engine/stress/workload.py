@@ -30,7 +30,8 @@ from engine.stress.chaos import CRASH_CODE, DeathLedger
 from engine.telemetry import LatencyHistogram
 
 if TYPE_CHECKING:
-    from engine.pool.pool import Lease, Pool
+    from engine.pool.lease import Lease
+    from engine.pool.pool import Pool
 
 logger = logging.getLogger("engine.stress")
 
