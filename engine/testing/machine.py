@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -820,7 +821,8 @@ class PoolMachine(RuleBasedStateMachine):
         if self.fake:
             self.driver.advance(after)
         else:
-            self.driver.pump(until=lambda: closing.done or self.driver.now() >= began + after,
+            give_up_at = time.monotonic() + after  # real clock: the host's will do
+            self.driver.pump(until=lambda: closing.done or time.monotonic() >= give_up_at,
                              timeout=self.settle_timeout)
         cancelled_at = self.driver.now()
         closing.cancel()
