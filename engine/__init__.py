@@ -52,7 +52,8 @@ _ERRORS = {
     "EngineError", "PoolClosed", "PoolTimeout", "PoolSaturated", "PoolUnavailable",
     "WorkerError", "WorkerCrashed", "WorkerStartError", "CallTimeout", "ProtocolError",
     "WorkerBusy", "SessionLost", "LeaseReleased", "RemoteError", "ContractViolation",
-    "BridgeUnavailable", "ResponseShapeError", "RetriesExhausted",
+    "BridgeUnavailable", "ResponseShapeError", "RetriesExhausted", "ArgumentError",
+    "ArgumentTypeError", "ArgumentValueError", "RequestTooLarge", "RemoteTraceback",
 }
 
 _SUBMODULES = {"errors", "protocol", "shapes", "client", "discovery", "telemetry", "process",

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "ArgumentValueError",
     "BridgeUnavailable",
     "CallTimeout",
     "ContractViolation",
@@ -31,6 +34,8 @@ __all__ = [
     "PoolUnavailable",
     "ProtocolError",
     "RemoteError",
+    "RemoteTraceback",
+    "RequestTooLarge",
     "ResponseShapeError",
     "RetriesExhausted",
     "SessionLost",
@@ -46,6 +51,12 @@ def __getattr__(name: str) -> Any:
         from engine.pool.lease import LeaseReleased
 
         return LeaseReleased
+    # "RemoteError[ValueError]" is the qualified name of a class made on demand
+    # (see RemoteError.__class_getitem__): resolving it here lets pickle find it.
+    if name.startswith("RemoteError[") and name.endswith("]"):
+        builtin = _remote_builtin(name[len("RemoteError["):-1])
+        if builtin is not None and builtin.__name__ == name[len("RemoteError["):-1]:
+            return RemoteError[builtin]
     raise AttributeError(f"module 'engine.errors' has no attribute {name!r}")
 
 
@@ -249,8 +260,47 @@ class SessionLost(WorkerError):
 # --- other errors ------------------------------------------------------------
 
 
-class RemoteError(EngineError):
-    """The worker answered ``ok: false``: the handler raised or the command is unknown."""
+class _RemoteErrorType(type):
+    """RemoteError's metaclass: it makes ``RemoteError[ValueError]`` an expression."""
+
+    def __getitem__(cls, builtin: type[Exception]) -> type[RemoteError]:
+        """``RemoteError[ValueError]``: the RemoteError class that is also a ``ValueError``.
+
+        Made once per built-in and cached. Raises ``TypeError`` for anything but
+        a built-in exception class that such a class can be made of.
+        """
+        made = _REMOTE_CLASSES.get(builtin)
+        if made is not None:
+            return made
+        name = getattr(builtin, "__name__", "")
+        mirrored = _remote_builtin(name)
+        if mirrored is not builtin:
+            import builtins
+
+            if getattr(builtins, name, None) is not builtin \
+                    or not issubclass(builtin, BaseException):
+                raise TypeError("RemoteError[...] takes a built-in exception class such as "
+                                f"ValueError, not {builtin!r}")
+            instead = "RemoteError" if mirrored is None else f"RemoteError[{mirrored.__name__}]"
+            raise TypeError(f"there is no RemoteError[{name}]: a handler's {name} is raised "
+                            f"as {instead}")
+        made = _make_remote_class(builtin)
+        assert made is not None  # _remote_builtin only returns classes that work
+        return made
+
+
+class RemoteError(EngineError, metaclass=_RemoteErrorType):
+    """The worker answered ``ok: false``: the handler raised or the command is unknown.
+
+    ``type`` is the name of the handler's exception class and ``remote_message``
+    its message. When that name is a built-in exception (``ValueError``,
+    ``KeyError``, ...), the error raised is also an instance of that built-in:
+    it is a ``RemoteError[ValueError]``, so ``except ValueError`` catches a
+    handler's ``ValueError`` as it would in-process, and ``except RemoteError``
+    still catches every handler failure. ``args`` is ``(remote_message,)``. The
+    worker's traceback rides along as ``__cause__`` (a :class:`RemoteTraceback`),
+    so printing the error shows the remote frames too.
+    """
 
     def __init__(
         self, *, type: str, message: str, traceback: str | None = None,
@@ -264,6 +314,155 @@ class RemoteError(EngineError):
         self.worker_id = worker_id
         self.session = session
         super().__init__(f"{command!r} failed in worker {worker_id}: {type}: {message}")
+        # What the handler's exception said: args as far as the wire carries them.
+        self.args = (message,)
+
+    @classmethod
+    def from_reply(
+        cls, *, type: str, message: str, traceback: str | None = None,
+        command: str | None = None, worker_id: str | None = None,
+        session: str | None = None,
+    ) -> RemoteError:
+        """The exception for a worker's error reply: ``RemoteError[builtin]`` when
+        ``type`` names a built-in exception, else a plain ``RemoteError``; the
+        remote traceback, if any, is its ``__cause__``."""
+        builtin = _remote_builtin(type)
+        klass = cls if builtin is None else RemoteError[builtin]
+        error = klass(type=type, message=message, traceback=traceback, command=command,
+                      worker_id=worker_id, session=session)
+        if traceback:
+            error.__cause__ = RemoteTraceback(traceback, worker_id=worker_id)
+        return error
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}({self.remote_message!r})"
+
+    def __reduce__(self) -> Any:
+        # The keyword-only constructor defeats BaseException's pickling (it
+        # calls the class with ``args``): rebuild through from_reply instead.
+        return (_rebuild_remote_error, (self.type, self.remote_message, self.traceback,
+                                        self.command, self.worker_id, self.session))
+
+
+class RemoteTraceback(Exception):
+    """The worker's traceback, attached as ``__cause__`` of a :class:`RemoteError`.
+
+    Never raised on its own: it exists so that printing the error (uncaught,
+    ``traceback.print_exception``, ``logging.exception``) shows the frames of
+    the handler that failed, above the caller's own frames (the way
+    ``concurrent.futures`` shows a process pool's remote traceback).
+    """
+
+    def __init__(self, traceback: str, *, worker_id: str | None = None) -> None:
+        super().__init__(traceback)
+        self.traceback = traceback
+        self.worker_id = worker_id
+
+    def __str__(self) -> str:
+        return (f"the handler's traceback in worker {self.worker_id}:\n"
+                f'"""\n{self.traceback.rstrip()}\n"""')
+
+
+def _rebuild_remote_error(type: str, message: str, traceback: str | None, command: str | None,
+                          worker_id: str | None, session: str | None) -> RemoteError:
+    return RemoteError.from_reply(type=type, message=message, traceback=traceback,
+                                  command=command, worker_id=worker_id, session=session)
+
+
+_REMOTE_CLASSES: dict[type, type[RemoteError]] = {}
+_REMOTE_BUILTINS: dict[str, type[Exception] | None] = {}
+# Never mirrored: a StopIteration raised out of a coroutine (``pool.call``)
+# becomes a RuntimeError, and an exception group has a constructor of its own.
+_NOT_MIRRORED = ("StopIteration", "StopAsyncIteration")
+
+
+def _remote_builtin(name: str) -> type[Exception] | None:
+    """The built-in exception class a remote ``type`` name stands for, if any:
+    a subclass of Exception found by that name in ``builtins`` (or, when its own
+    constructor cannot take a message, such as ``UnicodeDecodeError``, its
+    nearest base that can), cached. None for every other name."""
+    try:
+        return _REMOTE_BUILTINS[name]
+    except KeyError:
+        pass
+    import builtins
+
+    found: type[Exception] | None = None
+    candidate = getattr(builtins, name, None) if name.isidentifier() else None
+    if isinstance(candidate, type) and issubclass(candidate, Exception) \
+            and not issubclass(candidate, BaseExceptionGroup) and name not in _NOT_MIRRORED:
+        for base in candidate.__mro__:
+            if base is Exception:
+                break
+            if _make_remote_class(base) is not None:
+                found = base
+                break
+    _REMOTE_BUILTINS[name] = found
+    return found
+
+
+def _make_remote_class(builtin: type[Exception]) -> type[RemoteError] | None:
+    made = _REMOTE_CLASSES.get(builtin)
+    if made is not None:
+        return made
+    # __qualname__ is what tracebacks print and what pickle looks up (the
+    # module's __getattr__ resolves it); __name__ stays "RemoteError", so what
+    # counts errors by class name (the pool's per-outcome metrics, the stress
+    # report) keeps counting every handler failure under one name.
+    qualname = f"RemoteError[{builtin.__name__}]"
+    try:
+        made = type("RemoteError", (RemoteError, builtin), {
+            "__module__": __name__, "__qualname__": qualname,
+            "__doc__": f"A handler's {builtin.__name__}, raised in the caller (see RemoteError).",
+        })
+        made(type=builtin.__name__, message="probe")  # some built-ins need other arguments
+    except TypeError:
+        return None
+    _REMOTE_CLASSES[builtin] = made
+    return made
+
+
+class ArgumentError(EngineError):
+    """What the caller passed cannot be sent: nothing was written, the worker is untouched.
+
+    Raised before the first byte of the request, so the worker, its sessions
+    and the lease are unaffected. Catch it as :class:`ArgumentTypeError` (also
+    a ``TypeError``) or :class:`ArgumentValueError` (also a ``ValueError``;
+    :class:`RequestTooLarge` is one). ``path`` names the offending part:
+    ``args["x"][2]``, ``command``, ``session``.
+    """
+
+    def __init__(self, problem: str, *, command: str | None = None, path: str = "args") -> None:
+        self.problem = problem
+        self.command = command
+        self.path = path
+        call = repr(command) if command else "the call"
+        super().__init__(
+            f"cannot send {call}: {problem}; nothing was sent and the worker is untouched"
+        )
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """A value or a dict key JSON cannot carry (a set, bytes, an object, ``{1: ...}``),
+    or a command or session that is not a string."""
+
+
+class ArgumentValueError(ArgumentError, ValueError):
+    """A value of a JSON type that JSON still cannot carry: NaN or Infinity, a
+    structure that contains itself, text with a lone surrogate."""
+
+
+class RequestTooLarge(ArgumentValueError):
+    """The request frame would exceed ``max_frame_size``."""
+
+    def __init__(self, *, command: str | None, size: int, max_frame_size: int) -> None:
+        self.size = size
+        self.max_frame_size = max_frame_size
+        super().__init__(
+            f"the request frame would have {size} bytes, more than max_frame_size="
+            f"{max_frame_size}; send less data per call or raise max_frame_size",
+            command=command,
+        )
 
 
 class ContractViolation(EngineError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import struct
 
-from engine.errors import ProtocolError
+from engine.errors import ArgumentTypeError, ArgumentValueError, ProtocolError, RequestTooLarge
 
 TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
@@ -87,6 +87,54 @@ def encode_frame(message: dict[str, Any], max_frame_size: int = DEFAULT_MAX_FRAM
     return _HEADER.pack(size) + body
 
 
+def encode_request(request_id: int, command: str, args: Any, session: str | None,
+                   max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """Encode a request frame, or raise before anything is sent.
+
+    What the caller passed is checked here, so that a mistake never reaches
+    (and never costs) a worker: ``ArgumentTypeError`` (also a ``TypeError``)
+    for a value or a dict key JSON cannot carry or a bad command or session,
+    ``ArgumentValueError`` (also a ``ValueError``) for NaN, Infinity and the
+    like, ``RequestTooLarge`` (also a ``ValueError``) beyond ``max_frame_size``.
+    The errors name where the value sits (``args["x"][2]``).
+    """
+    if type(command) is not str or not command:
+        raise _bad_envelope(command, "command", command)
+    if session is not None and type(session) is not str:
+        raise _bad_envelope(command, "session", session)
+    message = {"id": request_id, "command": command, "args": args, "session": session}
+    try:
+        body = "".join(_fast_encode(message, 0)).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _argument_error(command, args, exc) from None
+    try:
+        if type(args) not in SCALAR_TYPES and not keys_are_strings(args):
+            raise _argument_error(command, args, None)
+    except RecursionError as exc:  # as deep as the encoder could go, but not this walk
+        raise _argument_error(command, args, exc) from None
+    size = len(body)
+    if size > max_frame_size:
+        raise RequestTooLarge(command=command, size=size, max_frame_size=max_frame_size)
+    return _HEADER.pack(size) + body
+
+
+def _bad_envelope(command: Any, field: str, value: Any) -> ArgumentTypeError:
+    what = "a non-empty str" if field == "command" else "a str or None"
+    return ArgumentTypeError(f"{field} must be {what}, got {_short_repr(value)}",
+                             command=command if isinstance(command, str) else None,
+                             path=field)
+
+
+def _argument_error(command: str, args: Any,
+                    exc: BaseException | None) -> ArgumentTypeError | ArgumentValueError:
+    found = find_unencodable(args, "args")
+    if found is None:  # the encoder failed for a reason the walk does not know
+        found = _unexplained("args", exc)
+    path, is_type, problem = found
+    error_class = ArgumentTypeError if is_type else ArgumentValueError
+    return error_class(problem, command=command, path=path)
+
+
 def _encode_or_explain(message: dict[str, Any]) -> bytes:
     # The standard encoder's error messages say what was wrong (a circular
     # reference, a set, NaN); a lone surrogate fails in .encode("utf-8").
@@ -97,6 +145,144 @@ def _encode_or_explain(message: dict[str, Any]) -> bytes:
             f"message is not JSON-serialisable ({exc}); send only dict/list/str/int/"
             "float/bool/None"
         ) from None
+
+
+# --- values JSON cannot carry -------------------------------------------------
+
+# The types of JSON's scalars (exact types: what needs no walk of its insides).
+SCALAR_TYPES = frozenset((str, int, float, bool, type(None)))
+
+
+def keys_are_strings(value: Any) -> bool:
+    """True when every dict inside ``value`` has only ``str`` keys.
+
+    The C encoder writes an int, float, bool or None key as a string without a
+    word (``{1: 2}`` arrives as ``{"1": 2}``) and offers no switch to refuse
+    it, so this walk runs after every successful encoding of a call's args or
+    a handler's result. It only descends into containers (scalars cost one
+    type lookup) and stops at the first offender; ~0.3 us for a small dict.
+    """
+    kind = type(value)
+    if kind is dict or (kind not in SCALAR_TYPES and isinstance(value, dict)):
+        for key, item in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                return False
+            if type(item) not in SCALAR_TYPES and not keys_are_strings(item):
+                return False
+    elif kind is list or kind is tuple or (kind not in SCALAR_TYPES
+                                           and isinstance(value, list | tuple)):
+        for item in value:
+            if type(item) not in SCALAR_TYPES and not keys_are_strings(item):
+                return False
+    return True
+
+
+_TYPE_ADVICE = "use dict (with str keys), list, tuple, str, int, float, bool or None"
+
+
+def find_unencodable(value: Any, root: str) -> tuple[str, bool, str] | None:
+    """The first part of ``value`` (in encoding order) that a frame cannot carry.
+
+    Returns ``(path, is_type_error, problem)``, e.g. ``('args["x"][2]', True,
+    'args["x"][2] is {1, 2} (type set), which JSON cannot carry; use ...')``,
+    or None when everything is fine. ``root`` names ``value`` in the path.
+    Only the failure paths call this, so it can afford to look at everything;
+    it keeps its own stack, so deep nesting cannot exhaust Python's.
+    """
+    import math
+
+    on_path: dict[int, Any] = {}  # containers being visited -> where: a repeat is a cycle
+    # Entries: (value, where) to visit, or (_LEAVE, id) when a container is done;
+    # ``where`` is (parent's where, key) or (root,), turned into text on failure.
+    stack: list[tuple[Any, Any]] = [(value, (root,))]
+    while stack:
+        item, where = stack.pop()
+        if item is _LEAVE:
+            del on_path[where]
+            continue
+        if isinstance(item, str):
+            bad = _unencodable_text(item)
+            if bad is not None:
+                return _problem(where, False, f"is a str with {bad}, which UTF-8 cannot "
+                                "encode; clean the text first")
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            try:
+                int.__repr__(item)
+            except ValueError:  # longer than sys.get_int_max_str_digits()
+                return _problem(where, False, "is an int too long to write in decimal; "
+                                "send it as a str")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return _problem(where, False, f"is {item!r}, which JSON cannot carry (it has "
+                                "no NaN or Infinity); send None or a str instead")
+        elif isinstance(item, dict | list | tuple):
+            if id(item) in on_path:
+                return _problem(where, False, f"is {_path_text(on_path[id(item)])} again (a "
+                                "circular reference), which JSON cannot carry; send a tree")
+            on_path[id(item)] = where
+            stack.append((_LEAVE, id(item)))
+            children: list[tuple[Any, Any]] = []
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        return _problem(where, True, f"has the key {_short_repr(key)} (type "
+                                        f"{type(key).__name__}), but JSON object keys are "
+                                        "strings; convert the keys to str or send a list "
+                                        "of pairs")
+                    bad = _unencodable_text(key)
+                    if bad is not None:
+                        return _problem(where, False, f"has a key with {bad}, which UTF-8 "
+                                        "cannot encode; clean the text first")
+                    children.append((child, (where, key)))
+            else:
+                children.extend((child, (where, index)) for index, child in enumerate(item))
+            stack.extend(reversed(children))
+        else:
+            return _problem(where, True, f"is {_short_repr(item)} (type "
+                            f"{type(item).__name__}), which JSON cannot carry; {_TYPE_ADVICE}")
+    return None
+
+
+_LEAVE = object()
+
+
+def _unexplained(root: str, exc: BaseException | None) -> tuple[str, bool, str]:
+    if isinstance(exc, RecursionError):
+        return root, False, f"{root} is nested too deeply to encode; flatten it"
+    return root, isinstance(exc, TypeError), f"{root} cannot be encoded as JSON ({exc})"
+
+
+def _problem(where: Any, is_type: bool, what: str) -> tuple[str, bool, str]:
+    path = _path_text(where)
+    return path, is_type, f"{path} {what}"
+
+
+def _path_text(where: Any) -> str:
+    parts: list[str] = []
+    while len(where) == 2:
+        where, key = where
+        parts.append(f"[{json.dumps(key, ensure_ascii=False)}]" if isinstance(key, str)
+                     else f"[{key}]")
+    parts.append(where[0])
+    return "".join(reversed(parts))
+
+
+def _unencodable_text(text: str) -> str | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate {text[exc.start]!r} at index {exc.start}"
+    return None
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the real problem
+        return f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class FrameDecoder:

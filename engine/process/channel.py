@@ -25,7 +25,7 @@ from engine.protocol import (
     FrameDecoder,
     Hello,
     decode_body,
-    encode_frame,
+    encode_request,
     parse_hello,
     parse_response,
 )
@@ -112,10 +112,9 @@ class FramedChannel:
         if self.broken or self.dirty:
             raise PeerGone(self._aborted or "channel unusable after an earlier failure")
         request_id = next(self._ids)
-        frame = encode_frame(
-            {"id": request_id, "command": command, "args": args, "session": session},
-            self._max_frame_size,
-        )
+        # Encoded before anything is marked or written: arguments that cannot
+        # be sent raise ArgumentError here and leave the channel as it was.
+        frame = encode_request(request_id, command, args, session, self._max_frame_size)
         self._busy = True
         # From the first byte written until the reply is parsed, an interruption
         # leaves a stray request or reply on the pipe.
@@ -164,9 +163,11 @@ class FramedChannel:
         if response.ok:
             return response.result
         assert response.error is not None
-        raise RemoteError(type=response.error.type, message=response.error.message,
-                          traceback=response.error.traceback, command=command,
-                          worker_id=self._worker_id, session=session)
+        # A handler's ValueError comes back as a RemoteError that is also a
+        # ValueError, with the worker's traceback as its __cause__.
+        raise RemoteError.from_reply(type=response.error.type, message=response.error.message,
+                                     traceback=response.error.traceback, command=command,
+                                     worker_id=self._worker_id, session=session)
 
     def _fail_protocol(self, message: str) -> Any:
         self.dirty = True

@@ -36,11 +36,14 @@ from engine.errors import ProtocolError
 from engine.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
+    SCALAR_TYPES,
     FrameDecoder,
     decode_body,
     encode_frame,
     error_response,
+    find_unencodable,
     hello_message,
+    keys_are_strings,
     parse_request,
 )
 from engine.workers.app import BUILTIN_COMMANDS, App, Context, SessionStore, rss_mb
@@ -424,8 +427,13 @@ class Worker:
         channel = self.channel
         try:
             frame = encode_frame(message, channel.max_frame_size)
-        except ProtocolError as exc:
-            self._unsendable_result(request.id, message, exc)
+            # The same rule as for the caller's args: a dict key that is not a
+            # str is refused, not silently turned into one (keys_are_strings).
+            sendable = type(result) in SCALAR_TYPES or keys_are_strings(result)
+        except (ProtocolError, RecursionError):
+            sendable = False
+        if not sendable:
+            self._unsendable_result(request.id, message)
             return
         channel.write(frame)
 
@@ -442,18 +450,21 @@ class Worker:
         tb = _format_exception(exc, skip_frames=1)
         self.channel.send_error(request.id, type(exc).__name__, _exception_message(exc), tb)
 
-    def _unsendable_result(self, request_id: int, message: dict[str, Any],
-                           exc: ProtocolError) -> None:
-        # encode_frame raises ProtocolError both for unserialisable values and
-        # for oversized frames; encoding again without a size limit tells which.
-        # This costs a second encoding, but only on this failure path.
+    def _unsendable_result(self, request_id: int, message: dict[str, Any]) -> None:
+        # The result holds something JSON cannot carry (the walk says what and
+        # where), or its frame is too large. This costs a walk and perhaps a
+        # second encoding, but only on this failure path.
+        self.errors += 1
+        found = find_unencodable(message["result"], "result")
+        if found is not None:
+            self.channel.send_error(request_id, "UnserializableResult",
+                                    f"{found[2]}; return only JSON values")
+            return
         try:
             size = len(encode_frame(message, sys.maxsize))
-        except ProtocolError:
-            self.errors += 1
+        except ProtocolError as exc:  # nothing the walk knows, e.g. nested too deeply
             self.channel.send_error(request_id, "UnserializableResult", str(exc))
             return
-        self.errors += 1
         self.channel.send_error(
             request_id, "ResultTooLarge",
             f"the result frame has {size} bytes, more than max_frame_size="
