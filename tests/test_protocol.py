@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine import protocol
-from engine.errors import ProtocolError
+from engine.errors import ArgumentTypeError, ArgumentValueError, ProtocolError, RequestTooLarge
 from engine.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     FrameDecoder,
@@ -372,3 +372,94 @@ def test_parse_response_accepts_or_raises_protocol_error(message: dict[str, Any]
     except ProtocolError:
         return
     assert response.ok is (response.error is None)
+
+
+# --- requests: what the caller passed is checked before anything is sent (issue 18) --
+
+
+@given(args=json_values, request_id=st.integers(1, 2**31), session=st.none() | st.text())
+def test_every_json_value_is_sent_unchanged(args: Any, request_id: int,
+                                            session: str | None) -> None:
+    frame_bytes = protocol.encode_request(request_id, "echo", args, session)
+    request = parse_request(decode_all(frame_bytes)[0])
+    assert (request.id, request.command, request.args, request.session) \
+        == (request_id, "echo", args, session)
+
+
+# A value with a non-str key somewhere inside: a JSON value with one dict
+# swapped for one holding an int, float, bool or None key.
+bad_keys = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none())
+values_with_a_bad_key = st.recursive(
+    st.dictionaries(bad_keys, json_values, min_size=1, max_size=3),
+    lambda inner: st.lists(inner, min_size=1, max_size=3).flatmap(
+        lambda items: st.lists(json_values, max_size=3).map(lambda rest: [*rest, *items]))
+    | st.builds(lambda key, value, rest: {**rest, key: value}, st.text(), inner,
+                st.dictionaries(st.text(), json_values, max_size=3)),
+    max_leaves=6,
+)
+
+
+@given(args=values_with_a_bad_key)
+def test_a_non_str_key_anywhere_is_refused_and_located(args: Any) -> None:
+    assert not protocol.keys_are_strings(args)
+    with pytest.raises(ArgumentTypeError) as info:
+        protocol.encode_request(1, "echo", args, None)
+    path = info.value.path
+    assert path.startswith("args") and "has the key" in str(info.value)
+    # The path leads to a dict holding a key that is not a str.
+    target = args
+    for part in path[len("args"):].strip("[]").split("]["):
+        if part:
+            target = target[json.loads(part)]
+    assert isinstance(target, dict) and not all(isinstance(k, str) for k in target)
+
+
+@given(args=json_values)
+def test_keys_are_strings_accepts_every_json_value(args: Any) -> None:
+    assert protocol.keys_are_strings(args)
+    assert protocol.find_unencodable(args, "args") is None
+
+
+def test_str_subclass_keys_and_container_subclasses_are_json() -> None:
+    import collections
+    import enum
+
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    value = collections.OrderedDict({Colour.RED: [(1, 2)]})
+    assert protocol.keys_are_strings(value)
+    assert decode_all(protocol.encode_request(1, "c", value, None))[0]["args"] \
+        == {"red": [[1, 2]]}
+    assert not protocol.keys_are_strings(collections.OrderedDict({1: 2}))
+    assert not protocol.keys_are_strings([(0, {"a": {2.5: 1}})])
+
+
+def test_request_too_large_counts_the_whole_frame() -> None:
+    fits = protocol.encode_request(1, "echo", "x" * 10, None)
+    size = len(fits) - 4
+    assert protocol.encode_request(1, "echo", "x" * 10, None, max_frame_size=size) == fits
+    with pytest.raises(RequestTooLarge) as info:
+        protocol.encode_request(1, "echo", "x" * 11, None, max_frame_size=size)
+    assert (info.value.size, info.value.max_frame_size) == (size + 1, size)
+
+
+def test_nesting_deeper_than_the_encoder_can_go_is_a_value_error() -> None:
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ArgumentValueError, match="nested too deeply"):
+        protocol.encode_request(1, "echo", deep, None)
+    found = protocol.find_unencodable(deep, "args")  # its own stack: no RecursionError
+    assert found is None
+
+
+def test_find_unencodable_reports_the_first_problem_in_order() -> None:
+    value = {"a": [1, {"b": float("inf")}], "c": {3}}
+    assert protocol.find_unencodable(value, "result") == (
+        'result["a"][1]["b"]', False,
+        'result["a"][1]["b"] is inf, which JSON cannot carry (it has no NaN or Infinity); '
+        "send None or a str instead")
+    path, is_type, problem = protocol.find_unencodable({"k\"ey": {1, 2}}, "args") or ("", 0, "")
+    assert path == 'args["k\\"ey"]' and is_type
+    assert problem.startswith('args["k\\"ey"] is {1, 2} (type set), which JSON cannot carry')

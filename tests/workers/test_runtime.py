@@ -454,6 +454,14 @@ def test_unsendable_results(spawn: Any, app_dir: Path) -> None:
             return "x" * args
 
         @app.command()
+        def int_keys(args, ctx):
+            return {"table": {1: "one"}}
+
+        @app.command()
+        def nested_set(args, ctx):
+            return {"rows": [1, {"tags": {"a"}}]}
+
+        @app.command()
         def huge_error(args, ctx):
             raise ValueError("y" * 100_000)
     """)
@@ -461,6 +469,13 @@ def test_unsendable_results(spawn: Any, app_dir: Path) -> None:
     w.hello()
     assert w.error("a_set")["type"] == "UnserializableResult"
     assert w.error("nan")["type"] == "UnserializableResult"
+    # Same rules as for a call's args: a non-str key is refused, not turned into
+    # a string, and the message says where the offending value sits.
+    keys = w.error("int_keys")
+    assert keys["type"] == "UnserializableResult"
+    assert keys["message"].startswith('result["table"] has the key 1 (type int)')
+    nested = w.error("nested_set")
+    assert nested["message"].startswith('result["rows"][1]["tags"] is {\'a\'} (type set)')
     assert w.call("big", 100) == "x" * 100
     too_large = w.error("big", 5000)
     assert too_large["type"] == "ResultTooLarge"
