@@ -48,6 +48,14 @@ class SpawnRequest:
     max_frame_size: int = 16 * 1024 * 1024
     stderr_tail_lines: int = 20
     busy_poll: float = DEFAULT_BUSY_POLL
+    # The worker imports its app with the parent's sys.path (captured at each
+    # spawn) when it runs the parent's own interpreter (``python`` unset). A
+    # launcher that runs workers elsewhere (another machine, a container)
+    # turns this off, or remaps the paths first.
+    inherit_sys_path: bool = True
+    # Where the worker's stderr (and stdout) lines go besides the crash tail:
+    # "forward" (the parent's stderr, prefixed), "log" (logging) or "discard".
+    worker_output: str = "forward"
 
 
 class WorkerHandle(Protocol):

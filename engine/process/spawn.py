@@ -13,6 +13,7 @@ reports, and watch for exit so that a call in flight is woken at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from engine.errors import WorkerStartError
 from engine.process.channel import FramedChannel, PeerGone
 from engine.process.channel_worker import ChannelWorker
 from engine.process.handle import ExitInfo, SpawnRequest
+from engine.workers.runtime import SYS_PATH_VARIABLE
 
 logger = logging.getLogger("engine.worker")
 
@@ -37,6 +39,8 @@ _STDERR_SETTLE = 0.2
 _TERM_WAIT = 1.0
 # How long a clean worker gets to exit after the shutdown command.
 _STOP_GRACE = 2.0
+# Linux refuses a single environment string longer than 128 KiB (MAX_ARG_STRLEN).
+_MAX_SYS_PATH_BYTES = 100_000
 # waitid flags for a liveness check that leaves an exited child for the watcher.
 _PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
 
@@ -60,7 +64,37 @@ def _child_env(request: SpawnRequest) -> dict[str, str]:
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.pop(SYS_PATH_VARIABLE, None)  # never a value meant for another process
+    sys_path = parent_sys_path(request)
+    if sys_path is not None:
+        env[SYS_PATH_VARIABLE] = sys_path
     return env
+
+
+def parent_sys_path(request: SpawnRequest) -> str | None:
+    """The parent's ``sys.path`` as the worker runtime reads it, or None when
+    the worker keeps its own.
+
+    JSON, not ``os.pathsep``-joined: an entry may contain the separator. An
+    environment variable, not PYTHONPATH or the command line: the runtime
+    removes it before loading the app, so it never reaches the worker's own
+    children (which may run another Python), and a remote launcher such as
+    ssh does not carry it. Only for the parent's own interpreter: another
+    Python (``python=``) would get a foreign standard library.
+    """
+    if not request.inherit_sys_path or (request.python
+                                        and tuple(request.python) != (sys.executable,)):
+        return None
+    # What the import system would use: str entries, and bytes and path-likes
+    # as their str (it skips anything else).
+    entries = [os.fsdecode(entry) for entry in sys.path
+               if isinstance(entry, str | bytes | os.PathLike)]
+    encoded = json.dumps(entries, ensure_ascii=False)
+    if len(encoded.encode("utf-8", "surrogateescape")) > _MAX_SYS_PATH_BYTES:
+        logger.warning("sys.path is %d bytes long, more than a worker's environment takes; "
+                       "worker %s keeps its own sys.path", len(encoded), request.worker_id)
+        return None
+    return encoded
 
 
 class ProcessWorker(ChannelWorker):

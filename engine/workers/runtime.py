@@ -70,6 +70,9 @@ READ_SIZE = 65536
 MAX_ERROR_MESSAGE = 8192
 MAX_TRACEBACK = 65536
 
+# The parent's sys.path, as a JSON list (see adopt_parent_sys_path).
+SYS_PATH_VARIABLE = "ENGINE_WORKER_SYS_PATH"
+
 USAGE = ("usage: python -m engine.workers.runtime --app MODULE[:ATTR] --worker-id ID "
          "[--max-frame-size N] [--busy-poll-us N]")
 
@@ -266,6 +269,31 @@ def _parse_frame_size(text: str | None) -> int:
     if size < MIN_FRAME_SIZE:
         raise UsageError(f"--max-frame-size must be at least {MIN_FRAME_SIZE}, got {size}")
     return size
+
+
+def adopt_parent_sys_path() -> None:
+    """Make ``sys.path`` the parent's, as multiprocessing does, before the app loads.
+
+    The parent passes its ``sys.path`` in ``ENGINE_WORKER_SYS_PATH`` (a JSON
+    list), so an app the parent can import (from its script's folder, a
+    ``sys.path.insert``) loads here too. The variable is removed, so the
+    worker's own children never see it. Entries missing on this side are
+    harmless (the import system skips them). The engine stays importable:
+    its modules are loaded already, and the package's own ``__path__`` finds
+    the rest. Raises UsageError when the value is not a JSON list of strings.
+    """
+    raw = os.environ.pop(SYS_PATH_VARIABLE, None)
+    if raw is None:
+        return
+    import json  # loaded already (engine.protocol): costs nothing
+
+    try:
+        entries = json.loads(raw)
+    except ValueError:
+        entries = None
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise UsageError(f"{SYS_PATH_VARIABLE} must be a JSON list of strings, got {raw[:80]!r}")
+    sys.path[:] = entries
 
 
 def load_app(spec: str) -> App:
@@ -551,6 +579,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     channel = Channel(frame_fd)
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
+        adopt_parent_sys_path()
     except UsageError as exc:
         _start_failure(channel, exc, str(exc), EXIT_USAGE)
     channel.max_frame_size = options.max_frame_size

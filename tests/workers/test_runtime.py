@@ -8,6 +8,7 @@ every process it started.
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -326,6 +327,33 @@ def test_usage_error_gives_error_hello_and_exit_2(spawn: Any, argv: list[str]) -
     error = parse_response(w.read_message()).error
     assert error is not None and error.type == "UsageError"
     assert w.wait_exit() == runtime.EXIT_USAGE
+
+
+@pytest.mark.parametrize("value", ["not json", '{"a": 1}', '["ok", 2]'])
+def test_a_malformed_parent_sys_path_is_a_usage_error(spawn: Any, value: str) -> None:
+    w = spawn(env={runtime.SYS_PATH_VARIABLE: value})
+    error = parse_response(w.read_message()).error
+    assert error is not None and error.type == "UsageError"
+    assert f"{runtime.SYS_PATH_VARIABLE} must be a JSON list of strings" in error.message
+    assert w.wait_exit() == runtime.EXIT_USAGE
+
+
+def test_the_parent_sys_path_replaces_the_workers(spawn: Any, app_dir: Path) -> None:
+    env = write_app(app_dir, "path_app", """
+        import os, sys
+        from engine.workers.app import App
+        app = App("path")
+
+        @app.command()
+        def sys_path(args, ctx):
+            return [sys.path, os.environ.get("ENGINE_WORKER_SYS_PATH")]
+    """)
+    # The app is found through the given path alone (PYTHONPATH only finds the engine).
+    wanted = [str(app_dir), str(REPO), "/does/not/exist", *sys.path]
+    env = {"PYTHONPATH": str(REPO), runtime.SYS_PATH_VARIABLE: json.dumps(wanted)}
+    w = spawn(app="path_app", env=env)
+    w.hello()
+    assert w.call("sys_path") == [wanted, None]
 
 
 # --- built-ins ----------------------------------------------------------------------
