@@ -10,6 +10,7 @@ import attrs
 
 from engine.busy_poll import DEFAULT_BUSY_POLL, MAX_BUSY_POLL
 from engine.process.handle import SpawnRequest
+from engine.process.output import WORKER_OUTPUT_MODES
 
 AFFINITY_MODES = ("strict", "fail_fast", "hint")
 
@@ -68,6 +69,12 @@ def _affinity(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         raise ValueError(
             f"PoolConfig.affinity must be one of {', '.join(AFFINITY_MODES)}, got {value!r}"
         )
+
+
+def _worker_output(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in WORKER_OUTPUT_MODES:
+        raise ValueError(f"PoolConfig.worker_output must be one of "
+                         f"{', '.join(WORKER_OUTPUT_MODES)}, got {value!r}")
 
 
 def _backoff(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -177,6 +184,11 @@ class PoolConfig:
     worker_factory: Callable[..., Any] | None = attrs.field(
         default=None, validator=_callable_or_none)
     seed: int | None = None
+    # Where the lines workers print (stderr and stdout) go: "forward" (this
+    # process's stderr, each line prefixed with the worker id), "log" (logging,
+    # INFO, logger "engine.worker") or "discard". Every mode keeps the last
+    # lines for crash reports.
+    worker_output: str = attrs.field(default="forward", validator=_worker_output)
 
     def __attrs_post_init__(self) -> None:
         if self.min_size > self.size:

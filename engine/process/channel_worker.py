@@ -34,6 +34,9 @@ from engine.protocol import Hello, encode_frame
 _SHUTDOWN_FRAME = encode_frame({"id": 1 << 30, "command": "shutdown", "args": None,
                                 "session": None})
 
+# A stderr line longer than this is clipped in the tail (and so in error messages).
+_MAX_TAIL_LINE = 2000
+
 
 def raise_sole_exception(group: BaseExceptionGroup[Any]) -> NoReturn:
     """Re-raise what a worker's nursery caught.
@@ -162,7 +165,10 @@ class ChannelWorker:
         return True
 
     def record_stderr_line(self, line: str) -> None:
-        """One line the worker wrote to stderr (kept for crash reports)."""
+        """One line the worker wrote to stderr (kept for crash reports, clipped:
+        the last line goes into error messages)."""
+        if len(line) > _MAX_TAIL_LINE:
+            line = f"{line[:_MAX_TAIL_LINE]}... [{len(line) - _MAX_TAIL_LINE} more characters]"
         self._tail.append(line)
 
     @property

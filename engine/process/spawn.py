@@ -6,9 +6,10 @@ and anything it spawns form one process group that we can signal as a whole. It
 waits for the hello under ``start_timeout``, and on exit always stops the process
 and waits for it: no zombie, no orphan.
 
-Background tasks (in the context manager's own nursery): drain stderr into
-``logging`` (an undrained pipe would deadlock the child) keeping a tail for crash
-reports, and watch for exit so that a call in flight is woken at once.
+Background tasks (in the context manager's own nursery): drain stderr (an
+undrained pipe would deadlock the child), keeping a tail for crash reports and
+passing each line where ``request.worker_output`` says (:mod:`.output`), and
+watch for exit so that a call in flight is woken at once.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from engine.errors import WorkerStartError
 from engine.process.channel import FramedChannel, PeerGone
 from engine.process.channel_worker import ChannelWorker
 from engine.process.handle import ExitInfo, SpawnRequest
+from engine.process.output import line_sink
 from engine.workers.runtime import SYS_PATH_VARIABLE
 
 logger = logging.getLogger("engine.worker")
@@ -39,6 +41,8 @@ _STDERR_SETTLE = 0.2
 _TERM_WAIT = 1.0
 # How long a clean worker gets to exit after the shutdown command.
 _STOP_GRACE = 2.0
+# A worker's output line longer than this is passed on in pieces.
+_MAX_LINE_BYTES = 65536
 # Linux refuses a single environment string longer than 128 KiB (MAX_ARG_STRLEN).
 _MAX_SYS_PATH_BYTES = 100_000
 # waitid flags for a liveness check that leaves an exited child for the watcher.
@@ -106,6 +110,7 @@ class ProcessWorker(ChannelWorker):
         super().__init__(request.worker_id, channel, request.stderr_tail_lines,
                          spawned_pid=process.pid, argv=tuple(build_argv(request)))
         self._process = process
+        self._line_sink = line_sink(request.worker_output, request.worker_id)
         self._stderr_done = trio.Event()
         self._stop_reason = "exited"
 
@@ -223,17 +228,23 @@ class ProcessWorker(ChannelWorker):
                     break
                 pending += data
                 *lines, pending = pending.split(b"\n")
+                if len(pending) >= _MAX_LINE_BYTES:
+                    # No newline for a long while: pass it on in pieces rather
+                    # than hold an unbounded line.
+                    lines.append(pending)
+                    pending = b""
                 for line in lines:
-                    self._log_line(line)
+                    self._output_line(line)
             if pending:
-                self._log_line(pending)
+                self._output_line(pending)
         finally:
             self._stderr_done.set()
 
-    def _log_line(self, raw: bytes) -> None:
+    def _output_line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
         self.record_stderr_line(line)
-        logger.info("[%s] %s", self.worker_id, line, extra={"worker_id": self.worker_id})
+        if self._line_sink is not None:
+            self._line_sink(line)
 
 
 @asynccontextmanager
