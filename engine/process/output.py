@@ -44,7 +44,7 @@ _EXIT_FLUSH_TIMEOUT = 1.0
 class StderrForwarder:
     """A bounded buffer of text for ``sys.stderr``, written out by a thread.
 
-    :meth:`emit` never blocks: it appends under a lock that the writer holds
+    :meth:`submit` never blocks: it appends under a lock that the writer holds
     only to take a batch, never while writing. The writer runs in one of
     Trio's cached threads while there is text, and returns it when idle.
     ``stream`` picks the stream at each write (default: the current
@@ -64,7 +64,7 @@ class StderrForwarder:
         self._exit_hook = False
         self.lines_dropped = 0  # in total, for tests and curious users
 
-    def emit(self, text: str) -> None:
+    def submit(self, text: str) -> None:
         """Queue ``text`` (whole lines) for writing, or count it as dropped."""
         with self._lock:
             if self._pending_chars + len(text) > self._max_pending:
@@ -138,8 +138,8 @@ FORWARDER = StderrForwarder()
 def line_sink(mode: str, worker_id: str) -> Callable[[str], None] | None:
     """What to do with each line of ``worker_id``'s output; None to keep none."""
     if mode == "forward":
-        prefix, emit = f"[{worker_id}] ", FORWARDER.emit
-        return lambda line: emit(f"{prefix}{line}\n")
+        prefix, submit = f"[{worker_id}] ", FORWARDER.submit
+        return lambda line: submit(f"{prefix}{line}\n")
     if mode == "log":
         extra = {"worker_id": worker_id}
         return lambda line: logger.info("[%s] %s", worker_id, line, extra=extra)

@@ -85,7 +85,7 @@ async def test_the_forwarder_writes_lines_in_order() -> None:
     out = io.StringIO()
     forwarder = StderrForwarder(stream=lambda: out)
     for i in range(1000):
-        forwarder.emit(f"[w-0.1] line {i}\n")
+        forwarder.submit(f"[w-0.1] line {i}\n")
     await flush_forwarder(forwarder)
     assert out.getvalue() == "".join(f"[w-0.1] line {i}\n" for i in range(1000))
     assert forwarder.lines_dropped == 0
@@ -96,11 +96,11 @@ async def test_a_blocked_stderr_drops_lines_and_says_how_many() -> None:
     stream = BlockedStream()
     forwarder = StderrForwarder(max_pending_chars=1000, stream=lambda: stream)
     try:
-        forwarder.emit("first\n")
+        forwarder.submit("first\n")
         await trio.to_thread.run_sync(stream.entered.wait)  # the writer is stuck in write()
-        # emit() keeps returning at once: 10 accepted (100 chars each), the rest dropped.
+        # submit() keeps returning at once: 10 accepted (100 chars each), the rest dropped.
         for i in range(500):
-            forwarder.emit(f"{i:>98}\n")
+            forwarder.submit(f"{i:>98}\n")
         assert forwarder.lines_dropped == 490
     finally:
         stream.release.set()
