@@ -52,7 +52,7 @@ def __getattr__(name: str) -> Any:
 
         return LeaseReleased
     # "RemoteError[ValueError]" is the qualified name of a class made on demand
-    # (see RemoteError.__class_getitem__): resolving it here lets pickle find it.
+    # (see _RemoteErrorType.__getitem__): resolving it here lets pickle find it.
     if name.startswith("RemoteError[") and name.endswith("]"):
         builtin = _remote_builtin(name[len("RemoteError["):-1])
         if builtin is not None and builtin.__name__ == name[len("RemoteError["):-1]:
@@ -277,8 +277,8 @@ class _RemoteErrorType(type):
         if mirrored is not builtin:
             import builtins
 
-            if getattr(builtins, name, None) is not builtin \
-                    or not issubclass(builtin, BaseException):
+            if getattr(builtins, name, None) is not builtin or not (
+                    isinstance(builtin, type) and issubclass(builtin, BaseException)):
                 raise TypeError("RemoteError[...] takes a built-in exception class such as "
                                 f"ValueError, not {builtin!r}")
             instead = "RemoteError" if mirrored is None else f"RemoteError[{mirrored.__name__}]"
@@ -372,7 +372,7 @@ def _rebuild_remote_error(type: str, message: str, traceback: str | None, comman
 _REMOTE_CLASSES: dict[type, type[RemoteError]] = {}
 _REMOTE_BUILTINS: dict[str, type[Exception] | None] = {}
 # Never mirrored: a StopIteration raised out of a coroutine (``pool.call``)
-# becomes a RuntimeError, and an exception group has a constructor of its own.
+# becomes a RuntimeError. (Nor are exception groups: they need their members.)
 _NOT_MIRRORED = ("StopIteration", "StopAsyncIteration")
 
 

@@ -631,7 +631,8 @@ async def open_pool(config: PoolConfig | None = None, **overrides: Any) -> Async
         if len(leaves) == 1:
             sole = leaves[0]
             if sole is body_error or isinstance(sole, IncompleteWorkerHandle):
-                raise sole from None
+                # from its own cause: a RemoteError keeps its remote traceback
+                raise sole from sole.__cause__
         raise
 
 

@@ -215,6 +215,16 @@ async def test_a_handlers_builtin_exception_is_caught_by_its_type() -> None:
         assert not worker.dirty
 
 
+@pytest.mark.layer2
+async def test_a_remote_error_leaving_open_pool_keeps_its_remote_traceback() -> None:
+    with pytest.raises(ValueError) as info:
+        async with engine.open_pool(size=1, worker_factory=FAKES) as pool:
+            await pool.call("raise", {"kind": "value", "text": "bad input"})
+    assert isinstance(info.value, RemoteError)
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "in _raise" in "".join(traceback.format_exception(info.value))
+
+
 # --- layer 3: real workers through a pool ------------------------------------------
 
 
