@@ -46,6 +46,7 @@ async def test_worker_side_errors_carry_their_fields() -> None:
         with pytest.raises(RemoteError) as remote:
             await pool.call("fail", {"message": "boom"})
         assert (remote.value.type, remote.value.remote_message) == ("RuntimeError", "boom")
+        assert isinstance(remote.value, RuntimeError)  # a built-in type comes back as itself
         assert remote.value.command == "fail" and "Traceback" in (remote.value.traceback or "")
         one_line(remote.value)
 

@@ -485,13 +485,17 @@ class Worker:
         self.errors += 1
         found = find_unencodable(message["result"], "result")
         if found is not None:
-            self.channel.send_error(request_id, "UnserializableResult",
-                                    f"{found[2]}; return only JSON values")
+            self.channel.send_error(request_id, "UnserializableResult", found[2])
             return
         try:
             size = len(encode_frame(message, sys.maxsize))
         except ProtocolError as exc:  # nothing the walk knows, e.g. nested too deeply
             self.channel.send_error(request_id, "UnserializableResult", str(exc))
+            return
+        if size <= self.channel.max_frame_size:
+            # It encodes and fits: only the key check gave up, nested too deeply.
+            self.channel.send_error(request_id, "UnserializableResult",
+                                    "result is nested too deeply to check; flatten it")
             return
         self.channel.send_error(
             request_id, "ResultTooLarge",
