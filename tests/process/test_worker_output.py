@@ -97,7 +97,8 @@ async def test_a_blocked_stderr_drops_lines_and_says_how_many() -> None:
     forwarder = StderrForwarder(max_pending_chars=1000, stream=lambda: stream)
     try:
         forwarder.submit("first\n")
-        await trio.to_thread.run_sync(stream.entered.wait)  # the writer is stuck in write()
+        # The writer is stuck in write():
+        await trio.to_thread.run_sync(stream.entered.wait, abandon_on_cancel=True)
         # submit() keeps returning at once: 10 accepted (100 chars each), the rest dropped.
         for i in range(500):
             forwarder.submit(f"{i:>98}\n")
@@ -198,7 +199,8 @@ async def test_a_blocked_parent_stderr_never_blocks_the_pool(
         with trio.fail_after(HANG_GUARD):
             async with engine.open_pool(app=noisy_app, size=1, name="blocked") as pool:
                 await pool.call("say", "first")
-                await trio.to_thread.run_sync(stream.entered.wait)  # the writer is stuck
+                # The writer is stuck in write():
+                await trio.to_thread.run_sync(stream.entered.wait, abandon_on_cancel=True)
                 assert await pool.call("flood", {"mib": 1}) == "flooded"
                 for i in range(20):
                     await pool.call("say", i)
