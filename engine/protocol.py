@@ -2,7 +2,7 @@
 
 A frame is a 4-byte big-endian unsigned length followed by that many bytes of
 UTF-8 JSON holding one object. Both sides use this module; it imports only the
-standard library (json, struct) so a worker starts at the speed of a bare
+standard library (json, signal, struct) so a worker starts at the speed of a bare
 interpreter.
 
 Every malformed input raises :class:`engine.errors.ProtocolError` saying what was
@@ -12,6 +12,7 @@ wrong; no other exception escapes the decoder or the validators.
 from __future__ import annotations
 
 import json
+import signal
 import struct
 
 from engine.errors import ArgumentTypeError, ArgumentValueError, ProtocolError, RequestTooLarge
@@ -26,6 +27,14 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 HEADER_SIZE = 4
 _HEADER = struct.Struct(">I")
 HELLO_ID = 0
+
+#: The error type a worker answers an abandoned request with (design section 8).
+CANCELLED = "Cancelled"
+#: The signal the parent sends a local worker after writing an abandon frame, so
+#: that a running handler is interrupted at once (remote workers notice the
+#: frame within the watchdog's interval instead). Reserved by the engine in
+#: workers: an app must not install a handler for it.
+ABANDON_SIGNAL = signal.SIGUSR2
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -394,6 +403,22 @@ class Request:
         return f"Request(id={self.id}, command={self.command!r}, session={self.session!r})"
 
 
+class Abandon:
+    """The parent gave up on request ``id`` (cancelled or timed out): the worker
+    interrupts its handler if it is running, answers it with a ``Cancelled``
+    error if it has not started, and ignores this if it was answered already.
+    On the wire: ``{"abandon": id}``; it gets no reply of its own, so every
+    request still gets exactly one reply."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"Abandon(id={self.id})"
+
+
 class RemoteFailure:
     """The ``error`` object of an ``ok: false`` response."""
 
@@ -448,6 +473,10 @@ def ok_response(id: int, result: Any) -> dict[str, Any]:
     return {"id": id, "ok": True, "result": result}
 
 
+def abandon_message(id: int) -> dict[str, Any]:
+    return {"abandon": id}
+
+
 def error_response(id: int, type: str, message: str, traceback: str | None = None) \
         -> dict[str, Any]:
     return {"id": id, "ok": False,
@@ -460,10 +489,20 @@ def hello_message(worker_id: str, pid: int, app: str, commands: list[str]) -> di
 
 
 def parse_request(message: Any) -> Request:
-    """Validate a request envelope (worker side)."""
+    """Validate a request envelope."""
+    request = parse_incoming(message)
+    if type(request) is not Request:
+        raise ProtocolError("expected a request, got an abandon frame")
+    return request
+
+
+def parse_incoming(message: Any) -> Request | Abandon:
+    """Validate what a worker reads: a request, or an abandon (worker side)."""
     if not isinstance(message, dict):
         raise ProtocolError(f"request must be a JSON object, got {type(message).__name__}")
     if "id" not in message or "command" not in message:
+        if "abandon" in message and len(message) == 1:
+            return _parse_abandon(message["abandon"])
         missing = [k for k in ("id", "command") if k not in message]
         raise ProtocolError(f"request is missing {', '.join(missing)}")
     rid = message["id"]
@@ -476,6 +515,12 @@ def parse_request(message: Any) -> Request:
     if session is not None and not isinstance(session, str):
         raise ProtocolError(f"request session must be a string or null, got {session!r}")
     return Request(rid, command, message.get("args"), session)
+
+
+def _parse_abandon(rid: Any) -> Abandon:
+    if not _is_int(rid) or rid < 1:
+        raise ProtocolError(f"abandon must name a request id >= 1, got {rid!r}")
+    return Abandon(rid)
 
 
 def parse_response(message: Any) -> Response:

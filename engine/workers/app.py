@@ -17,6 +17,14 @@ the request's JSON ``args`` value and the return value must be JSON-serialisable
 An exception becomes an ``ok: false`` response carrying its type, message and
 traceback; the worker keeps serving.
 
+When the caller gives up on a call (it was cancelled, or its ``call_timeout``
+passed), the parent asks the worker to abandon the request and the runtime
+raises :class:`RequestAbandoned` inside the running handler, wherever it is
+(``time.sleep`` included). A handler interrupted half-way may leave its
+session's state half-updated: keep it consistent with ``try``/``finally`` (or
+update it only once the work is done). A handler that swallows the exception
+keeps running, and its worker is killed once ``cancel_grace`` has passed.
+
 This module runs inside every worker, so it imports only the standard library
 and nothing costly: worker start-up time is a benchmarked property.
 """
@@ -36,7 +44,7 @@ if TYPE_CHECKING:
     StartHook = Callable[[], object]
     S = TypeVar("S", bound=StartHook)
 
-__all__ = ["BUILTIN_COMMANDS", "App", "Context", "SessionStore", "rss_mb"]
+__all__ = ["BUILTIN_COMMANDS", "App", "Context", "RequestAbandoned", "SessionStore", "rss_mb"]
 
 #: Commands every worker answers itself; an app may not register these names.
 BUILTIN_COMMANDS = ("ping", "health", "stats", "cleanup_session", "shutdown")
@@ -44,6 +52,22 @@ BUILTIN_COMMANDS = ("ping", "health", "stats", "cleanup_session", "shutdown")
 # Code-object flags of ``async def`` functions and async generators. Checked by
 # hand because importing ``inspect`` would cost more than the whole runtime.
 _ASYNC_CODE_FLAGS = 0x0080 | 0x0200  # CO_COROUTINE | CO_ASYNC_GENERATOR
+
+
+class RequestAbandoned(BaseException):
+    """Raised inside a running handler when the parent abandoned its request.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that ``except
+    Exception`` in a handler does not swallow it. Let it propagate: the worker
+    answers the request with a ``Cancelled`` error and goes on serving, with
+    every session's state kept. Catch it only to clean up (or use ``finally``),
+    then re-raise.
+    """
+
+    def __init__(self, request_id: int) -> None:
+        super().__init__(f"request {request_id} was abandoned by the parent "
+                         "(its caller was cancelled or timed out)")
+        self.request_id = request_id
 
 
 class SessionStore:

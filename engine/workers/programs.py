@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from engine.workers.app import App, Context, rss_mb
+from engine.workers.app import App, Context, RequestAbandoned, rss_mb
 
 TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
@@ -290,8 +290,23 @@ def echo(args: Any, ctx: Context) -> Any:
 
 @app.command("sleep")
 def sleep(args: Any, ctx: Context) -> dict[str, Any]:
-    seconds = _number(object_args(args, "sleep"), "seconds", "sleep")
-    time.sleep(seconds)
+    """Sleep ``seconds``. Abandoned, it stops at once (the usual, cooperative
+    handler); with ``"stubborn": true`` it ignores that and sleeps on (a
+    handler that does not give an abandoned request back)."""
+    args = object_args(args, "sleep")
+    seconds = _number(args, "seconds", "sleep")
+    stubborn = args.get("stubborn", False)
+    if not isinstance(stubborn, bool):
+        raise ValueError(f"sleep: 'stubborn' must be true or false, got {stubborn!r}")
+    if not stubborn:
+        time.sleep(seconds)
+        return {"slept": seconds}
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(left)
+        except RequestAbandoned:
+            pass  # deliberately ignored: see the docstring
     return {"slept": seconds}
 
 
@@ -338,8 +353,13 @@ def crash(args: Any, ctx: Context) -> Any:
 
 @app.command("hang")
 def hang(args: Any, ctx: Context) -> Any:
-    while True:  # only a kill (or the orphan watchdog) ends this
-        time.sleep(3600)
+    # Only a kill (or the orphan watchdog) ends this: abandoned, it carries on,
+    # so the parent kills the worker once cancel_grace has passed.
+    while True:
+        try:
+            time.sleep(3600)
+        except RequestAbandoned:
+            pass
 
 
 @app.command("noise")

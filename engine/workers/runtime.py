@@ -17,6 +17,27 @@ Exit codes (the parent maps them onto its errors):
 70    orphaned: the parent process died (the watchdog ended the worker)
 ====  ====================================================================
 
+Abandoned requests (design section 8): when a caller gives up on a call, the
+parent writes an abandon frame (``{"abandon": id}``) and, for a worker it
+spawned itself, sends it ``ABANDON_SIGNAL`` (SIGUSR2, reserved by the engine in
+workers). The runtime is single-threaded: the main loop reads stdin, then runs
+the handler. The signal's handler runs in the main thread between bytecodes;
+only while an app handler runs (a flag set just before the call and cleared
+right after, the whole cost on the hot path) does it read what stdin holds,
+and if that is the abandon of the running request it raises
+:class:`~engine.workers.app.RequestAbandoned` inside the handler (a blocking
+``time.sleep`` included, which the signal interrupts). The worker answers a
+``Cancelled`` error and goes on serving. At any other moment the signal does
+nothing: the main loop reads the frame itself (PEP 475 retries its read, and
+a read from the signal handler then could leave a request in the decoder
+while the main loop blocks). A request whose abandon is already buffered behind
+it is answered ``Cancelled`` without running; an abandon for a request answered
+already is ignored, so every request gets exactly one reply. Workers started
+through a launcher cannot be signalled: the watchdog thread notices stdin
+becoming readable while a handler runs (within its interval) and signals the
+main thread itself. A handler that swallows the exception, or is stuck in C,
+keeps running until the parent's ``cancel_grace`` ends and it kills the worker.
+
 Only the standard library is imported (plus :mod:`engine.protocol`,
 :mod:`engine.errors`, :mod:`engine.busy_poll` and :mod:`engine.workers.app`,
 which are stdlib-only):
@@ -34,26 +55,40 @@ import time
 from engine.busy_poll import MAX_BUSY_POLL_US, BusyPollPolicy
 from engine.errors import ProtocolError
 from engine.protocol import (
+    ABANDON_SIGNAL,
+    CANCELLED,
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
     SCALAR_TYPES,
+    Abandon,
     FrameDecoder,
+    Request,
     decode_body,
     encode_frame,
     error_response,
     find_unencodable,
     hello_message,
     keys_are_strings,
-    parse_request,
+    parse_incoming,
 )
-from engine.workers.app import BUILTIN_COMMANDS, App, Context, SessionStore, rss_mb
+from engine.workers.app import (
+    BUILTIN_COMMANDS,
+    App,
+    Context,
+    RequestAbandoned,
+    SessionStore,
+    rss_mb,
+)
 
 TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import FrameType
     from typing import Any, NoReturn
 
-    from engine.protocol import Request
+    #: What the main loop has read but not served yet, in order (a decoding
+    #: error is kept in its place, so the frames before it are still served).
+    Inbox = list[Request | Abandon | ProtocolError]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -63,6 +98,7 @@ EXIT_CHANNEL_BROKEN = 5
 EXIT_ORPHANED = 70  # EX_SOFTWARE in sysexits.h: we did not fail, our parent vanished
 
 WATCHDOG_INTERVAL = 0.1
+_MAIN_THREAD = __import__("_thread").get_ident()  # this module is imported by the main thread
 MIN_FRAME_SIZE = 1024  # the hello and any error response must always fit
 READ_SIZE = 65536
 # Error messages and tracebacks are cut to these sizes so an error response
@@ -189,27 +225,43 @@ def move_frame_channel() -> int:
 # --- the orphan watchdog -----------------------------------------------------
 
 
-def start_watchdog(interval: float = WATCHDOG_INTERVAL) -> None:
+class Watchdog:
+    """The watchdog thread's orders: besides the orphan check, an optional probe
+    run on every tick (set once the worker exists; see :meth:`Worker.probe_abandon`)."""
+
+    __slots__ = ("probe",)
+
+    def __init__(self) -> None:
+        self.probe: Callable[[], None] | None = None
+
+
+def start_watchdog(interval: float = WATCHDOG_INTERVAL) -> Watchdog:
     """End the process once its parent has died, even while a handler is busy.
 
     A thread that calls ``os._exit`` works whatever the main thread is doing
     (sleeping, computing, blocked in a read). PR_SET_PDEATHSIG is not an option:
     Trio spawns children from a helper thread, and that signal fires when the
-    *thread* exits, not the parent process.
+    *thread* exits, not the parent process. Each tick also runs the returned
+    watchdog's ``probe`` (the abandon check for workers no signal reaches).
     """
     # _thread, not threading: importing threading costs about 1 ms of every
     # start, and a _thread thread is a daemon (it never delays the exit).
     import _thread
 
     parent = os.getppid()
+    watchdog = Watchdog()
 
     def watch() -> None:
         while True:
             time.sleep(interval)
             if os.getppid() != parent:
                 os._exit(EXIT_ORPHANED)
+            probe = watchdog.probe
+            if probe is not None:
+                probe()
 
     _thread.start_new_thread(watch, ())
+    return watchdog
 
 
 # --- command line and app loading --------------------------------------------
@@ -353,16 +405,32 @@ def _exception_message(exc: BaseException) -> str:
 class Worker:
     """Serves requests from stdin until EOF, ``shutdown`` or a protocol error."""
 
-    def __init__(self, app: App, worker_id: str, channel: Channel) -> None:
+    def __init__(self, app: App, worker_id: str, channel: Channel, stdin_fd: int = 0) -> None:
         self.app = app
         self.worker_id = worker_id
         self.channel = channel
+        self.stdin_fd = stdin_fd
         self.sessions = SessionStore()
         self.started = time.monotonic()
         self.requests = 0
         self.calls = 0
         self.errors = 0
+        self.cancelled = 0  # requests answered Cancelled (interrupted or never run)
         self.stopping = False
+        self.decoder = FrameDecoder(channel.max_frame_size)
+        # Abandoned requests (module docstring). `running`: the id of the
+        # request whose handler runs (0: none); `interrupted`: the last id
+        # RequestAbandoned was raised for (once per request: a handler that
+        # swallows it keeps running until the parent's grace ends). What the
+        # signal handler reads goes to the decoder and the inbox, and
+        # `stashed` tells the main loop to serve that first.
+        self.running = 0
+        self.interrupted = 0
+        self.inbox: Inbox = []
+        self.stashed = False
+        self.eof = False  # stdin closed, as seen by the signal handler
+        self._in_signal = False
+        self._stdin_ready: Callable[[int], list[tuple[int, int]]] | None = None
         # One lookup per request: command -> (handler, counts in ``calls``).
         # Commands the app registers later are still found through app.handler.
         self._dispatch: dict[str, tuple[Callable[[Any, Context], Any], bool]] = {
@@ -383,8 +451,15 @@ class Worker:
 
     # -- the loop
 
-    def serve(self, stdin_fd: int = 0) -> int:
-        decoder = FrameDecoder(self.channel.max_frame_size)
+    def serve(self, stdin_fd: int | None = None) -> int:
+        """Serve until EOF, ``shutdown`` or a protocol error; returns the exit code."""
+        if stdin_fd is None:
+            stdin_fd = self.stdin_fd
+        elif stdin_fd != self.stdin_fd:
+            self.stdin_fd = stdin_fd
+            if self._stdin_ready is not None:
+                self._watch_stdin()  # poll the new fd
+        decoder = self.decoder
         max_frame_size = decoder.max_frame_size
         partial = False  # the decoder holds bytes of a frame not yet complete
         read = os.read
@@ -395,6 +470,18 @@ class Worker:
             policy = BusyPollPolicy(budget, typical_wait=budget)
             poll_until = BusyPoller(stdin_fd, policy.clock).poll_until
         while True:
+            if self.stashed:
+                # The abandon signal's handler read stdin while a handler ran:
+                # serve what it read before reading more.
+                self.stashed = False
+                try:
+                    self._serve_inbox()
+                except ProtocolError as exc:
+                    return self._protocol_error(exc)
+                if self.stopping or (self.eof and not self.stashed):
+                    return EXIT_OK  # shutdown was served, or stdin closed
+                partial = decoder.buffered > 0
+                continue
             if policy is not None and (until := policy.begin_wait()):
                 poll_until(until)
             try:
@@ -411,27 +498,57 @@ class Worker:
                         and int.from_bytes(chunk[:HEADER_SIZE], "big") == size:
                     # The usual case, one read holding exactly one request:
                     # decode it straight from the chunk, past the decoder.
-                    self.handle(parse_request(decode_body(chunk[HEADER_SIZE:])))
+                    self.handle(parse_incoming(decode_body(chunk[HEADER_SIZE:])))
                 else:
                     decoder.feed(chunk)
-                    self._drain(decoder)
+                    self._collect()
+                    self._serve_inbox()
                     partial = decoder.buffered > 0
             except ProtocolError as exc:
-                self.channel.send_error(0, "ProtocolError", str(exc))
-                return EXIT_PROTOCOL_ERROR
+                return self._protocol_error(exc)
             if self.stopping:
                 return EXIT_OK  # shutdown was served
 
-    def _drain(self, decoder: FrameDecoder) -> None:
-        """Serve every whole request buffered, or until ``shutdown`` was served.
+    def _protocol_error(self, exc: ProtocolError) -> int:
+        self.channel.send_error(0, "ProtocolError", str(exc))
+        return EXIT_PROTOCOL_ERROR
 
-        Only the decoder and the envelope parser raise ProtocolError here:
+    def _collect(self) -> None:
+        """Move every whole message the decoder holds to the inbox, in order.
+
+        A decoding error goes into the inbox in its place (the frames before it
+        are served first) and ends the collection: the stream can't be trusted
+        after it.
+        """
+        decoder, inbox = self.decoder, self.inbox
+        try:
+            while (message := decoder.next_message()) is not None:
+                inbox.append(parse_incoming(message))
+        except ProtocolError as exc:
+            inbox.append(exc)
+
+    def _serve_inbox(self) -> None:
+        """Serve the inbox in order, until it is empty or ``shutdown`` was served.
+
+        Only a decoding error kept in the inbox raises ProtocolError here:
         handler failures are answered inside :meth:`handle`.
         """
-        while not self.stopping and (message := decoder.next_message()) is not None:
-            self.handle(parse_request(message))
+        inbox = self.inbox
+        while inbox and not self.stopping:
+            item = inbox.pop(0)
+            if type(item) is Request:
+                if any(type(m) is Abandon and m.id == item.id for m in inbox):
+                    self._answer_unstarted(item)  # abandoned before it could start
+                else:
+                    self.handle(item)
+            elif isinstance(item, ProtocolError):
+                inbox.clear()
+                raise item
+            # An Abandon: its request was answered already; nothing to do.
 
-    def handle(self, request: Request) -> None:
+    def handle(self, request: Request | Abandon) -> None:
+        if type(request) is not Request:
+            return  # an abandon for a request answered already: nothing to do
         self.requests += 1
         entry = self._dispatch.get(request.command)
         if entry is None:
@@ -446,7 +563,16 @@ class Worker:
         ctx = Context(request.session, self.worker_id, request.id, self.sessions,
                       self.channel.write)
         try:
-            result = handler(request.args, ctx)
+            # `running` is set and cleared inside this try: RequestAbandoned can
+            # only be raised while it is set, so it can never escape handle().
+            self.running = request.id
+            try:
+                result = handler(request.args, ctx)
+            finally:
+                self.running = 0
+        except RequestAbandoned as exc:
+            self._answer_interrupted(request, exc)
+            return
         except Exception as exc:
             self._handler_failed(request, exc)
             return
@@ -464,6 +590,93 @@ class Worker:
             self._unsendable_result(request.id, message)
             return
         channel.write(frame)
+
+    # -- abandoned requests (see the module docstring)
+
+    def install_abandon_handler(self) -> None:
+        """Take ABANDON_SIGNAL (before the hello: the parent may send it from then on)."""
+        self._watch_stdin()
+        previous = signal.getsignal(ABANDON_SIGNAL)
+        if previous not in (signal.SIG_DFL, None, self.on_abandon_signal):
+            name = signal.Signals(ABANDON_SIGNAL).name
+            sys.stderr.write(f"engine worker: app {self.app.name!r} installed a handler for "
+                             f"{name}, which the engine reserves to interrupt abandoned "
+                             "requests; it is replaced\n")
+        signal.signal(ABANDON_SIGNAL, self.on_abandon_signal)
+
+    def _watch_stdin(self) -> None:
+        import select  # already imported when busy-polling (the default)
+
+        poller = select.poll()
+        poller.register(self.stdin_fd, select.POLLIN)
+        self._stdin_ready = poller.poll
+
+    def on_abandon_signal(self, signum: int, frame: FrameType | None) -> None:
+        """ABANDON_SIGNAL's handler (main thread, between bytecodes)."""
+        running = self.running
+        if not running or running == self.interrupted or self._in_signal:
+            # No handler runs: the main loop reads the frame itself. Never read
+            # stdin here then: a read interrupted by this signal is retried
+            # (PEP 475) and would block with a request left in the decoder.
+            return
+        self._in_signal = True
+        try:
+            self._read_pending()
+            inbox = self.inbox
+            for item in inbox:
+                if type(item) is Abandon and item.id == running:
+                    inbox.remove(item)
+                    self.interrupted = running
+                    raise RequestAbandoned(running)
+        finally:
+            self._in_signal = False
+
+    def _read_pending(self) -> None:
+        """Read what stdin holds now, without blocking, into the decoder and inbox."""
+        ready = self._stdin_ready
+        if ready is None or self.eof:
+            return
+        while ready(0):
+            try:
+                chunk = os.read(self.stdin_fd, READ_SIZE)
+            except OSError:
+                chunk = b""  # the main loop's own read reports a broken channel
+            self.stashed = True
+            if not chunk:
+                self.eof = True
+                return
+            try:
+                self.decoder.feed(chunk)
+            except ProtocolError as exc:
+                self.inbox.append(exc)
+                return
+            self._collect()
+
+    def probe_abandon(self) -> None:
+        """The watchdog's check (its own thread): while a handler runs, stdin can
+        only become readable with an abandon frame (or EOF). Signal the main
+        thread then, as the parent would have if it could reach this process."""
+        running = self.running
+        ready = self._stdin_ready
+        if running and running != self.interrupted and not self.eof and ready is not None \
+                and ready(0):
+            signal.pthread_kill(_MAIN_THREAD, ABANDON_SIGNAL)
+
+    def _answer_interrupted(self, request: Request, exc: RequestAbandoned) -> None:
+        self.cancelled += 1
+        tb = _format_exception(exc, skip_frames=1)
+        self.channel.send_error(
+            request.id, CANCELLED,
+            f"request {request.id} ({request.command!r}) was abandoned by the parent; its "
+            "handler was interrupted", tb)
+
+    def _answer_unstarted(self, request: Request) -> None:
+        self.requests += 1
+        self.cancelled += 1
+        self.channel.send_error(
+            request.id, CANCELLED,
+            f"request {request.id} ({request.command!r}) was abandoned by the parent before "
+            "its handler started")
 
     def _unknown_command(self, request: Request) -> None:
         known = ", ".join(self.commands())
@@ -515,7 +728,7 @@ class Worker:
     def stats(self, args: Any, ctx: Context) -> dict[str, Any]:
         return {
             "calls": self.calls, "requests": self.requests, "errors": self.errors,
-            "sessions": len(self.sessions), "rss_mb": rss_mb(),
+            "cancelled": self.cancelled, "sessions": len(self.sessions), "rss_mb": rss_mb(),
             "uptime": time.monotonic() - self.started, "pid": os.getpid(),
             "worker_id": self.worker_id, "app": self.app.name,
         }
@@ -579,7 +792,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except OSError as exc:
         _die(EXIT_CHANNEL_BROKEN, f"no frame channel on fd 1 ({exc}); exiting")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C
-    start_watchdog()
+    watchdog = start_watchdog()
     channel = Channel(frame_fd)
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
@@ -589,6 +802,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     channel.max_frame_size = options.max_frame_size
     channel.busy_poll = options.busy_poll
     worker = Worker(_load(channel, options), options.worker_id, channel)
+    worker.install_abandon_handler()
+    watchdog.probe = worker.probe_abandon
     try:
         hello = encode_frame(worker.hello(), channel.max_frame_size)
     except ProtocolError as exc:
