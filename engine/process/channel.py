@@ -5,9 +5,19 @@ exactly the same wire format. One call at a time: a worker is leased to at most
 one caller, and a second concurrent call is a usage bug.
 
 Cancellation semantics (design section 8): cancelled before the request is
-written or after the reply is read, the channel stays clean; cancelled with a
-request in flight, the channel is *dirty* (a late reply would be read by the next
-caller as the answer to its own request), and the owner must replace the worker.
+written or after the reply is read, the channel stays clean. Cancelled (or
+timed out through :meth:`FramedChannel.time_out`) with a request in flight, the
+caller gets ``Cancelled`` (or ``CallTimeout``) at once and the channel is
+*dirty*: a late reply would be read by the next caller as the answer to its own
+request. The request is then *abandoned*: the channel remembers its id and the
+part of its frame not written yet, and :meth:`FramedChannel.drain_abandoned`
+(the pool runs it in the background; the channel's next call runs it first
+otherwise) finishes the frame, writes the abandon frame, nudges the worker
+(a signal, for a local process) and reads until that request's one reply
+arrives (``Cancelled``, or its normal answer), all within ``cancel_grace``.
+Then the channel is clean again. If the grace ends first, or anything else
+comes back, the channel is broken and the owner must replace the worker, as it
+must after any failure with ``cancel_grace=0``.
 """
 
 from __future__ import annotations
@@ -19,25 +29,52 @@ from typing import Any
 import trio
 
 from engine.errors import CallTimeout, ProtocolError, RemoteError
-from engine.process.transport import PeerGone, transport_for
+from engine.process.handle import DrainFailed
+from engine.process.transport import Interrupted, PeerGone, transport_for
 from engine.protocol import (
+    CANCELLED,
     HEADER_SIZE,
     FrameDecoder,
     Hello,
+    abandon_message,
     decode_body,
+    encode_frame,
     encode_request,
     parse_hello,
     parse_response,
 )
 
-__all__ = ["FramedChannel", "PeerGone"]
+__all__ = ["DrainFailed", "FramedChannel", "PeerGone"]
+
+
+def _no_nudge() -> None:
+    pass
+
+
+class _Abandoned:
+    """A request whose caller gave up while it was in flight."""
+
+    __slots__ = ("command", "nudged", "request_id", "unsent")
+
+    def __init__(self, request_id: int, command: str, unsent: bytes) -> None:
+        self.request_id = request_id
+        self.command = command
+        #: What must still be written: the rest of the request's frame (if its
+        #: write was cut short), then the abandon frame.
+        self.unsent = unsent
+        self.nudged = False
 
 
 class FramedChannel:
     def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream, *,
                  worker_id: str, max_frame_size: int,
                  pid: Callable[[], int | None] = lambda: None,
-                 busy_poll: float = 0.0) -> None:
+                 busy_poll: float = 0.0, cancel_grace: float = 0.0,
+                 nudge: Callable[[], None] = _no_nudge) -> None:
+        """``cancel_grace``: how long :meth:`drain_abandoned` may take (0: an
+        abandoned request breaks the channel, the owner kills the worker).
+        ``nudge``: called once the abandon frame is written (a local process
+        is signalled, so that its running handler is interrupted at once)."""
         self._send = send
         self._receive = receive
         self._io = transport_for(send, receive, busy_poll)
@@ -51,6 +88,11 @@ class FramedChannel:
         self.broken = False
         self._aborted: str | None = None
         self._timed_out: float | None = None
+        self._cancel_grace = cancel_grace
+        self._nudge = nudge
+        self._abandoned: _Abandoned | None = None
+        #: A drain failed: the worker is alive but will never answer again.
+        self.drain_failed = False
 
     @property
     def busy(self) -> bool:
@@ -63,15 +105,20 @@ class FramedChannel:
         self.broken = True
         self._io.abort()
 
+    @property
+    def abandoned(self) -> bool:
+        """A request was abandoned in flight and :meth:`drain_abandoned` can
+        still give the channel back clean."""
+        return self._abandoned is not None and not self.broken
+
     def time_out(self, timeout: float) -> None:
         """The owner's deadline for the call in flight passed: end it with
-        CallTimeout now. The channel is left dirty (the reply may still come),
-        so the owner replaces the worker. No-op when no call is in flight."""
+        CallTimeout now. Its request is abandoned (the reply may still come),
+        unless the reply was read already. No-op when no call is in flight."""
         if not self._busy or self._timed_out is not None:
             return
         self._timed_out = timeout
-        self.broken = True
-        self._io.abort()
+        self._io.interrupt()
 
     async def read_hello(self) -> Hello:
         message = await self._read_message()
@@ -109,36 +156,148 @@ class FramedChannel:
                 f"worker {self._worker_id} already has a call in flight; a lease serves "
                 "one call at a time"
             )
-        if self.broken or self.dirty:
-            raise PeerGone(self._aborted or "channel unusable after an earlier failure")
         request_id = next(self._ids)
         # Encoded before anything is marked or written: arguments that cannot
         # be sent raise ArgumentError here and leave the channel as it was.
         frame = encode_request(request_id, command, args, session, self._max_frame_size)
+        if self.broken or self.dirty:
+            await self._recover(command, session)
         self._busy = True
         # From the first byte written until the reply is parsed, an interruption
         # leaves a stray request or reply on the pipe.
         self.dirty = True
+        written = False
         try:
             # EPIPE on the write (the worker died before reading the request)
             # and EOF on the read both raise PeerGone.
             await self._io.write(frame)
+            written = True
             message = await self._read_message()
         except PeerGone:
             self.broken = True
-            if self._timed_out is not None:
-                raise self._timeout_error(self._timed_out, command, session) from None
+            timed_out = self._end_timeout()
+            if timed_out is not None:
+                raise self._timeout_error(timed_out, command, session) from None
             if self._aborted is not None:
                 raise PeerGone(self._aborted) from None
+            raise
+        except BaseException as exc:
+            # Cancelled (the caller gave up) or Interrupted (its deadline
+            # passed); a ProtocolError has broken the channel already.
+            timed_out = self._end_timeout()
+            if not self.broken:
+                self._give_up(request_id, command, frame, written)
+            if isinstance(exc, Interrupted):
+                raise self._timeout_error(timed_out or 0.0, command, session) from None
             raise
         finally:
             self._busy = False
         if self._timed_out is not None:
             # The deadline passed while the reply was on its way in: the call
-            # timed out all the same (and the worker is replaced, as promised).
-            raise self._timeout_error(self._timed_out, command, session)
+            # timed out all the same (no window where the answer depends on
+            # scheduling), but the reply was read: the channel is clean.
+            timed_out = self._end_timeout()
+            self.dirty = False
+            raise self._timeout_error(timed_out or 0.0, command, session)
         self.dirty = False
         return self._result(request_id, command, session, message)
+
+    def _end_timeout(self) -> float | None:
+        """The call ends: forget its deadline (and an interrupt nobody saw)."""
+        timed_out, self._timed_out = self._timed_out, None
+        if timed_out is not None:
+            self._io.clear_interrupt()
+        return timed_out
+
+    def _give_up(self, request_id: int, command: str, frame: bytes, written: bool) -> None:
+        """The caller left with its request in flight: abandon it."""
+        unsent = b"" if written else self._io.unsent
+        if len(unsent) == len(frame):
+            # Not a byte went out: the worker never saw this request.
+            self.dirty = False
+            return
+        self._abandoned = _Abandoned(
+            request_id, command, unsent + encode_frame(abandon_message(request_id)))
+
+    async def _recover(self, command: str, session: str | None) -> None:
+        """Before a call on a dirty channel: drain the abandoned request first
+        (within the grace), or raise PeerGone (the owner replaces the worker)."""
+        if not self.abandoned or self._cancel_grace <= 0:
+            raise PeerGone(self._aborted or "channel unusable after an earlier failure")
+        try:
+            await self.drain_abandoned()
+        except DrainFailed as exc:
+            raise PeerGone(str(exc)) from None
+        except Interrupted:
+            # The new call's deadline passed while the old request drained.
+            raise self._timeout_error(self._end_timeout() or 0.0, command, session) from None
+
+    async def drain_abandoned(self) -> str:
+        """Finish the abandoned request: write the rest of its frame and the
+        abandon frame, nudge the worker, and read until its one reply arrives,
+        all within ``cancel_grace``. Then the channel is clean.
+
+        Returns ``"cancelled"`` (the worker answered ``Cancelled``: the handler
+        was interrupted, or never started) or ``"answered"`` (it finished
+        anyway). Raises :class:`DrainFailed` (the channel is broken: the owner
+        must kill the worker) when the grace ends first, the worker dies, or
+        anything but that reply comes back. Cancelled from outside, it can be
+        run again later: it resumes where it stopped.
+        """
+        abandoned = self._abandoned
+        if abandoned is None or self.broken:
+            raise DrainFailed(f"worker {self._worker_id}: no abandoned request to drain")
+        if self._busy:
+            raise trio.BusyResourceError(f"worker {self._worker_id} has a call in flight")
+        what = f"request {abandoned.request_id} ({abandoned.command!r})"
+        grace = self._cancel_grace
+        self._busy = True
+        try:
+            with trio.move_on_after(grace) as scope:
+                response = await self._finish(abandoned)
+        except PeerGone as exc:
+            self.broken = True
+            self.drain_failed = True
+            raise DrainFailed(f"worker {self._worker_id} went away while {what} drained "
+                              f"({self._aborted or exc})") from None
+        except ProtocolError as exc:
+            self.drain_failed = True
+            raise DrainFailed(f"{exc} (while {what} drained)") from None
+        finally:
+            self._busy = False
+        if scope.cancelled_caught:
+            self.broken = True
+            self.drain_failed = True
+            raise DrainFailed(f"worker {self._worker_id} did not give {what} back within "
+                              f"cancel_grace={grace:g}s")
+        self._abandoned = None
+        self.dirty = False
+        if not response.ok and response.error is not None \
+                and response.error.type == CANCELLED:
+            return "cancelled"
+        return "answered"
+
+    async def _finish(self, abandoned: _Abandoned) -> Any:
+        if abandoned.unsent:
+            try:
+                await self._io.write(abandoned.unsent)
+            except BaseException:
+                abandoned.unsent = self._io.unsent  # resumable: what is still to go
+                raise
+            abandoned.unsent = b""
+        if not abandoned.nudged:
+            abandoned.nudged = True
+            self._nudge()
+        message = await self._read_message()
+        try:
+            response = parse_response(message)
+        except ProtocolError as exc:
+            self._fail_protocol(f"{exc} (draining request {abandoned.request_id})")
+        if response.id != abandoned.request_id:
+            self._fail_protocol(
+                f"reply id {response.id} while draining abandoned request "
+                f"{abandoned.request_id}; the worker's stream is out of step")
+        return response
 
     def _timeout_error(self, timeout: float, command: str,
                        session: str | None) -> CallTimeout:

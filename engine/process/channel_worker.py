@@ -120,6 +120,10 @@ class ChannelWorker:
         try:
             return await self._channel.call(command, args, session=session, timeout=timeout)
         except PeerGone as exc:
+            if self._channel.drain_failed and self._exit is None:
+                # An earlier call's abandoned request never came back (see
+                # drain_abandoned): the worker is alive but useless.
+                self.kill()
             await self.settle()
             info = self._exit
             raise WorkerCrashed(
@@ -131,8 +135,20 @@ class ChannelWorker:
 
     def time_out(self, timeout: float) -> None:
         """The owner's deadline for the call in flight passed: that call raises
-        CallTimeout now and the worker is left dirty (to be replaced)."""
+        CallTimeout now and its request is abandoned (see :attr:`abandoned`)."""
         self._channel.time_out(timeout)
+
+    @property
+    def abandoned(self) -> bool:
+        """A call was cancelled or timed out with its request in flight, and
+        :meth:`drain_abandoned` may still give the worker back clean."""
+        return self._channel.abandoned and self._exit is None
+
+    async def drain_abandoned(self) -> str:
+        """Have the worker abandon that request and read its one reply, within
+        the spawn request's ``cancel_grace``; returns "cancelled" or "answered".
+        Raises ``DrainFailed``: the worker must be killed."""
+        return await self._channel.drain_abandoned()
 
     def kill(self) -> None:
         raise NotImplementedError

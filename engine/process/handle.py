@@ -35,6 +35,11 @@ class ExitInfo:
         return ExitInfo(exit_code=returncode, signal=None, reason=reason)
 
 
+class DrainFailed(Exception):
+    """An abandoned request was not given back cleanly (``cancel_grace`` ended
+    first, the worker died, or it answered out of step): kill the worker."""
+
+
 @attrs.frozen
 class SpawnRequest:
     """Everything needed to start one worker."""
@@ -56,6 +61,8 @@ class SpawnRequest:
     # Where the worker's stderr (and stdout) lines go besides the crash tail:
     # "forward" (the parent's stderr, prefixed), "log" (logging) or "discard".
     worker_output: str = "forward"
+    #: How long an abandoned request may take to come back (design section 8).
+    cancel_grace: float = 1.0
 
 
 class WorkerHandle(Protocol):
@@ -108,6 +115,24 @@ class WorkerHandle(Protocol):
         ...
 
     def stderr_tail(self) -> tuple[str, ...]: ...
+
+
+class DrainableHandle(WorkerHandle, Protocol):
+    """A handle that can give back a worker whose call was abandoned in flight
+    (cooperative cancellation, design section 8). Optional: with a handle
+    that lacks it, such a worker is replaced, as with ``cancel_grace=0``."""
+
+    @property
+    def abandoned(self) -> bool:
+        """A call was cancelled (or timed out) with its request in flight, and
+        :meth:`drain_abandoned` may still give the worker back clean."""
+        ...
+
+    async def drain_abandoned(self) -> str:
+        """Have the worker abandon that request and read its reply, within the
+        handle's grace; returns how the request ended ("cancelled" or
+        "answered"). Raises :class:`DrainFailed`: the worker must be killed."""
+        ...
 
 
 WorkerFactory = Callable[[SpawnRequest], AbstractAsyncContextManager[WorkerHandle]]

@@ -30,6 +30,7 @@ from engine.process.channel import FramedChannel, PeerGone
 from engine.process.channel_worker import ChannelWorker
 from engine.process.handle import ExitInfo, SpawnRequest
 from engine.process.output import line_sink
+from engine.protocol import ABANDON_SIGNAL
 from engine.workers.runtime import SYS_PATH_VARIABLE
 
 logger = logging.getLogger("engine.worker")
@@ -106,7 +107,9 @@ class ProcessWorker(ChannelWorker):
         assert process.stdin is not None and process.stdout is not None
         channel = FramedChannel(process.stdin, process.stdout, worker_id=request.worker_id,
                                 max_frame_size=request.max_frame_size, pid=lambda: self.pid,
-                                busy_poll=request.busy_poll)
+                                busy_poll=request.busy_poll,
+                                cancel_grace=request.cancel_grace,
+                                nudge=self._interrupt_handler)
         super().__init__(request.worker_id, channel, request.stderr_tail_lines,
                          spawned_pid=process.pid, argv=tuple(build_argv(request)))
         self._process = process
@@ -141,6 +144,21 @@ class ProcessWorker(ChannelWorker):
             await self.wait_exited()
         with trio.move_on_after(_STDERR_SETTLE):
             await self._stderr_done.wait()
+
+    def _interrupt_handler(self) -> None:
+        """An abandon frame was written: signal the worker so that its running
+        handler is interrupted at once. Only a worker we spawned ourselves (the
+        hello's pid is our child's: no launcher, no wrapper in between); other
+        workers notice the frame within their watchdog's interval. Our child
+        is not reaped before the exit watcher records its exit (waitid peeks
+        with WNOWAIT), so the pid can't belong to another process here."""
+        pid = self._process.pid
+        if self.pid != pid or not self.is_alive():
+            return
+        try:
+            os.kill(pid, ABANDON_SIGNAL)
+        except ProcessLookupError:
+            pass
 
     # --- lifecycle ------------------------------------------------------------
 

@@ -14,6 +14,12 @@ died (or that the call's deadline passed), and the read or write in flight must
 end now with ``PeerGone`` instead of waiting for an EOF that a grandchild holding
 the pipe open may never send. The pipe transport does that without a cancel
 scope per call: ``notify_closing`` wakes its ``wait_readable``/``wait_writable``.
+
+An *interrupt* is the gentle form (the call's deadline passed, and the worker
+will be asked to abandon the request): the read or write in flight ends with
+``Interrupted`` and the transport stays usable. A write that was interrupted
+or cancelled half-way leaves the bytes it did not send in ``unsent``, so the
+owner can complete the frame before it writes anything else.
 """
 
 from __future__ import annotations
@@ -36,11 +42,27 @@ class PeerGone(Exception):
     WorkerCrashed or WorkerStartError with the exit status."""
 
 
+class Interrupted(Exception):
+    """Internal: :meth:`Transport.interrupt` ended the read or write in flight."""
+
+
 class Transport(Protocol):
+    #: What the last write left unsent when it was interrupted or cancelled.
+    unsent: bytes
+
     async def write(self, data: bytes) -> None: ...
 
     def abort(self) -> None:
         """Wake a read or write in flight with PeerGone (the channel is done)."""
+        ...
+
+    def interrupt(self) -> None:
+        """Wake a read or write in flight (or the next one) with Interrupted;
+        the transport stays usable."""
+        ...
+
+    def clear_interrupt(self) -> None:
+        """Forget an interrupt no operation has seen (the call ended first)."""
         ...
 
     async def read(self) -> bytes | bytearray:
@@ -58,14 +80,30 @@ class StreamTransport:
         # that abort() cancels. (Only fakes use this path; its cost is no matter.)
         self._scope: trio.CancelScope | None = None
         self._aborted = False
+        self._interrupted = False
+        self.unsent = b""
 
     def abort(self) -> None:
         self._aborted = True
         if self._scope is not None:
             self._scope.cancel()
 
+    def interrupt(self) -> None:
+        self._interrupted = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def clear_interrupt(self) -> None:
+        self._interrupted = False
+
     async def write(self, data: bytes) -> None:
-        await self._abortable(lambda: self._send.send_all(data))
+        try:
+            await self._abortable(lambda: self._send.send_all(data))
+        except BaseException:
+            # Memory streams (the fakes) take a frame whole or not at all: a
+            # write that did not finish sent nothing.
+            self.unsent = data
+            raise
 
     async def read(self) -> bytes | bytearray:
         data = await self._abortable(lambda: self._receive.receive_some(READ_SIZE))
@@ -78,7 +116,7 @@ class StreamTransport:
         result = None
         with trio.CancelScope() as self._scope:
             try:
-                if not self._aborted:
+                if not self._aborted and not self._interrupted:
                     result = await operation()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise PeerGone(f"stream broken: {exc!r}") from None
@@ -86,6 +124,9 @@ class StreamTransport:
                 self._scope = None
         if self._aborted:
             raise PeerGone("aborted")
+        if self._interrupted:
+            self._interrupted = False
+            raise Interrupted
         return result
 
 
@@ -106,7 +147,9 @@ class PipeTransport:
         # sleeping in epoll; None: never.
         self.busy_poll = busy_poll
         self._aborted = False
+        self._interrupted = False
         self._waiting_on: int | None = None  # the fd a wait_* is parked on
+        self.unsent = b""
 
     def abort(self) -> None:
         self._aborted = True
@@ -116,6 +159,20 @@ class PipeTransport:
         # Every operation checks _aborted before it waits again.
         if self._waiting_on is not None:
             trio.lowlevel.notify_closing(self._waiting_on)
+
+    def interrupt(self) -> None:
+        # As abort, but only for the operation in flight: it raises Interrupted
+        # (checked wherever it would wait again) and clears the flag.
+        self._interrupted = True
+        if self._waiting_on is not None:
+            trio.lowlevel.notify_closing(self._waiting_on)
+
+    def clear_interrupt(self) -> None:
+        self._interrupted = False
+
+    def _raise_interrupted(self) -> None:
+        self._interrupted = False
+        raise Interrupted
 
     async def write(self, data: bytes) -> None:
         if self._aborted:
@@ -127,20 +184,32 @@ class PipeTransport:
                 try:
                     sent += os.write(self._write_fd, view[sent:])
                 except BlockingIOError:
+                    if self._interrupted:
+                        self._raise_interrupted()
                     self._waiting_on = self._write_fd
                     try:
                         await trio.lowlevel.wait_writable(self._write_fd)
+                    except trio.ClosedResourceError:
+                        if not self._interrupted or self._aborted:
+                            raise
                     finally:
                         self._waiting_on = None
                     # An abort may land after epoll woke us and before we ran:
                     # its notify_closing found nobody waiting, so look here.
                     if self._aborted:
                         raise PeerGone("aborted") from None
+                    if self._interrupted:
+                        self._raise_interrupted()
         except trio.ClosedResourceError:
             raise PeerGone("pipe closed") from None
         except OSError as exc:
             if exc.errno in _GONE_ERRNOS:
                 raise PeerGone(f"write failed: {exc.strerror}") from None
+            raise
+        except BaseException:
+            # Interrupted or cancelled half-way: the rest of the frame must be
+            # written before anything else goes down this pipe.
+            self.unsent = bytes(view[sent:])
             raise
         finally:
             view.release()
@@ -158,6 +227,8 @@ class PipeTransport:
             except BlockingIOError:
                 if self._aborted:
                     raise PeerGone("aborted") from None
+                if self._interrupted:
+                    self._raise_interrupted()
                 if policy is not None:
                     if spin_until < 0.0:
                         # Nothing there at the first look: a wait begins, and
@@ -181,10 +252,11 @@ class PipeTransport:
                 try:
                     await trio.lowlevel.wait_readable(self._read_fd)
                 except trio.ClosedResourceError:
-                    if not self._aborted:
+                    if not self._aborted and not self._interrupted:
                         # The FdStream closed the fd: its number is not ours now.
                         raise PeerGone("pipe closed") from None
-                    # Our own abort: the fd is open; drain it, then PeerGone.
+                    # Our own abort or interrupt: the fd is open; read what is
+                    # there, then PeerGone or Interrupted.
                 finally:
                     self._waiting_on = None
                 waited = True

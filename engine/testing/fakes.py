@@ -15,6 +15,16 @@ makes ``is_alive()`` false at once and wakes a call in flight with
 ``WorkerCrashed``; the peer handles one request at a time, exits on stdin EOF or
 ``shutdown``; a crash closes its end of both pipes.
 
+Abandoned requests (design section 8) work as in the real runtime: the peer
+reads stdin while a handler runs, and the abandon of the running request
+cancels the handler (after ``Script.abandon_delay``), which is answered
+``Cancelled``; a request whose abandon is already buffered behind it is
+answered ``Cancelled`` without running; an abandon for an answered request is
+ignored. A handler that sets ``ctx.stubborn`` (``hang``, ``sleep`` with
+``"stubborn": true``), or any handler under ``Script(on_abandon="never")``,
+does not give the request back: the pool kills the worker after its
+``cancel_grace``.
+
 Use :class:`FakeWorkerFactory` as ``open_pool(worker_factory=factory, ...)``::
 
     factory = FakeWorkerFactory(Script(start_delay=0.5))
@@ -45,14 +55,16 @@ from engine.process.channel import FramedChannel, PeerGone
 from engine.process.channel_worker import ChannelWorker
 from engine.process.handle import ExitInfo, SpawnRequest
 from engine.protocol import (
+    CANCELLED,
     HEADER_SIZE,
+    Abandon,
     FrameDecoder,
     Request,
     encode_frame,
     error_response,
     hello_message,
     ok_response,
-    parse_request,
+    parse_incoming,
 )
 from engine.workers.programs import object_args
 
@@ -122,6 +134,9 @@ class Script:
     override :data:`DEFAULT_COMMANDS`. ``program_list``: ``list_programs`` answers
     the current map (``"map"``) or the legacy bare list (``"legacy"``).
     ``commands``: the hello's command list (default: every handler's name).
+    ``on_abandon``: ``"yield"`` (a running handler whose request is abandoned
+    is cancelled ``abandon_delay`` seconds later, as a cooperative handler
+    would stop) or ``"never"`` (every handler ignores it, like one stuck in C).
     """
 
     start_delay: float = 0.0
@@ -137,6 +152,8 @@ class Script:
     app: str = "fake"
     commands: tuple[str, ...] | None = None
     stderr_lines: tuple[str, ...] = ()
+    on_abandon: Literal["yield", "never"] = "yield"
+    abandon_delay: float = 0.0
 
     def evolve(self, **changes: Any) -> Script:
         return attrs.evolve(self, **changes)
@@ -149,6 +166,8 @@ class FakeContext:
     request: Request
     worker: FakeWorker
     _peer: _Peer
+    #: Set by a handler that ignores the abandon of its request (``hang``).
+    stubborn: bool = False
 
     @property
     def session(self) -> str | None:
@@ -201,9 +220,11 @@ async def _echo(ctx: FakeContext, args: Any) -> Any:
 
 
 async def _sleep(ctx: FakeContext, args: Any) -> Any:
-    seconds = object_args(args, "sleep").get("seconds", 0)
+    args = object_args(args, "sleep")
+    seconds = args.get("seconds", 0)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
         raise ValueError(f"sleep: 'seconds' must be a number >= 0, got {seconds!r}")
+    ctx.stubborn = args.get("stubborn", False) is True
     await trio.sleep(seconds)
     return {"slept": seconds}
 
@@ -217,6 +238,7 @@ async def _crash(ctx: FakeContext, args: Any) -> Any:
 
 
 async def _hang(ctx: FakeContext, args: Any) -> Any:
+    ctx.stubborn = True  # only a kill ends it, as in the default app
     await trio.sleep_forever()
 
 
@@ -295,6 +317,9 @@ DEFAULT_COMMANDS: Mapping[str, Handler] = {
 
 # --- the fake process ------------------------------------------------------------------
 
+_EOF: Any = object()  # stdin closed
+_BROKEN: Any = object()  # stdin broke
+
 
 class _Peer:
     """The fake worker process: a task reading requests and writing replies."""
@@ -310,6 +335,13 @@ class _Peer:
         self.scope = trio.CancelScope()
         self.stopping = False
         self.handlers = {**DEFAULT_COMMANDS, **self.script.handlers}
+        # What stdin brought and was not served yet, and the request running.
+        self.inbox: list[Any] = []
+        self._arrived = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.running_id = 0
+        self.running_ctx: FakeContext | None = None
+        self.running_scope: trio.CancelScope | None = None
 
     async def run(self) -> None:
         with self.scope:
@@ -341,32 +373,96 @@ class _Peer:
         self.exit(self.script.crash_code)
 
     async def _serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._read_stdin)
+            while True:
+                item = await self._next_item()
+                if item is _EOF:
+                    self.exit(0)  # stdin closed: the parent asks us to stop
+                    return
+                if item is _BROKEN:
+                    self.exit(5)
+                    return
+                if isinstance(item, ProtocolError):
+                    await self.send(error_response(0, "ProtocolError", str(item)), "normal")
+                    self.exit(4)
+                    return
+                if type(item) is Abandon:
+                    continue  # its request was answered already
+                assert isinstance(item, Request)
+                if any(type(m) is Abandon and m.id == item.id for m in self.inbox):
+                    # Abandoned before it could start: answered, never run.
+                    reply = error_response(item.id, CANCELLED,
+                                           f"request {item.id} was abandoned before its "
+                                           "handler started")
+                    if await self.send(reply, self._mode(item)):
+                        return
+                    continue
+                if await self._handle(item):
+                    return
+
+    async def _read_stdin(self) -> None:
+        """Read requests all the time (a real worker reads them between calls,
+        and while a handler runs when signalled): whole messages go to the
+        inbox, except the abandon of the running request, which stops it."""
         decoder = FrameDecoder(self.worker.request.max_frame_size)
         while True:
             try:
                 data = await self.stdin.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.exit(5)
+                self._put(_BROKEN)
                 return
             if not data:
-                self.exit(0)  # stdin closed: the parent asks us to stop
+                self._put(_EOF)
                 return
             try:
                 decoder.feed(data)
                 while (message := decoder.next_message()) is not None:
-                    if await self._handle(parse_request(message)):
-                        return
+                    item = parse_incoming(message)
+                    if type(item) is Abandon and item.id == self.running_id:
+                        self._abandon_running()
+                    else:
+                        self._put(item)
             except ProtocolError as exc:
-                await self.send(error_response(0, "ProtocolError", str(exc)), "normal")
-                self.exit(4)
+                self._put(exc)
                 return
+
+    def _put(self, item: Any) -> None:
+        self.inbox.append(item)
+        self._arrived.set()
+
+    async def _next_item(self) -> Any:
+        while not self.inbox:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+        return self.inbox.pop(0)
+
+    def _abandon_running(self) -> None:
+        ctx, scope = self.running_ctx, self.running_scope
+        if ctx is None or scope is None or ctx.stubborn or self.script.on_abandon == "never":
+            return  # the handler does not give the request back
+        delay = self.script.abandon_delay
+        if delay <= 0:
+            scope.cancel()
+            return
+
+        async def later() -> None:
+            await trio.sleep(delay)
+            scope.cancel()  # a no-op once the handler has finished
+
+        assert self._nursery is not None
+        self._nursery.start_soon(later)
+
+    def _mode(self, request: Request) -> ReplyMode:
+        return self.script.faults.get(request.command, self.script.reply_mode)
 
     async def _handle(self, request: Request) -> bool:
         """Serve one request; True when the fake process is gone."""
         worker = self.worker
         worker.calls += 1
         worker.requests.append(request)
-        mode = self.script.faults.get(request.command, self.script.reply_mode)
+        mode = self._mode(request)
         if mode == "hang":
             await trio.sleep_forever()
         if mode == "crash":
@@ -378,8 +474,12 @@ class _Peer:
                                    f"unknown command {request.command!r} for fake app "
                                    f"{self.script.app!r}")
         else:
+            ctx = FakeContext(request, worker, self)
+            self.running_id, self.running_ctx = request.id, ctx
+            result = NO_REPLY
             try:
-                result = await handler(FakeContext(request, worker, self), request.args)
+                with trio.CancelScope() as self.running_scope:
+                    result = await handler(ctx, request.args)
             except FakeExit as exc:
                 self.exit(exc.code)
                 return True
@@ -387,9 +487,16 @@ class _Peer:
                 reply = error_response(request.id, type(exc).__name__, str(exc),
                                        "".join(traceback.format_exception(exc)))
             else:
-                if result is NO_REPLY:
+                if self.running_scope.cancelled_caught:
+                    reply = error_response(request.id, CANCELLED,
+                                           f"request {request.id} was abandoned by the "
+                                           "parent; its handler was interrupted")
+                elif result is NO_REPLY:
                     return False
-                reply = ok_response(request.id, result)
+                else:
+                    reply = ok_response(request.id, result)
+            finally:
+                self.running_id, self.running_ctx, self.running_scope = 0, None, None
         if await self.send(reply, mode):
             return True
         if self.stopping:
