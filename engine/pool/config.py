@@ -161,6 +161,11 @@ class PoolConfig:
     session_ttl: float | None = attrs.field(default=None, validator=_positive)
     affinity: str = attrs.field(default="strict", validator=_affinity)
     shutdown_grace: float = attrs.field(default=5.0, validator=_non_negative)
+    # Cooperative cancellation (design section 8): a call cancelled or timed out
+    # with its request in flight has the worker abandon it; a worker that does
+    # not give it back within this many seconds is killed and replaced. 0 kills
+    # at once (every session on that worker is lost).
+    cancel_grace: float = attrs.field(default=1.0, validator=_non_negative)
     launcher: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_argv)
     python: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_argv)
     env: Mapping[str, str] | None = attrs.field(default=None, converter=_to_env,

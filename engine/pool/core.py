@@ -65,7 +65,15 @@ class Emit:
     metadata: dict[str, Any]
 
 
-Action = StartWorker | StopWorker | Wake | Emit
+@attrs.frozen
+class DrainWorker:
+    """Read the abandoned request's reply back, then report :meth:`PoolCore.drained`."""
+
+    slot: int
+    generation: int
+
+
+Action = StartWorker | StopWorker | Wake | Emit | DrainWorker
 
 
 class WaiterStatus(enum.Enum):
@@ -149,6 +157,7 @@ class CoreCounts:
     crashes: int
     start_failures: int
     leased: int
+    draining: int  # workers giving an abandoned request back (not leased, not ready)
 
 
 VetFunction = Callable[[Slot, Waiter], Verdict]
@@ -422,8 +431,11 @@ class PoolCore:
                 f"{counts.degraded} degraded of {self.size}")
 
     def checkin(self, waiter_id: int, *, clean: bool, remove: str | None = None,
-                calls: int = 0) -> bool:
-        """Return a lease. False if the token is stale (the worker is already gone)."""
+                calls: int = 0, drain: bool = False) -> bool:
+        """Return a lease. False if the token is stale (the worker is already gone).
+
+        ``drain``: the lease's last call was abandoned in flight and the worker
+        can give it back: DRAINING instead of a stop (see :meth:`drained`)."""
         waiter = self.waiters.pop(waiter_id, None)
         if waiter is None or waiter.slot is None:
             return False
@@ -443,6 +455,8 @@ class PoolCore:
         if self.closing:
             self._move(slot, S.READY, "checked in")
             self._stop(slot, "pool closing", graceful=True)
+        elif drain and remove is None:
+            self._begin_drain(slot)
         elif not clean or remove is not None:
             self._move(slot, S.READY, "checked in")
             self._stop(slot, remove or "dirty after its lease", graceful=clean)
@@ -457,6 +471,34 @@ class PoolCore:
                        else "waiter cancelled before receipt", now)
         self._dispatch()
         return True
+
+    # --- cooperative cancellation (DRAINING) ------------------------------------
+    # A call cancelled or timed out with its request in flight: the worker is
+    # not leased, not handed out, and keeps its sessions while the shell reads
+    # the abandoned request's reply back (a DrainWorker action); drained()
+    # then returns it to READY, or stops it (its grace ended, or it broke).
+
+    def _begin_drain(self, slot: Slot) -> None:
+        self._move(slot, S.DRAINING, "call abandoned in flight")
+        self.actions.append(DrainWorker(slot.index, slot.generation))
+
+    def drained(self, index: int, generation: int, ok: bool, reason: str) -> None:
+        """The drain of ``index``'s worker ended: ``ok`` (clean again) or not
+        (kill it: every session on it is lost). Stale reports are ignored."""
+        slot = self.slots[index]
+        if slot.generation != generation or slot.state is not S.DRAINING:
+            return
+        if not ok:
+            self._stop(slot, reason, graceful=False)
+        else:
+            self._move(slot, S.READY, f"drained: {reason}")
+            if self.closing:
+                self._stop(slot, "pool closing", graceful=True)
+            elif slot.retire_reason is not None:
+                self._stop(slot, slot.retire_reason, graceful=True)
+            elif self.max_calls_per_worker and slot.calls >= self.max_calls_per_worker:
+                self._stop(slot, f"recycled after {slot.calls} calls", graceful=True)
+        self._dispatch()
 
     # --- health ------------------------------------------------------------------
 
@@ -525,7 +567,7 @@ class PoolCore:
         slot = self.slots[index]
         if slot.state in (S.READY, S.DEGRADED, S.STARTING):
             self._stop(slot, reason, graceful=graceful)
-        elif slot.state is S.BUSY:
+        elif slot.state in (S.BUSY, S.DRAINING):
             slot.retire_reason = reason
 
     def shrink(self, index: int, reason: str) -> None:
@@ -682,6 +724,7 @@ class PoolCore:
             waiting=len(self.queue), sessions=len(self.bindings), restarts=self.restarts,
             crashes=self.crashes, start_failures=self.start_failures,
             leased=sum(1 for s in self.slots if s.lease is not None),
+            draining=c[S.DRAINING],
         )
 
     def check_invariants(self) -> None:
@@ -703,6 +746,8 @@ class PoolCore:
                     holder.purpose == "health", f"leased slot {slot.index} is {slot.state}"
             if slot.state is S.BUSY:
                 assert slot.lease is not None, f"busy slot {slot.index} has no lease"
+            if slot.state is S.DRAINING:
+                assert slot.lease is None, f"draining slot {slot.index} is leased"
         for waiter in self.queue.values():
             assert waiter.status is WaiterStatus.QUEUED, f"{waiter} in queue but not queued"
             assert waiter.slot is None

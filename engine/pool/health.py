@@ -149,7 +149,7 @@ async def run_idle_retirement(context: HealthContext) -> None:
     while True:
         await trio.sleep(min(idle / 2, 1.0))
         live = [s for s in core.slots if s.state.value in ("ready", "busy", "degraded",
-                                                            "starting")]
+                                                            "draining", "starting")]
         spare = len(live) - context.config.min_size
         now = trio.current_time()
         for slot in core.slots:

@@ -32,7 +32,9 @@ class PoolStatistics(CoreCounts):
     """A snapshot of the pool: the core's counts plus the shell's own figures.
 
     ``busy`` and ``leased`` count workers under a lease (health probes too);
-    ``leases`` counts the leases callers hold.
+    ``leases`` counts the leases callers hold; ``draining`` the workers giving
+    back a request abandoned in flight (not leased, not ready, counted in
+    ``size``).
     """
 
     name: str | None
@@ -137,7 +139,7 @@ def check_shell_invariants(core: PoolCore, table: WorkerTable, held: Mapping[int
     S = WorkerState
     for slot in core.slots:
         worker = table.worker(slot.index)
-        if slot.state in (S.READY, S.BUSY, S.DEGRADED):
+        if slot.state in (S.READY, S.BUSY, S.DEGRADED, S.DRAINING):
             assert worker is not None, f"slot {slot.index} is {slot.state.value} with no worker"
             assert worker.worker_id == slot.worker_id, \
                 f"slot {slot.index} runs {slot.worker_id} but its row holds {worker.worker_id}"

@@ -74,6 +74,8 @@ class LeaseContext:
 
     label: str
     call_timeout: float | None
+    #: > 0: a call abandoned in flight gives its worker back (draining).
+    cancel_grace: float
     clock: Callable[[], float]
     core: PoolCore
     flush: Callable[[], None]
@@ -129,9 +131,13 @@ class Lease:
                    timeout: float | None = None) -> Any:
         """Send one command to this worker and return its result.
 
-        Raises RemoteError (the handler failed; the worker is fine), WorkerCrashed,
-        CallTimeout or ProtocolError (the worker is replaced), PoolClosed when the
-        pool shut down under this lease, LeaseReleased after the block ended.
+        Raises RemoteError (the handler failed; the worker is fine), WorkerCrashed
+        or ProtocolError (the worker is replaced), CallTimeout (the worker is
+        asked to abandon the request and, if it does within ``cancel_grace``,
+        kept with its sessions; else replaced), PoolClosed when the pool shut
+        down under this lease, LeaseReleased after the block ended. A call
+        after one that was cancelled or timed out on the same lease first waits
+        (up to ``cancel_grace``) for the worker to give that request back.
         """
         if self._released:
             if self._forced:
@@ -192,11 +198,19 @@ def release(lease: Lease, error: BaseException | None) -> None:
     worker = lease._worker
     # No poll here: a death is reported by the exit watcher (exit_info) or the
     # channel (dirty), and the next hand-off polls anyway.
-    clean = lease._error is None and not worker.dirty and worker.exit_info is None
+    failure = lease._error
+    if failure is not None and type(failure) is CallTimeout and context.cancel_grace > 0:
+        failure = None  # cooperative cancellation: the worker is drained, not killed
+    clean = failure is None and not worker.dirty and worker.exit_info is None
+    # A call cancelled or timed out with its request in flight: the worker gives
+    # it back in the background (engine.pool.draining) instead of dying.
+    drain = not clean and failure is None and context.cancel_grace > 0 \
+        and worker.exit_info is None and getattr(worker, "abandoned", False) is True
     remove = None
     if context.vet_checkin is not None:
         remove = context.vet_checkin(lease._slot, worker, clean, error, lease._calls)
-    context.core.checkin(lease._token, clean=clean, remove=remove, calls=lease._calls)
+    context.core.checkin(lease._token, clean=clean, remove=remove, calls=lease._calls,
+                         drain=drain)
     context.flush()
     if telemetry.active():
         telemetry.emit(telemetry.CHECKIN, {}, {"pool": context.label,

@@ -1,6 +1,8 @@
 """Worker lifecycle: states, the transition table and a bounded history.
 
 STARTING -> READY <-> BUSY; READY -> DEGRADED -> READY or STOPPING;
+BUSY -> DRAINING -> READY (a call cancelled or timed out with its request in
+flight: the worker gives the request back within ``cancel_grace``);
 any -> STOPPING -> STOPPED; STOPPED -> STARTING (the slot rebuilds).
 
 An invalid transition is a bug in the pool. ``strict`` tables raise
@@ -25,6 +27,7 @@ class WorkerState(enum.Enum):
     READY = "ready"
     BUSY = "busy"
     DEGRADED = "degraded"
+    DRAINING = "draining"  # not leased: the pool reads an abandoned request's reply
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -44,6 +47,8 @@ TRANSITIONS: frozenset[tuple[WorkerState, WorkerState]] = frozenset({
     (S.DEGRADED, S.READY),
     (S.DEGRADED, S.BUSY),  # a health probe holds a degraded worker through a lease
     (S.BUSY, S.DEGRADED),  # ... and returns it degraded when the probe failed
+    (S.BUSY, S.DRAINING),  # its caller gave up mid-call (cooperative cancellation)
+    (S.DRAINING, S.READY),  # the abandoned request came back within cancel_grace
     *((state, S.STOPPING) for state in S if state not in (S.STOPPING, S.STOPPED)),
     # A process can die in any live state; the slot records it as stopped at once.
     *((state, S.STOPPED) for state in S if state is not S.STOPPED),

@@ -62,6 +62,7 @@ from engine.pool.contract import (
     vet_checkout,
 )
 from engine.pool.core import (
+    DrainWorker,
     Emit,
     PoolCore,
     Slot,
@@ -72,6 +73,7 @@ from engine.pool.core import (
     Wake,
 )
 from engine.pool.deadlines import Deadlines
+from engine.pool.draining import DrainContext, drain_worker
 from engine.pool.failures import FailureTracker
 from engine.pool.health import (
     HealthContext,
@@ -161,8 +163,12 @@ class Pool:
         self._table = WorkerTable(config.size, lambda row: SlotSupervisor(
             supervision, row, random.Random(self._rng.random())))
         self._rows = self._table.rows
+        self._drain_context = DrainContext(
+            label=self.label, core=self._core, flush=self._flush, table=self._table,
+            clock=self._now, metrics=self._metrics)
         self._lease_context = LeaseContext(
-            label=self.label, call_timeout=config.call_timeout, clock=self._now,
+            label=self.label, call_timeout=config.call_timeout,
+            cancel_grace=config.cancel_grace, clock=self._now,
             core=self._core, flush=self._flush, deadlines=self._timer.deadlines,
             held=self._held, record_call=self._record_call,
             vet_checkin=None if self._default_policy else self._vet_checkin)
@@ -463,9 +469,13 @@ class Pool:
             elif isinstance(action, Emit):
                 telemetry.emit(action.event, action.measurements,
                                {"pool": self.label, **action.metadata})
+            elif isinstance(action, DrainWorker):
+                assert self._tasks is not None  # a lease was checked in: the pool runs
+                self._tasks.start_soon(drain_worker, self._drain_context, action.slot,
+                                       action.generation)
         counts = core.state_counts
         live = counts[WorkerState.READY] + counts[WorkerState.BUSY] \
-            + counts[WorkerState.DEGRADED]
+            + counts[WorkerState.DEGRADED] + counts[WorkerState.DRAINING]
         stopped = counts[WorkerState.STOPPED]
         # AsyncValue wakes its waiters on every assignment; assign only changes
         # (compared against plain ints: its property getter is not free).

@@ -74,6 +74,13 @@ WORKER_TRANSITION: Final = _declare(
     "worker", "transition",
     doc="a worker changed lifecycle state (duration: time spent in the old state)",
     measurements=("duration",), metadata=("pool", "slot", "worker_id", "old", "new", "reason"))
+WORKER_DRAINED: Final = _declare(
+    "worker", "drained",
+    doc="a worker whose call was cancelled or timed out in flight gave the request back "
+        "(outcome clean: ready again, sessions kept) or not within cancel_grace (outcome "
+        "killed: replaced); duration: from the start of the drain",
+    measurements=("duration",),
+    metadata=("pool", "slot", "worker_id", "pid", "outcome", "reason"))
 CHECKOUT: Final = _declare(
     "checkout", doc="a worker was checked out", measurements=("wait",),
     metadata=("pool", "worker_id", "session"))

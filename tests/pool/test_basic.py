@@ -172,9 +172,11 @@ async def test_pool_saturated_beyond_max_waiters() -> None:
             assert sorted(served) == [1, 2]  # type: ignore[type-var]
 
 
-async def test_call_timeout_replaces_the_worker() -> None:
+async def test_call_timeout_replaces_the_worker_with_cancel_grace_0() -> None:
+    """cancel_grace=0: the behaviour before cooperative cancellation (a timed-out
+    worker is killed at once). tests/pool/test_cancellation.py has the rest."""
     with trio.fail_after(HANG_GUARD):
-        async with engine.open_pool(size=1, call_timeout=0.3) as pool:
+        async with engine.open_pool(size=1, call_timeout=0.3, cancel_grace=0) as pool:
             await pool.wait_ready(1, timeout=READY)
             old = await pid_of(pool)
             with pytest.raises(CallTimeout) as info:
@@ -193,9 +195,9 @@ async def test_call_timeout_replaces_the_worker() -> None:
             assert pool.statistics().restarts == 2
 
 
-async def test_cancelled_in_flight_call_replaces_the_worker() -> None:
+async def test_cancelled_in_flight_call_replaces_the_worker_with_cancel_grace_0() -> None:
     with trio.fail_after(HANG_GUARD):
-        async with engine.open_pool(size=1) as pool:
+        async with engine.open_pool(size=1, cancel_grace=0) as pool:
             await pool.wait_ready(1, timeout=READY)
             old = await pid_of(pool)
             async with trio.open_nursery() as nursery:

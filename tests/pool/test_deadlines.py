@@ -316,8 +316,11 @@ BUSY_POLLS = [pytest.param(0.0, id="off"), pytest.param(DEFAULT_BUSY_POLL, id="d
 @pytest.mark.layer3
 @pytest.mark.parametrize("busy_poll", BUSY_POLLS[:2])
 async def test_call_timeout_on_the_pool_timer_replaces_the_worker(busy_poll: float) -> None:
+    """With cancel_grace=0 the timed-out worker is killed and replaced (with the
+    default grace it is kept: test_call_timeout_on_the_pool_timer_keeps_the_worker)."""
     with trio.fail_after(HANG_GUARD):
-        async with engine.open_pool(size=1, call_timeout=0.5, busy_poll=busy_poll) as pool:
+        async with engine.open_pool(size=1, call_timeout=0.5, busy_poll=busy_poll,
+                                    cancel_grace=0) as pool:
             await pool.wait_ready(1, timeout=READY)
             [old] = pool.worker_pids()
             assert await pool.call("sleep", {"seconds": 0}) == {"slept": 0}
@@ -333,6 +336,25 @@ async def test_call_timeout_on_the_pool_timer_replaces_the_worker(busy_poll: flo
             assert answer["pid"] != old
             assert not pid_alive(old)
             assert pool.statistics().restarts == 1
+            assert [await pool.call("echo", i) for i in range(5)] == list(range(5))
+            pool.check_invariants()
+
+
+@pytest.mark.layer3
+@pytest.mark.parametrize("busy_poll", [0.0, DEFAULT_BUSY_POLL], ids=["off", "default"])
+async def test_call_timeout_on_the_pool_timer_keeps_the_worker(busy_poll: float) -> None:
+    """Cooperative cancellation: the same timeout, the caller gets CallTimeout at
+    once, and the worker gives the request back and serves on, same process."""
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=1, call_timeout=0.5, busy_poll=busy_poll) as pool:
+            await pool.wait_ready(1, timeout=READY)
+            [old] = pool.worker_pids()
+            with pytest.raises(CallTimeout) as info:
+                await pool.call("sleep", {"seconds": 30})
+            assert info.value.timeout == 0.5 and info.value.pid == old
+            answer = await pool.call("ping")  # granted once the drain is over
+            assert answer["pid"] == old and pool.worker_pids() == [old]
+            assert pool.statistics().restarts == 0
             assert [await pool.call("echo", i) for i in range(5)] == list(range(5))
             pool.check_invariants()
 
