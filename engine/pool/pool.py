@@ -281,8 +281,10 @@ class Pool:
     async def wait_until(self, condition: Callable[[PoolView], bool]) -> PoolView:
         """Wait until ``condition(pool.inspect())`` holds and return that view.
 
-        Re-checked whenever the number of live workers changes and when the pool
-        starts closing. No time limit of its own: wrap it in one.
+        Re-checked whenever the number of live workers (ready, busy or
+        degraded: a worker that starts or stops draining counts as a change)
+        changes and when the pool starts closing. No time limit of its own:
+        wrap it in one.
         """
         while True:
             view = self.inspect()
@@ -474,8 +476,10 @@ class Pool:
                 self._tasks.start_soon(drain_worker, self._drain_context, action.slot,
                                        action.generation)
         counts = core.state_counts
+        # A draining worker is not counted: wait_ready() waits until it is back,
+        # and wait_until() is woken when it goes and when it comes back.
         live = counts[WorkerState.READY] + counts[WorkerState.BUSY] \
-            + counts[WorkerState.DEGRADED] + counts[WorkerState.DRAINING]
+            + counts[WorkerState.DEGRADED]
         stopped = counts[WorkerState.STOPPED]
         # AsyncValue wakes its waiters on every assignment; assign only changes
         # (compared against plain ints: its property getter is not free).

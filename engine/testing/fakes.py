@@ -559,7 +559,8 @@ class FakeWorker(ChannelWorker):
         to_child, child_stdin = trio.testing.memory_stream_one_way_pair()
         child_stdout, from_child = trio.testing.memory_stream_one_way_pair()
         channel = FramedChannel(to_child, from_child, worker_id=request.worker_id,
-                                max_frame_size=request.max_frame_size, pid=lambda: pid)
+                                max_frame_size=request.max_frame_size, pid=lambda: pid,
+                                cancel_grace=request.cancel_grace)
         super().__init__(request.worker_id, channel, request.stderr_tail_lines,
                          kind="fake process", spawned_pid=pid)
         self.request = request
