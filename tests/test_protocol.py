@@ -15,7 +15,10 @@ from engine import protocol
 from engine.errors import ArgumentTypeError, ArgumentValueError, ProtocolError, RequestTooLarge
 from engine.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
+    Abandon,
     FrameDecoder,
+    Request,
+    abandon_message,
     decode_body,
     encode_frame,
     error_response,
@@ -23,6 +26,7 @@ from engine.protocol import (
     make_request,
     ok_response,
     parse_hello,
+    parse_incoming,
     parse_request,
     parse_response,
 )
@@ -214,6 +218,27 @@ def test_request_defaults_args_and_session_to_none() -> None:
 def test_bad_request(message: Any, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         parse_request(message)
+
+
+def test_abandon_frames_are_parsed_by_parse_incoming_only() -> None:
+    """``{"abandon": id}`` names the request to give up; parse_request (a request
+    expected) refuses it, parse_incoming (what a worker reads) returns it."""
+    abandon = parse_incoming(decode_all(encode_frame(abandon_message(12)))[0])
+    assert isinstance(abandon, Abandon) and abandon.id == 12
+    assert isinstance(parse_incoming({"id": 1, "command": "ping"}), Request)
+    with pytest.raises(ProtocolError, match="abandon frame"):
+        parse_request({"abandon": 3})
+
+
+@pytest.mark.parametrize(("message", "match"), [
+    ({"abandon": 0}, "abandon must name a request id >= 1"),
+    ({"abandon": True}, "abandon must name a request id >= 1"),
+    ({"abandon": "3"}, "abandon must name a request id >= 1"),
+    ({"abandon": 3, "extra": 1}, "missing id, command"),  # not an abandon frame
+])
+def test_bad_abandon(message: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        parse_incoming(message)
 
 
 def test_ok_response_round_trip() -> None:

@@ -32,6 +32,7 @@ from hypothesis.stateful import (
 from engine.errors import PoolClosed, PoolSaturated, PoolTimeout, SessionLost, WorkerBusy
 from engine.pool.contract import Ok, Remove, Skip, Verdict
 from engine.pool.core import (
+    DrainWorker,
     Emit,
     PoolCore,
     Slot,
@@ -82,6 +83,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.lost: set[str] = set()  # sessions whose worker died, not yet reported
         self.closed = False
         self.requested: dict[int, Waiter] = {}  # call waiters not yet checked in/cancelled
+        self.draining: dict[int, int] = {}  # slot -> generation the core asked to drain
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -113,6 +115,11 @@ class CoreMachine(RuleBasedStateMachine):
                 slot = self.core.slots[action.slot]
                 assert slot.state is S.STOPPING, f"{action} for a {slot.state} slot"
                 self.stops[action.slot] = action.generation
+            elif isinstance(action, DrainWorker):
+                slot = self.core.slots[action.slot]
+                assert slot.state is S.DRAINING and slot.lease is None, \
+                    f"{action} for a {slot.state} slot"
+                self.draining[action.slot] = action.generation
             else:
                 assert isinstance(action, Emit) and action.event[0] == "engine"
         for waiter_id, old in before.items():  # old: (status, slot, generation)
@@ -144,6 +151,8 @@ class CoreMachine(RuleBasedStateMachine):
         other = self.holder.get(waiter.slot)
         assert other is None, f"slot {waiter.slot} handed to waiter {waiter.id} while " \
                               f"waiter {other} holds it"
+        assert self.draining.get(waiter.slot) != waiter.generation, \
+            f"slot {waiter.slot} handed to waiter {waiter.id} while it drains"
         self.holder[waiter.slot] = waiter.id
         session = waiter.session
         if session is not None and waiter.purpose == "call":
@@ -248,13 +257,45 @@ class CoreMachine(RuleBasedStateMachine):
         if waiter is not None:
             self._checkin(waiter, clean, remove, calls)
 
-    def _checkin(self, waiter: Waiter, clean: bool, remove: bool, calls: int) -> None:
+    def _checkin(self, waiter: Waiter, clean: bool, remove: bool, calls: int,
+                 drain: bool = False) -> None:
         del self.requested[waiter.id]
         current = waiter.slot is not None and self.core.slots[waiter.slot].lease == waiter.id
         self.release_model(waiter)
         ok = self.step(self.core.checkin, waiter.id, clean=clean,
-                       remove="policy said remove" if remove else None, calls=calls)
+                       remove="policy said remove" if remove else None, calls=calls,
+                       drain=drain)
         assert ok == current
+
+    # --- cooperative cancellation ------------------------------------------------------
+
+    @rule(pick=st.integers(0, 7), remove=st.sampled_from([False, False, False, True]))
+    def checkin_abandoned(self, pick: int, remove: bool) -> None:
+        """The lease's call was cancelled in flight: its worker drains."""
+        waiter = self._pick(W.HELD, pick)
+        if waiter is None:
+            return
+        index = waiter.slot
+        self._checkin(waiter, False, remove, 1, drain=True)
+        if index is not None and index in self.draining:
+            assert not self.core.closing and not remove
+
+    @precondition(lambda self: self.draining)
+    @rule(pick=SLOTS, ok=st.booleans())
+    def drained(self, pick: int, ok: bool) -> None:
+        index = sorted(self.draining)[pick % len(self.draining)]
+        generation = self.draining.pop(index)
+        slot = self.core.slots[index]
+        live_before = slot.generation == generation and slot.state is S.DRAINING
+        kept = {s for s, i in self.bound.items() if i == index}
+        self.step(self.core.drained, index, generation, ok, "drained" if ok else "grace ended")
+        if live_before:
+            assert slot.state in ((S.READY, S.STOPPING) if ok else (S.STOPPING,)), slot.state
+            if ok:  # sessions stay bound to the drained worker
+                for session in kept:
+                    binding = self.core.bindings.get(session)
+                    assert binding is not None and binding.lost is None \
+                        and binding.slot == index, f"session {session!r} lost by a drain"
 
     # --- workers ----------------------------------------------------------------------
 
