@@ -290,7 +290,9 @@ class CoreMachine(RuleBasedStateMachine):
         kept = {s for s, i in self.bound.items() if i == index}
         self.step(self.core.drained, index, generation, ok, "drained" if ok else "grace ended")
         if live_before:
-            assert slot.state in ((S.READY, S.STOPPING) if ok else (S.STOPPING,)), slot.state
+            # Drained clean, it may be granted to a queued waiter at once.
+            assert slot.state in ((S.READY, S.BUSY, S.STOPPING) if ok else (S.STOPPING,)), \
+                slot.state
             if ok:  # sessions stay bound to the drained worker
                 for session in kept:
                     binding = self.core.bindings.get(session)
