@@ -19,13 +19,22 @@ and drives it with synchronous rules:
   list answers), killing a worker while it starts, and virtual time;
 * ``end_session``, ``close``, and ``aclose()`` cancelled at a random point
   (leaving ``open_pool`` must still end within ``shutdown_grace`` plus the
-  time to stop the workers).
+  time to stop the workers);
+* cooperative cancellation: a call cancelled (or timed out) mid-call with a
+  handler that gives the request back, or one that never does (``sleep`` with
+  ``"stubborn": true``, ``hang``); the caller keeps its lease (its next call
+  drains the request first) or lets it go (the pool drains the worker in the
+  background). A drained worker comes back with its sessions (fakes: always;
+  real workers: unless it died), a stubborn one is killed once
+  ``cancel_grace`` has passed, and nobody is granted a draining worker.
 
 After every step it checks the invariants of design section 12: busy + ready +
 starting <= size; every waiter queued or served, never both; no worker leased
 twice; no dead worker handed over; sessions bound only to live workers and
 never lost silently; no waiter kept waiting beside an idle worker; every call
-ended with a result or a typed error; after close, no process left.
+ended with a result or a typed error, and with its own result (every ``sleep``
+answers its own, unique, seconds: a stale reply of an abandoned request
+reaching a later caller is caught); after close, no process left.
 
 Make a concrete machine with :func:`pool_machine`::
 
@@ -64,7 +73,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from engine import shapes
+from engine import shapes, telemetry
 from engine.errors import (
     CallTimeout,
     EngineError,
@@ -123,6 +132,23 @@ class CallRecord:
     killed_during: bool = False
     closed_during: bool = False
     cancelled: bool = False
+    #: How the worker treats the abandon of this call: "yields" or "stubborn".
+    abandon: str = "yields"
+    #: The lease's previous call was abandoned in flight ("yields"/"stubborn"):
+    #: this call first drains it.
+    after_abandon: str | None = None
+    scope: trio.CancelScope | None = None  # cancels this call only
+
+
+@attrs.define(eq=False)
+class DrainExpected:
+    """A lease released with its last call abandoned: its worker drains."""
+
+    worker_id: str
+    abandon: str  # "yields" or "stubborn"
+    plain: bool  # no scripted fault that could break the drain (fakes)
+    outcome: str | None = None  # from the worker.drained event
+    reason: str = ""
 
 
 @attrs.define(eq=False)
@@ -146,6 +172,9 @@ class Checkout:
     cancel_at_handoff: bool = False
     settled: bool = False
     one_call: tuple[str, int] | None = None  # make this call, then release
+    #: The last call was abandoned in flight ("yields"/"stubborn"): the worker
+    #: drains it before the next call, or in the background after release.
+    pending_abandon: str | None = None
 
     def __repr__(self) -> str:
         return f"<checkout {self.number} session={self.session!r} {self.phase}>"
@@ -196,6 +225,11 @@ class PoolMachine(RuleBasedStateMachine):
         self.programs: dict[tuple[str, str | None], set[str]] = {}
         self.real_pids: set[int] = set()
         self.tolerated: collections.Counter[str] = collections.Counter()
+        self.drains: list[DrainExpected] = []
+        self.drain_events: list[dict[str, Any]] = []
+        self.killed_ids: set[str] = set()  # workers a rule killed
+        self.sleep_ids = itertools.count(1)
+        self.telemetry_id: str | None = None
 
     @property
     def fake(self) -> bool:
@@ -221,6 +255,11 @@ class PoolMachine(RuleBasedStateMachine):
             config["worker_factory"] = self.factory
         self.ctx = self.driver.enter_handle(open_pool(**config))
         self.pool = self.ctx.value
+        label = self.pool.label
+        self.telemetry_id = f"pool-machine-{label}"
+        telemetry.attach(self.telemetry_id, [telemetry.WORKER_DRAINED],
+                         lambda event, measurements, metadata: self.drain_events.append(
+                             dict(metadata)) if metadata["pool"] == label else None)
         self.settle()
         for slot in self.pool.inspect().slots:
             if slot.worker is not None:
@@ -234,6 +273,8 @@ class PoolMachine(RuleBasedStateMachine):
         try:
             self.disarm_fault()
         finally:
+            if self.telemetry_id is not None:
+                telemetry.detach(self.telemetry_id)
             if self.driver is not None:
                 self.driver.close()
         if self.factory is not None:
@@ -266,7 +307,7 @@ class PoolMachine(RuleBasedStateMachine):
         if view.closing and not self.closed:
             return False
         for slot in view.slots:
-            if slot.state in (S.STARTING, S.STOPPING):
+            if slot.state in (S.STARTING, S.STOPPING, S.DRAINING):
                 return False
             if slot.state is S.STOPPED and slot.wanted and not view.closing:
                 return False
@@ -307,6 +348,7 @@ class PoolMachine(RuleBasedStateMachine):
             if c.phase == "done":
                 self.finish(c)
         self.check_fault()
+        self.check_drains()
         for session, dead, fresh, c in self.moved:
             if self.unreported[session] > 0:
                 self.violations.append(f"session {session!r} lost its state silently: {dead} "
@@ -347,14 +389,14 @@ class PoolMachine(RuleBasedStateMachine):
                 self.received(c, lease)
                 if c.one_call is not None:
                     c.phase = "calling"
-                    await self.run_call(lease, self.new_call(c, *c.one_call))
+                    await self.run_call(c, lease, self.new_call(c, *c.one_call))
                     return
                 async for kind, payload in receive:
                     if kind == "release":
                         break
                     assert isinstance(payload, CallRecord)
                     c.phase = "calling"
-                    await self.run_call(lease, payload)
+                    await self.run_call(c, lease, payload)
                     c.phase = "holding"
         except EngineError as exc:
             c.error = exc
@@ -365,6 +407,10 @@ class PoolMachine(RuleBasedStateMachine):
             self.violations.append(f"{c!r}: checkout raised untyped {exc!r}")
         finally:
             c.phase = "done"
+            if c.pending_abandon is not None and c.worker_id is not None:
+                # Released with its last call abandoned: the worker drains now.
+                self.drains.append(DrainExpected(
+                    c.worker_id, c.pending_abandon, plain=self.plain(c.worker_id)))
 
     def session_lost(self, c: Checkout) -> None:
         """Runs in the checkout's task when it gets SessionLost: was the state gone?
@@ -425,10 +471,14 @@ class PoolMachine(RuleBasedStateMachine):
                     self.moved.append((c.session, expected, lease.worker_id, c))
             self.bound[c.session] = lease.worker_id
 
-    async def run_call(self, lease: Any, record: CallRecord) -> None:
+    async def run_call(self, c: Checkout, lease: Any, record: CallRecord) -> None:
+        record.after_abandon, c.pending_abandon = c.pending_abandon, None
         try:
-            record.result = await lease.call(record.command, record.args,
-                                             timeout=record.timeout)
+            with trio.CancelScope() as record.scope:
+                record.result = await lease.call(record.command, record.args,
+                                                 timeout=record.timeout)
+            if record.scope.cancelled_caught:
+                record.cancelled = True  # this call only (cancel_mid_call)
         except (EngineError, trio.ClosedResourceError) as exc:  # LeaseReleased included
             record.error = exc
         except trio.Cancelled:
@@ -439,6 +489,10 @@ class PoolMachine(RuleBasedStateMachine):
             self.violations.append(f"call {record.command!r} raised untyped {exc!r}")
         finally:
             record.done = True
+            worker = c.worker
+            if worker is not None and getattr(worker, "abandoned", False):
+                # Cancelled or timed out with its request in flight.
+                c.pending_abandon = record.abandon
 
     # --- call expectations --------------------------------------------------------
 
@@ -457,10 +511,11 @@ class PoolMachine(RuleBasedStateMachine):
         if error is not None and not isinstance(error, EngineError | trio.ClosedResourceError):
             self.violations.append(f"{what} ended with untyped {error!r}")
             return
-        if isinstance(error, _DEATH):
-            c.broken = True
+        if isinstance(error, _DEATH) and not (
+                isinstance(error, CallTimeout) and self.pool.config.cancel_grace > 0):
+            c.broken = True  # (a timed-out call's worker is drained, not killed)
         if record.cancelled:
-            return  # cancelled by the caller: nothing to expect (the worker is dirty)
+            return  # cancelled by the caller: nothing to expect of its result
         if record.broken_before:
             if not isinstance(error, _DEATH):
                 self.violations.append(f"{what} on a dead lease gave {error or result!r}")
@@ -473,6 +528,8 @@ class PoolMachine(RuleBasedStateMachine):
         if record.killed_during:
             self.violations.append(f"{what}: worker killed mid-call but got {error or result!r}")
             return
+        if record.after_abandon is not None and self.check_after_abandon(c, record, what):
+            return
         expected = self.expected_error(record)
         if expected is not None:
             if not isinstance(error, expected):
@@ -483,6 +540,65 @@ class PoolMachine(RuleBasedStateMachine):
             self.violations.append(f"{what}: expected a result, got {error!r}")
             return
         self.check_result(c, record, what)
+
+    def check_after_abandon(self, c: Checkout, record: CallRecord, what: str) -> bool:
+        """A call after an abandoned one on the same lease drained it first.
+        True if that decided the outcome (the drain failed: WorkerCrashed)."""
+        error = record.error
+        stubborn = record.after_abandon == "stubborn"
+        if isinstance(error, WorkerCrashed):
+            # The worker was killed: after the grace (a stubborn handler, or
+            # a real one whose request was abandoned before it could start is
+            # given back at once, see below), or its scripted faults broke the
+            # drain.
+            if not stubborn and self.plain(record.worker_id):
+                self.violations.append(f"{what}: a cooperative handler's abandoned request "
+                                       f"was not drained: {error!r}")
+            c.broken = True
+            return True
+        if stubborn and self.fake and error is None and self.plain(record.worker_id):
+            self.violations.append(f"{what}: a stubborn handler's abandoned request was "
+                                   f"drained (it never gives it back): {record.result!r}")
+            return True
+        return False  # drained: the call itself is checked as usual
+
+    def plain(self, worker_id: str) -> bool:
+        """No scripted fault of this (fake) worker can break or delay a drain."""
+        script = self.script_of(worker_id)
+        return script.reply_mode in ("normal", "fragmented") and not script.faults \
+            and script.crash_after is None and script.on_abandon == "yield" \
+            and script.abandon_delay == 0
+
+    def check_drains(self) -> None:
+        """Match the worker.drained events with the drains expected."""
+        events = self.drain_events
+        self.drain_events = []
+        for event in events:
+            expected = next((d for d in self.drains if d.outcome is None
+                             and d.worker_id == event["worker_id"]), None)
+            if expected is None:
+                continue  # e.g. a health probe's, or a worker drained twice
+            expected.outcome, expected.reason = event["outcome"], event["reason"]
+            type(self).totals[f"drained_{expected.abandon}_{expected.outcome}"] += 1
+        for d in self.drains:
+            if d.outcome is None:
+                continue
+            died = "went away" in d.reason or d.worker_id in self.killed_ids \
+                or self.pool.closed or not d.plain
+            if d.outcome == "killed" and d.abandon == "yields" and not died:
+                self.violations.append(f"worker {d.worker_id}: a cooperative handler's "
+                                       f"abandoned request was not drained: {d.reason}")
+            if d.outcome == "killed" and d.abandon == "stubborn" and not died \
+                    and "cancel_grace" not in d.reason:
+                self.violations.append(f"worker {d.worker_id} killed while draining for "
+                                       f"another reason than its grace: {d.reason}")
+            if d.outcome == "clean" and d.abandon == "stubborn" and self.fake and d.plain:
+                self.violations.append(f"worker {d.worker_id}: a stubborn handler was "
+                                       "drained clean (it never gives the request back)")
+            if d.outcome == "clean" and not self.pool.closed \
+                    and d.worker_id not in self.killed_ids and not self.alive(d.worker_id):
+                self.violations.append(f"worker {d.worker_id} drained clean but is gone")
+        self.drains = [d for d in self.drains if d.outcome is None]
 
     def expected_error(self, record: CallRecord) -> type[BaseException] | None:
         """The error a call must end with on a healthy lease (None: a result).
@@ -523,6 +639,10 @@ class PoolMachine(RuleBasedStateMachine):
         elif command == "echo":
             if result != record.args:
                 self.violations.append(f"{what}: echoed {result!r} for {record.args!r}")
+        elif command == "sleep":
+            if result != {"slept": record.args["seconds"]}:
+                self.violations.append(f"{what}: {result!r} is not this sleep's answer "
+                                       f"(a stale reply?)")
         elif command == "create_program":
             self.programs.setdefault(key, set()).add(record.args["id"])
         elif command == "list_programs":
@@ -604,6 +724,58 @@ class PoolMachine(RuleBasedStateMachine):
         self.driver.call_soon(lambda: ops.send_nowait(("call", record)))
         self.settle()
 
+    @precondition(lambda self: not self.fake or any(c.phase == "holding" for c in self.active))
+    @rule(pick=SLOT_PICKS, stubborn=st.booleans(), how=st.sampled_from(["cancel", "timeout"]))
+    def cancel_mid_call(self, pick: int, stubborn: bool, how: str) -> None:
+        """A long ``sleep`` on a held lease, then its caller gives up mid-call:
+        cancelled (``how="cancel"``) or past its timeout. The handler gives the
+        request back (cooperative) or never does (``stubborn``). The caller
+        keeps its lease: a later rule calls again (which drains first),
+        releases it or cancels it (the pool drains the worker)."""
+        holding = [c for c in self.active if c.phase == "holding"]
+        if not holding or "sleep" not in self.commands:
+            self.settle()
+            return
+        c = holding[pick % len(holding)]
+        record = self.new_call(c, "sleep", 0)
+        record.args = {"seconds": 500.0 + next(self.sleep_ids) * 1e-6, "stubborn": stubborn}
+        record.timeout = 0.5 if how == "timeout" else 10_000.0
+        if stubborn:
+            record.abandon = "stubborn"
+        ops = c.ops
+        assert ops is not None
+        c.phase = "calling"
+        self.driver.call_soon(lambda: ops.send_nowait(("call", record)))
+        if self.fake:
+            self.driver.pump()  # the fake handler is running now
+        else:
+            # Let a real worker start the handler (else it is abandoned before
+            # it starts, which is answered at once: also correct, but not the
+            # interesting case). The host's clock: a step, not an assertion.
+            began = time.monotonic()
+            self.driver.pump(until=lambda: time.monotonic() - began >= 0.2 or record.done,
+                             timeout=self.settle_timeout)
+        if how == "cancel":
+            scope_of = record
+
+            def cancel() -> None:
+                if scope_of.scope is not None:
+                    scope_of.scope.cancel()
+
+            self.driver.call_soon(cancel)
+            self.settle(until=lambda: record.done)
+        elif self.fake:
+            self.driver.advance(0.5)  # the call's timeout
+            self.settle()
+        else:
+            self.settle(until=lambda: record.done)
+        if record.done and record.error is None and not record.cancelled \
+                and not record.broken_before and not record.killed_during:
+            self.violations.append(f"{c!r}: a 500 s sleep given up after at most 0.5 s "
+                                   f"answered {record.result!r}")
+        if self.violations:
+            raise AssertionError("; ".join(self.violations))
+
     def new_call(self, c: Checkout, command: str, arg: int) -> CallRecord:
         if command not in self.commands:
             # The app lacks it: use one the machine knows that the app has.
@@ -614,7 +786,8 @@ class PoolMachine(RuleBasedStateMachine):
         if command == "echo":
             args = [arg, {"n": arg, "s": "x" * arg}]
         elif command == "sleep":
-            seconds = [0.02, 0.1, 1.0, 0.0][arg]
+            # Unique seconds: each sleep's answer is its own.
+            seconds = [0.02, 0.1, 1.0, 0.0][arg] + next(self.sleep_ids) * 1e-6
             args, timeout = {"seconds": seconds}, 0.5  # the third one times out
         elif command == "hang":
             timeout = [0.2, 0.5, 0.2, 0.5][arg]
@@ -632,6 +805,10 @@ class PoolMachine(RuleBasedStateMachine):
         record = CallRecord(command, args, timeout, c.worker_id, c.session,
                             broken_before=c.broken or worker is None or not worker.is_alive()
                             or self.pool.closed)
+        script = self.script_of(c.worker_id)
+        if command == "hang" or script.faults.get(command, script.reply_mode) == "hang" \
+                or script.on_abandon == "never":
+            record.abandon = "stubborn"
         c.calls.append(record)
         return record
 
@@ -644,6 +821,7 @@ class PoolMachine(RuleBasedStateMachine):
         if not workers:
             return
         worker = workers[pick % len(workers)]
+        self.killed_ids.add(worker.worker_id)
         for c in self.active:
             if c.phase == "calling" and c.worker_id == worker.worker_id:
                 c.calls[-1].killed_during = True
@@ -717,6 +895,8 @@ class PoolMachine(RuleBasedStateMachine):
             cm.__exit__(None, None, None)
 
     def check_fault(self) -> None:
+        if self.fault is not None:
+            self.killed_ids.update(self.fault.worker_ids)  # killed by a fault, not a drain
         if self.fault is not None and self.fault_kind in ("kill_before_handoff",
                                                            "kill_after_grant") \
                 and self.fault.fired:
@@ -923,6 +1103,12 @@ class PoolMachine(RuleBasedStateMachine):
                     f"session {session!r} bound to dead worker {worker.worker_id}"
         for slot in view.slots:
             worker = slot.worker
+            if slot.state is S.DRAINING:
+                # Nobody is granted a worker before its abandoned request is back.
+                holders = [c for c in self.active if c.phase in ("holding", "calling")
+                           and c.worker_id == slot.worker_id]
+                assert slot.lease is None and not holders, \
+                    f"draining worker {slot.worker_id} is leased to {holders}"
             if slot.state is S.READY and slot.lease is None and worker is not None:
                 # An idle worker is fit to hand out: alive, its channel clean.
                 assert worker.is_alive() and not worker.dirty, \
