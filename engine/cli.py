@@ -32,10 +32,13 @@ call kinds (for --mix, as KIND=WEIGHT; weights are relative):
   crash    the worker exits mid-call (WorkerCrashed; the pool replaces it)
   hang     the worker never answers; --hang-timeout expires (CallTimeout)
   garbage  the worker writes garbage on the frame channel (ProtocolError)
+  cancel   a session's 2 s sleep, cancelled by its caller 50 ms in (the pool
+           drains the worker: it must come back with every session)
+  timeout  the same, given up through a 50 ms call timeout (CallTimeout)
 
 With --mix, kinds not named get weight 0. --chaos kills a random worker every
-0.5 s (unless --kill-every is given) and adds crash=0.1,hang=0.05,garbage=0.05 for
-fault kinds --mix does not name.
+0.5 s (unless --kill-every is given) and adds crash=0.1,hang=0.05,garbage=0.05,
+cancel=1,timeout=1 for kinds --mix does not name.
 
 invariants checked at the end (exit 1 if one fails):
   every call ended with a result or a typed EngineError (none lost or hung);
@@ -43,6 +46,8 @@ invariants checked at the end (exit 1 if one fails):
   no worker process is left after the pool closed;
   SessionLost count == sessions whose worker died (every still-bound session
   is called once more after the load, so each loss is observed exactly once);
+  a session a call was given up on (cancel, timeout) keeps its state unless its
+  worker died (workers killed after --pool cancel_grace are counted apart);
   plus: counts add up, every answer was correct, the pool recovered.
 
 examples:

@@ -5,8 +5,12 @@ a worker's pid before it harms it (a SIGKILL from the killer task, or a fault
 call: ``crash``, ``hang`` past its timeout, ``garbage`` on the frame channel);
 the first claim wins, so one death is never counted twice even when a kill and
 a fault call race for the same worker. :class:`WorkerWatch` listens to the
-pool's telemetry and records which pid each slot ran and how it ended. At the
-end both ledgers are compared pid by pid.
+pool's telemetry and records which pid each slot ran and how it ended, and how
+each drain of a call given up mid-call ended (``engine.worker.drained``): a
+worker killed because it did not give its request back within
+``cancel_grace`` is the pool's own doing, counted apart (a ``hang`` call's
+worker dies that way too, and is counted as the hang). At the end both
+ledgers are compared pid by pid.
 """
 
 from __future__ import annotations
@@ -44,6 +48,22 @@ class Injection:
     slot: int | None
     worker_id: str | None
     at: float
+
+
+@attrs.define
+class Drain:
+    """How the drain of a call given up mid-call ended (``engine.worker.drained``)."""
+
+    pid: int | None
+    worker_id: str | None
+    outcome: str  # "clean" or "killed"
+    reason: str
+    duration: float
+    at: float
+
+    @property
+    def grace_expired(self) -> bool:
+        return self.outcome == "killed" and "cancel_grace" in self.reason
 
 
 @attrs.define
@@ -123,6 +143,7 @@ class WorkerWatch:
         self.pids_seen: set[int] = set()
         self.pid_of_worker: dict[str, int] = {}
         self.shutdown_started: float | None = None
+        self.drains: list[Drain] = []
         self._slot_worker: dict[int, tuple[str | None, int | None]] = {}
 
     def handle(self, event: tuple[str, ...], measurements: Mapping[str, float],
@@ -134,6 +155,16 @@ class WorkerWatch:
             self._on_ready(metadata)
         elif event == telemetry.WORKER_EXIT:
             self._on_exit(metadata)
+        elif event == telemetry.WORKER_DRAINED:
+            pid = metadata.get("pid")
+            self.drains.append(Drain(
+                pid=pid if isinstance(pid, int) else None, worker_id=metadata.get("worker_id"),
+                outcome=str(metadata.get("outcome")), reason=str(metadata.get("reason", "")),
+                duration=float(measurements.get("duration", 0.0)), at=trio.current_time()))
+
+    def grace_kills(self) -> set[int]:
+        """Pids the pool killed because a request was not given back in time."""
+        return {d.pid for d in self.drains if d.grace_expired and d.pid is not None}
 
     def _on_ready(self, metadata: Mapping[str, Any]) -> None:
         slot = metadata.get("slot")
@@ -181,14 +212,15 @@ class WorkerWatch:
 
 
 def kill_random_worker(pool: Pool, ledger: DeathLedger, rng: random.Random) -> Injection | None:
-    """SIGKILL one READY or BUSY worker nobody has doomed yet; None if none is eligible.
+    """SIGKILL one READY, BUSY or DRAINING worker nobody has doomed yet; None if none is
+    eligible.
 
     Starting and stopping workers are left alone: their death would be the
     pool's own doing or a start failure, not a crash to detect.
     """
     ledger.kills_attempted += 1
     eligible = [w for w in pool.inspect().slots
-                if w.state.value in ("ready", "busy") and w.pid is not None
+                if w.state.value in ("ready", "busy", "draining") and w.pid is not None
                 and not ledger.doomed(w.pid) and pid_alive(w.pid)]
     if not eligible:
         ledger.kills_skipped += 1

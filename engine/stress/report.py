@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from engine.stress.chaos import EXPECTED_EXIT, INJECTION_KINDS
-from engine.stress.workload import KINDS, MEASURED_KINDS
+from engine.stress.workload import ABANDON_KINDS, KINDS, MEASURED_KINDS
 
 if TYPE_CHECKING:
     from engine.stress.chaos import DeathLedger, WorkerWatch
@@ -101,6 +101,7 @@ def build_report(f: RunFacts) -> dict[str, Any]:
     }
     deaths = _deaths(f)
     sessions = _sessions(f)
+    cancellations = _cancellations(f, by_kind)
     stats = f.facts.get("statistics", {})
     report: dict[str, Any] = {
         "tool": "engine stress",
@@ -118,6 +119,7 @@ def build_report(f: RunFacts) -> dict[str, Any]:
         "restarts": stats.get("restarts"),
         "pool_statistics": stats,
         "sessions": sessions,
+        "cancellations": cancellations,
         "processes": {
             "seen": f.facts.get("pids_seen", 0),
             "left_after_close": f.facts.get("left_after_close", []),
@@ -133,6 +135,12 @@ def build_report(f: RunFacts) -> dict[str, Any]:
 def _deaths(f: RunFacts) -> dict[str, Any]:
     injections = f.ledger.injections
     exits = f.watch.deaths()
+    # Killed by the pool after cancel_grace, for a request not claimed by a
+    # fault call (a hang's death is the hang's): explained, counted apart.
+    grace_kills = sorted(pid for pid in f.watch.grace_kills() & set(exits)
+                         if pid not in injections)
+    for pid in grace_kills:
+        del exits[pid]
     detected = dict.fromkeys(INJECTION_KINDS, 0)
     undetected: list[str] = []
     misreported: list[str] = []
@@ -170,6 +178,7 @@ def _deaths(f: RunFacts) -> dict[str, Any]:
         "pool_crash_counter": stats.get("crashes"),
         "expected_crash_counter": injected["kill"] + injected["crash"],
         "undetected": undetected, "misreported": misreported, "unexplained": unexplained,
+        "killed_after_grace": len(grace_kills),
         "kills_attempted": f.ledger.kills_attempted,
         "kills_skipped_no_target": f.ledger.kills_skipped,
         "replacement_seconds": replacement, "not_replaced": not_replaced,
@@ -177,13 +186,17 @@ def _deaths(f: RunFacts) -> dict[str, Any]:
         "detection": "an injected death is detected when the pool reports that worker's "
                      "exit (telemetry engine.worker.exit) with the expected cause: kill -> "
                      "crashed by SIGKILL, crash -> crashed with an exit code, hang and "
-                     "garbage -> replaced by the pool",
+                     "garbage -> replaced by the pool (a hang once cancel_grace has passed). "
+                     "killed_after_grace: workers the pool killed because a call given up "
+                     "mid-call (not a hang) did not come back within cancel_grace; not an "
+                     "injection, counted apart",
     }
 
 
 def _sessions(f: RunFacts) -> dict[str, Any]:
     live = set(f.facts.get("live_pids", []))
     injections = f.ledger.injections
+    grace_kills = f.watch.grace_kills()
     died = 0
     lost_run = lost_verify = 0
     causes: dict[str, int] = {}
@@ -197,7 +210,8 @@ def _sessions(f: RunFacts) -> dict[str, Any]:
         if dead:
             died += 1
             inj = injections.get(epoch.pid) if epoch.pid is not None else None
-            cause = inj.kind if inj is not None else "unexplained"
+            cause = inj.kind if inj is not None else \
+                "killed after cancel_grace" if epoch.pid in grace_kills else "unexplained"
             causes[cause] = causes.get(cause, 0) + 1
         if dead and epoch.lost_observed != 1:
             mismatches.append(f"session {epoch.session!r} epoch {epoch.number}: worker pid "
@@ -214,6 +228,47 @@ def _sessions(f: RunFacts) -> dict[str, Any]:
         "verification_calls": f.facts.get("probes", {}),
         "mismatches": mismatches[:50], "duplicate_losses": list(f.book.duplicate_losses),
         "definition": SESSIONS_DEFINITION,
+    }
+
+
+CANCELLATIONS_DEFINITION = (
+    "cancel and timeout calls give up on a long sleep of one of the client's sessions "
+    "mid-call (cancelled, or past their timeout). The pool drains the worker: clean, it "
+    "is back with every session; killed_after_grace, it did not give the request back "
+    "within cancel_grace and was replaced (counted, not a failure: each session on it is "
+    "then reported lost once, as for any death). The invariant: no epoch a call was given "
+    "up on lost its state unless its worker died from an injected fault or a kill after "
+    "the grace."
+)
+
+
+def _cancellations(f: RunFacts, by_kind: Mapping[str, Any]) -> dict[str, Any]:
+    injections = f.ledger.injections
+    grace_kills = f.watch.grace_kills()
+    live = set(f.facts.get("live_pids", []))
+    drains = f.watch.drains
+    clean = [d for d in drains if d.outcome == "clean"]
+    expired = [d for d in drains if d.grace_expired]
+    hang_kills = [d for d in expired if d.pid in injections and injections[d.pid].kind == "hang"]
+    epochs = [e for e in f.book.epochs if e.given_up]
+    lost = [e for e in epochs if e.lost_observed]
+    unexplained = [
+        f"session {e.session!r} epoch {e.number}: lost after {e.given_up} call(s) given up, "
+        f"worker pid {e.pid} " + ("alive" if e.pid in live else "died unexplained")
+        for e in lost
+        if e.pid in live or (e.pid not in injections and e.pid not in grace_kills)]
+    return {
+        "calls": {k: by_kind.get(k, {}).get("attempted", 0) for k in sorted(ABANDON_KINDS)},
+        "given_up_as_planned": sum(by_kind.get(k, {}).get("succeeded", 0)
+                                   for k in ABANDON_KINDS),
+        "drains": len(drains), "drained_clean": len(clean),
+        "killed_after_grace": len(expired) - len(hang_kills),
+        "hangs_killed_after_grace": len(hang_kills),
+        "killed_while_draining": len(drains) - len(clean) - len(expired),
+        "drain_seconds": _spread([d.duration for d in clean]),
+        "epochs_with_calls_given_up": len(epochs), "of_which_lost": len(lost),
+        "unexplained_losses": unexplained[:50],
+        "definition": CANCELLATIONS_DEFINITION,
     }
 
 
@@ -248,6 +303,7 @@ def _timeline(f: RunFacts) -> dict[str, Any]:
 
 def _invariants(r: dict[str, Any], f: RunFacts) -> list[dict[str, Any]]:
     calls, deaths, sessions, procs = r["calls"], r["deaths"], r["sessions"], r["processes"]
+    cancels = r["cancellations"]
     out: list[dict[str, Any]] = []
 
     def check(name: str, ok: bool, detail: str) -> None:
@@ -287,6 +343,15 @@ def _invariants(r: dict[str, Any], f: RunFacts) -> list[dict[str, Any]]:
           f"{sessions['lost_observed']} SessionLost observed ({sessions['lost_during_run']} "
           f"during the run, {sessions['lost_at_verification']} at verification) vs "
           f"{sessions['worker_died']} epochs whose worker died, of {sessions['epochs']}")
+    check("calls given up mid-call kept their sessions", not cancels["unexplained_losses"],
+          f"{sum(cancels['calls'].values())} calls given up{kinds_in_words(cancels['calls'])}; "
+          f"{cancels['drains']} drains: {cancels['drained_clean']} back clean, "
+          f"{cancels['killed_after_grace']} killed after cancel_grace (counted apart; "
+          f"{cancels['hangs_killed_after_grace']} hangs too), "
+          f"{cancels['killed_while_draining']} died while draining; "
+          f"{cancels['epochs_with_calls_given_up']} session epochs had calls given up, "
+          f"{cancels['of_which_lost']} lost later, "
+          f"{len(cancels['unexplained_losses'])} without their worker dying")
     check("pool recovered", bool(f.facts.get("recovered")) and not f.facts.get(
           "core_invariants"),
           f"back to {f.config['workers']} ready workers in "

@@ -45,9 +45,11 @@ from engine.stress.workload import (
 __all__ = ["DEFAULT_MIX", "KINDS", "LiveStatus", "StressConfig", "parse_mix", "run_stress"]
 
 DEFAULT_MIX: Mapping[str, float] = {"anon": 60, "session": 30, "slow": 10, "fail": 0,
-                                    "crash": 0, "hang": 0, "garbage": 0}
+                                    "crash": 0, "hang": 0, "garbage": 0, "cancel": 0,
+                                    "timeout": 0}
 #: What ``--chaos`` adds for kinds the mix does not mention.
-CHAOS_MIX: Mapping[str, float] = {"crash": 0.1, "hang": 0.05, "garbage": 0.05}
+CHAOS_MIX: Mapping[str, float] = {"crash": 0.1, "hang": 0.05, "garbage": 0.05,
+                                  "cancel": 1.0, "timeout": 1.0}
 CHAOS_KILL_EVERY = 0.5
 
 _run_ids = itertools.count(1)
@@ -105,6 +107,9 @@ class StressConfig:
     checkout_timeout: float = attrs.field(default=5.0, validator=_positive)
     hang_timeout: float = attrs.field(default=0.25, validator=_positive)
     slow_seconds: float = attrs.field(default=0.05, validator=_positive)
+    #: cancel and timeout calls: a sleep this long, given up this far into it.
+    abandon_sleep: float = attrs.field(default=2.0, validator=_positive)
+    abandon_after: float = attrs.field(default=0.05, validator=_positive)
     cpu_n: int = attrs.field(default=2000, validator=_positive)
     payload_bytes: int = 64
     sessions_per_client: int = 2
@@ -120,6 +125,9 @@ class StressConfig:
             raise ValueError("give a duration or a number of calls")
         if self.sessions_per_client < 0 or self.payload_bytes < 0:
             raise ValueError("sessions_per_client and payload_bytes must be >= 0")
+        if self.abandon_after >= min(self.abandon_sleep, self.call_timeout):
+            raise ValueError("abandon_after must be shorter than abandon_sleep and "
+                             "call_timeout: the call is given up mid-call")
         if self.hang_timeout >= self.call_timeout and self.mix.get("hang", 0) > 0:
             # A hang call's own timeout must fire first, or it would look like
             # any other slow call.
@@ -235,7 +243,8 @@ class _Run:
             mix=config.mix, call_timeout=config.call_timeout,
             checkout_timeout=config.checkout_timeout, hang_timeout=config.hang_timeout,
             slow_seconds=config.slow_seconds, cpu_n=config.cpu_n,
-            sessions_per_client=config.sessions_per_client, payload_bytes=config.payload_bytes)
+            sessions_per_client=config.sessions_per_client, payload_bytes=config.payload_bytes,
+            abandon_sleep=config.abandon_sleep, abandon_after=config.abandon_after)
         self.workload = Workload(pool, settings, self.recorder, self.ledger, self.book,
                                  self.watch.pid_of_worker, config.calls)
         self.t0 = trio.current_time()

@@ -109,7 +109,8 @@ def report_blocks(report: Mapping[str, Any], style: Styler) -> list[Block]:
     out.append(Line(f"restarts: {report['restarts']}; pool crash counter "
                     f"{d['pool_crash_counter']} (kills + crash calls = "
                     f"{d['expected_crash_counter']}); kill ticks {d['kills_attempted']}, "
-                    f"{d['kills_skipped_no_target']} without an eligible worker; start "
+                    f"{d['kills_skipped_no_target']} without an eligible worker; killed after "
+                    f"cancel_grace {d['killed_after_grace']}; start "
                     f"failures {d['start_failures']}; replacement = injection to that slot's "
                     "next ready worker"))
     warn = style("!", "red")
@@ -123,6 +124,19 @@ def report_blocks(report: Mapping[str, Any], style: Styler) -> list[Block]:
         f"{s['lost_at_verification']} at verification); epochs whose worker died "
         f"{s['worker_died']}{kinds_in_words(s['worker_died_by_cause'])}"))
     out += [Line(f"  {warn} {line}") for line in (s["mismatches"] + s["duplicate_losses"])[:10]]
+    c = report.get("cancellations")
+    if c is not None and (c["drains"] or sum(c["calls"].values())):
+        drain = c["drain_seconds"]
+        out.append(Line(
+            f"calls given up mid-call: {sum(c['calls'].values())}"
+            f"{kinds_in_words(c['calls'])}; {c['drains']} drains: {c['drained_clean']} back "
+            f"clean (p50 {_ms(drain['p50'])}, max {_ms(drain['max'])}), "
+            f"{c['killed_after_grace']} killed after cancel_grace, "
+            f"{c['hangs_killed_after_grace']} hangs killed after cancel_grace, "
+            f"{c['killed_while_draining']} died while draining; "
+            f"{c['epochs_with_calls_given_up']} session epochs had calls given up, "
+            f"{c['of_which_lost']} lost later"))
+        out += [Line(f"  {warn} {line}") for line in c["unexplained_losses"][:10]]
     p = report["processes"]
     out.append(Line(f"processes: {p['seen']} worker processes seen, "
                     f"{len(p['left_after_close'])} left after close, "

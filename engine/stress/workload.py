@@ -5,6 +5,12 @@ checkout wait and the call itself are measured apart. Every call is counted
 when it starts and again when it ends with a result or an exception; a call
 still running when the runner gives up waiting is *hung*.
 
+Cooperative cancellation: a ``cancel`` call gives up on a long ``sleep`` of
+one of its sessions mid-call (``trio.move_on_after``), a ``timeout`` call lets
+its call timeout expire; either way the worker is drained and must come back
+with the session's state, which the session's next calls check (its programs
+are still there). Each epoch counts the calls given up on it.
+
 Sessions: each client owns a few sessions and uses them one call at a time.
 The client remembers which worker (pid) each session is bound to, from the
 lease that served it, so it knows independently of the pool which sessions'
@@ -25,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from engine.errors import EngineError, SessionLost
+from engine.errors import CallTimeout, EngineError, SessionLost
 from engine.stress.chaos import CRASH_CODE, DeathLedger
 from engine.telemetry import LatencyHistogram
 
@@ -35,8 +41,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("engine.stress")
 
-KINDS = ("anon", "session", "slow", "fail", "crash", "hang", "garbage")
+KINDS = ("anon", "session", "slow", "fail", "crash", "hang", "garbage", "cancel", "timeout")
 FAULT_KINDS = frozenset({"crash", "hang", "garbage"})
+#: Calls whose caller gives up mid-call (cancelled, or its timeout), on a session.
+ABANDON_KINDS = frozenset({"cancel", "timeout"})
 #: The quick calls: their latency is the pool's overhead plus a little work, so
 #: they feed the headline latency and the charts. Slow calls (a sleep) and
 #: fault calls are reported per kind only: their latency is the sleep's or the
@@ -55,6 +63,10 @@ class WorkloadSettings:
     cpu_n: int
     sessions_per_client: int
     payload_bytes: int
+    #: cancel and timeout calls: how long the abandoned sleep would take, and
+    #: how far into it its caller gives up.
+    abandon_sleep: float = 2.0
+    abandon_after: float = 0.05
 
 
 class Reservoir:
@@ -175,6 +187,7 @@ class Epoch:
     lost_observed: int = 0
     lost_phase: str | None = None  # "run" or "verify"
     seen_before_lost: bool = True  # False: the pool bound it, but we never got the lease
+    given_up: int = 0  # calls of this epoch given up mid-call (cancel, timeout)
 
 
 @attrs.define
@@ -260,7 +273,8 @@ class Workload:
                     for k in range(self.settings.sessions_per_client)]
         while self.take_ticket():
             kind = rng.choices(self._kinds, self._weights)[0]
-            state = rng.choice(sessions) if kind == "session" and sessions else None
+            uses_session = kind == "session" or kind in ABANDON_KINDS
+            state = rng.choice(sessions) if uses_session and sessions else None
             await self.one_call(kind, rng, state)
 
     async def one_call(self, kind: str, rng: random.Random,
@@ -281,15 +295,20 @@ class Workload:
             async with self.pool.checkout(session=state.name if state else None,
                                           timeout=settings.checkout_timeout) as lease:
                 wait = trio.current_time() - started
-                command, args, timeout, check = self._plan(kind, rng, lease, state)
                 called = trio.current_time()
-                try:
-                    result = await lease.call(command, args, timeout=timeout)
-                finally:
+                if kind in ABANDON_KINDS:
+                    command = "sleep"
+                    problem = await self._give_up(kind, lease, state)
                     latency = trio.current_time() - called
-                    if kind in FAULT_KINDS:
-                        self.ledger.mark_time(lease.pid, kind, trio.current_time())
-                problem = check(result)
+                else:
+                    command, args, timeout, check = self._plan(kind, rng, lease, state)
+                    try:
+                        result = await lease.call(command, args, timeout=timeout)
+                    finally:
+                        latency = trio.current_time() - called
+                        if kind in FAULT_KINDS:
+                            self.ledger.mark_time(lease.pid, kind, trio.current_time())
+                    problem = check(result)
                 if problem is not None:
                     outcome = "WrongResult"
                     if len(rec.wrong) < 20:
@@ -306,6 +325,37 @@ class Workload:
             logger.debug("stress call %s ended with an untyped error", kind, exc_info=True)
         rec.end(kind, outcome, trio.current_time(), wait, latency)
         return outcome
+
+    async def _give_up(self, kind: str, lease: Lease, state: SessionState | None) -> str | None:
+        """A long sleep on the session's worker, given up mid-call: cancelled
+        (``cancel``) or past its timeout (``timeout``). None if it went as planned."""
+        settings = self.settings
+        if state is not None:
+            self._note_session(lease, state).given_up += 1
+        args = {"seconds": settings.abandon_sleep}
+        if kind == "timeout":
+            try:
+                result = await lease.call("sleep", args, timeout=settings.abandon_after)
+            except CallTimeout:
+                return None
+            return f"a {settings.abandon_sleep:g} s sleep with a {settings.abandon_after:g} s " \
+                   f"timeout answered {result!r}"
+        with trio.move_on_after(settings.abandon_after) as scope:
+            result = await lease.call("sleep", args, timeout=settings.call_timeout)
+        if scope.cancelled_caught:
+            return None
+        return f"a {settings.abandon_sleep:g} s sleep cancelled after " \
+               f"{settings.abandon_after:g} s answered {result!r}"
+
+    def _note_session(self, lease: Lease, state: SessionState) -> Epoch:
+        """The session's epoch (a new one if it was unbound), checking affinity."""
+        if state.epoch is None:
+            return self.book.bind(state, lease.worker_id, lease.pid)
+        if state.epoch.pid != lease.pid:
+            self.recorder.affinity_breaks.append(
+                f"session {state.name!r} bound to pid {state.epoch.pid} was served by "
+                f"pid {lease.pid}")
+        return state.epoch
 
     # --- what each kind sends and how its answer is checked -------------------------
 
@@ -341,12 +391,7 @@ class Workload:
     def _session_plan(self, rng: random.Random, lease: Lease,
                       state: SessionState) -> tuple[str, Any, float | None, Any]:
         timeout = self.settings.call_timeout
-        if state.epoch is None:
-            self.book.bind(state, lease.worker_id, lease.pid)
-        elif state.epoch.pid != lease.pid:
-            self.recorder.affinity_breaks.append(
-                f"session {state.name!r} bound to pid {state.epoch.pid} was served by "
-                f"pid {lease.pid}")
+        self._note_session(lease, state)
         if not state.programs or (len(state.programs) < 5 and rng.random() < 0.2):
             state.created += 1
             program_id = f"p{state.created}"

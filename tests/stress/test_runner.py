@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from engine.stress.chaos import classify_exit
@@ -112,6 +113,29 @@ async def test_a_death_the_runner_did_not_cause_fails_the_deaths_invariant() -> 
     # The other invariants still hold: the pool coped with the death.
     others = [i for i in report["invariants"] if i["name"] != deaths["name"]]
     assert all(i["ok"] for i in others), others
+
+
+@pytest.mark.layer3
+async def test_calls_given_up_mid_call_cost_no_worker_and_no_session() -> None:
+    """cancel and timeout calls without chaos: every drain comes back clean, no
+    worker restarts, no session is lost; with cancel_grace=0 (a kill per call
+    given up) the new invariant fails, so it can."""
+    mix = {"session": 2.0, "cancel": 1.0, "timeout": 1.0}
+    config = StressConfig(workers=2, clients=4, duration=1.5, seed=5, mix=mix)
+    report = await run_stress(config)
+    assert report["ok"] is True, [i for i in report["invariants"] if not i["ok"]]
+    cancels = report["cancellations"]
+    assert cancels["calls"]["cancel"] > 0 and cancels["calls"]["timeout"] > 0
+    assert cancels["given_up_as_planned"] == sum(cancels["calls"].values())
+    assert cancels["drains"] > 0 and cancels["drained_clean"] == cancels["drains"]
+    assert cancels["epochs_with_calls_given_up"] > 0 and cancels["of_which_lost"] == 0
+    assert report["restarts"] == 0 and report["sessions"]["lost_observed"] == 0
+
+    killing = attrs.evolve(config, pool_options={"cancel_grace": 0})
+    report = await run_stress(killing)
+    verdicts = {i["name"]: i["ok"] for i in report["invariants"]}
+    assert verdicts["calls given up mid-call kept their sessions"] is False
+    assert report["cancellations"]["drains"] == 0 and report["restarts"] > 0
 
 
 @pytest.mark.layer1
