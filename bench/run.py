@@ -15,7 +15,9 @@ no peer's process cache leaks into another's figures):
 * scale: CPU per call with 1 vs 10,000 queued callers and 1 vs 1,024 workers,
   fake workers (:mod:`bench.scale`);
 * startup: bare interpreter, spawn-to-hello, crash to replacement, pool start
-  and close for 1, 4, 64 and 256 workers, RSS (:mod:`bench.startup`).
+  and close for 1, 4, 64 and 256 workers, RSS (:mod:`bench.startup`);
+* cancel: a call cancelled mid-way, to its worker ready again (cooperative)
+  against to its replacement ready (``cancel_grace=0``) (:mod:`bench.cancel`).
 
 Options: ``--quick`` (fewer samples, for a smoke run), ``--sections``,
 ``--json PATH`` (every figure), ``--markdown`` (print the table as Markdown),
@@ -41,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
 import trio
 
 import engine
-from bench import contended, latency, scale, startup, throughput
+from bench import cancel, contended, latency, scale, startup, throughput
 from bench.table import COLUMNS, markdown, print_table, rows
 
 Log = Callable[[str], None]
@@ -59,6 +61,7 @@ SECTIONS: dict[str, Callable[[bool, Log], Any]] = {
     "contended": contended.measure,
     "scale": scale.measure,
     "startup": startup.measure,
+    "cancel": cancel.measure,
 }
 
 

@@ -236,6 +236,18 @@ def startup_rows(s: dict[str, Any]) -> list[Row]:
     return out
 
 
+def cancel_rows(c: dict[str, Any]) -> list[Row]:
+    out = [_heading(f"a call cancelled mid-way, 1 worker: medians of {c['rounds']} "
+                    "interleaved rounds")]
+    kill, coop = c["kill"], c["cooperative"]
+    out.append(("cancel to replacement ready (cancel_grace=0: kill)", ms(kill), "", "1.00x",
+                "", ""))
+    ratio = kill / coop
+    out.append(("cancel to the same worker ready (cooperative, sessions kept)", ms(coop), "",
+                f"{ratio:.1f}x sooner", "sooner than a kill", verdict(ratio > 1)))
+    return out
+
+
 def rows(r: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     if "latency" in r:
@@ -254,6 +266,8 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.extend(scale_rows(r["scale"]))
     if "startup" in r:
         out.extend(startup_rows(r["startup"]))
+    if "cancel" in r:
+        out.extend(cancel_rows(r["cancel"]))
     return out
 
 

@@ -37,7 +37,8 @@ def _scale(cpu_us: float, workers: int, callers: int) -> dict[str, Any]:
 
 
 def results(*, pool_us: float = 15.0, contended_pool_us: float = 100.0,
-            queue_ratio: float = 1.3, skip_256: bool = False) -> dict[str, Any]:
+            queue_ratio: float = 1.3, skip_256: bool = False,
+            cancel_s: float = 0.001) -> dict[str, Any]:
     latency = {name: _seq(us) for name, us in (
         ("spin", 10.0), ("spin_trio", 11.0), ("process_worker", 12.0), ("checkout", 3.0),
         ("pool", pool_us), ("pool_no_poll", 30.0), ("floor", 14.0), ("json_floor", 16.0),
@@ -67,6 +68,7 @@ def results(*, pool_us: float = 15.0, contended_pool_us: float = 100.0,
                   "workers_1": _scale(100.0, 1, 1024), "workers_many": _scale(100.0, 1024, 1024)},
         "startup": {"bare": 0.03, "hello": 0.03, "stop": 0.01, "crash": 0.04, "cores": 2,
                     "pool": pool_sizes, "rss": {"bare": 10.0 * 2**20, "worker": 10.6 * 2**20}},
+        "cancel": {"rounds": 20, "kill": 0.05, "cooperative": cancel_s},
     }
 
 
@@ -111,6 +113,13 @@ def test_queued_callers_within_1_3x(ratio: float, verdict: str) -> None:
     assert "(9,998 queued)" in row["measurement"]
 
 
+@pytest.mark.parametrize(("cancel_s", "verdict"), [(0.001, "PASS"), (0.05, "FAIL")])
+def test_a_cooperative_cancel_is_back_sooner_than_a_kill(cancel_s: float, verdict: str) -> None:
+    row = _row(rows(results(cancel_s=cancel_s)), "cancel to the same worker ready")
+    assert row["result"] == verdict
+    assert row["ratio"] == f"{0.05 / cancel_s:.1f}x sooner"
+
+
 def test_a_skipped_pool_size_says_so_and_judges_nothing() -> None:
     row = _row(rows(results(skip_256=True)), "pool start / close, 256 workers")
     assert row["value"] == "skipped" and "MiB available" in row["ratio"]
@@ -119,7 +128,7 @@ def test_a_skipped_pool_size_says_so_and_judges_nothing() -> None:
 
 def test_only_the_sections_that_ran_have_rows() -> None:
     r = results()
-    for section in ("throughput", "idle", "contended", "scale", "startup"):
+    for section in ("throughput", "idle", "contended", "scale", "startup", "cancel"):
         del r[section]
     table = rows(r)
     assert table and all(not row[0].startswith("[throughput") for row in table)
