@@ -32,6 +32,15 @@ def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
         )
 
 
+def _grace(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 <= value < math.inf:
+        raise ValueError(
+            f"PoolConfig.{attribute.name} must be a finite number of seconds >= 0, got "
+            f"{value!r}: how long a worker may take to give back a request whose caller "
+            "gave up before it is killed (0: kill at once)")
+
+
 def _busy_poll(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not 0 <= value <= MAX_BUSY_POLL:
@@ -165,7 +174,7 @@ class PoolConfig:
     # with its request in flight has the worker abandon it; a worker that does
     # not give it back within this many seconds is killed and replaced. 0 kills
     # at once (every session on that worker is lost).
-    cancel_grace: float = attrs.field(default=1.0, validator=_non_negative)
+    cancel_grace: float = attrs.field(default=1.0, validator=_grace)
     launcher: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_argv)
     python: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_argv)
     env: Mapping[str, str] | None = attrs.field(default=None, converter=_to_env,

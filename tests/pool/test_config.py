@@ -28,6 +28,11 @@ pytestmark = pytest.mark.layer1
     ("max_health_failures", 0),
     ("max_calls_per_worker", 0),
     ("shutdown_grace", -1),
+    ("cancel_grace", -0.1),
+    ("cancel_grace", float("inf")),
+    ("cancel_grace", float("nan")),
+    ("cancel_grace", "1"),
+    ("cancel_grace", None),
     ("affinity", "sticky"),
     ("app", ""),
     ("app", "a:b:c"),
@@ -41,6 +46,12 @@ def test_bad_value_raises_value_error_naming_the_field(field: str, value: Any) -
         PoolConfig(**{field: value})
     with pytest.raises(ValueError, match=field):
         make_config(None, {field: value})
+
+
+def test_cancel_grace_defaults_to_a_second_and_0_is_allowed() -> None:
+    assert PoolConfig().cancel_grace == 1.0
+    assert PoolConfig(cancel_grace=0).cancel_grace == 0
+    assert make_config(None, {"cancel_grace": 0.25}).cancel_grace == 0.25
 
 
 def test_unknown_keyword_is_named() -> None:
