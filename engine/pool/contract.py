@@ -61,11 +61,16 @@ class CheckoutRequest:
 
 @attrs.frozen
 class CheckinOutcome:
-    """How the lease ended: ``clean`` is False when the worker must not be reused."""
+    """How the lease ended: ``clean`` is False when the worker must not be reused
+    as it is. ``draining``: its last call was cancelled or timed out in flight,
+    and the pool will have the worker give that request back (within
+    ``cancel_grace``) and then reuse it, with its sessions; Remove kills it
+    instead."""
 
     clean: bool
     error: BaseException | None
     calls: int
+    draining: bool = False
 
 
 class Policy(Protocol):
@@ -80,7 +85,7 @@ class DefaultPolicy:
         return Ok()
 
     def on_checkin(self, worker: WorkerInfo, outcome: CheckinOutcome) -> CheckinDecision:
-        if not outcome.clean:
+        if not outcome.clean and not outcome.draining:
             return Remove("worker left dirty by its last lease")
         return Ok()
 

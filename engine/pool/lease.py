@@ -39,10 +39,11 @@ class LeaseReleased(EngineError, trio.ClosedResourceError):
         )
 
 
-#: ``(slot, worker, clean, error, calls)`` -> a Remove reason, or None to keep
-#: the worker: the policy's ``on_checkin``, validated (None: the default policy,
-#: whose rule the core applies itself).
-CheckinVetting = Callable[[int, WorkerHandle, bool, "BaseException | None", int], "str | None"]
+#: ``(slot, worker, clean, error, calls, draining)`` -> a Remove reason, or None
+#: to keep the worker: the policy's ``on_checkin``, validated (None: the default
+#: policy, whose rule the core applies itself).
+CheckinVetting = Callable[[int, WorkerHandle, bool, "BaseException | None", int, bool],
+                          "str | None"]
 
 
 class HeldLeases:
@@ -208,7 +209,7 @@ def release(lease: Lease, error: BaseException | None) -> None:
         and worker.exit_info is None and getattr(worker, "abandoned", False) is True
     remove = None
     if context.vet_checkin is not None:
-        remove = context.vet_checkin(lease._slot, worker, clean, error, lease._calls)
+        remove = context.vet_checkin(lease._slot, worker, clean, error, lease._calls, drain)
     context.core.checkin(lease._token, clean=clean, remove=remove, calls=lease._calls,
                          drain=drain)
     context.flush()

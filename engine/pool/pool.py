@@ -430,10 +430,10 @@ class Pool:
         return verdict
 
     def _vet_checkin(self, index: int, worker: WorkerHandle, clean: bool,
-                     error: BaseException | None, calls: int) -> str | None:
+                     error: BaseException | None, calls: int, draining: bool) -> str | None:
         """A custom policy's ``on_checkin``: the Remove reason, or None to keep."""
         info = self._info(self._core.slots[index], worker)
-        verdict = vet_checkin(self._policy, info, CheckinOutcome(clean, error, calls))
+        verdict = vet_checkin(self._policy, info, CheckinOutcome(clean, error, calls, draining))
         if verdict.violation is not None:
             self._report_violation(verdict, index)
         if isinstance(verdict.decision, Remove):

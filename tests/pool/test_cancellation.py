@@ -28,6 +28,7 @@ import trio.testing
 import engine
 from engine import telemetry
 from engine.errors import CallTimeout, SessionLost
+from engine.pool.contract import CheckinOutcome, DefaultPolicy, Remove, WorkerInfo
 from engine.pool.lifecycle import WorkerState
 from engine.pool.pool import Pool
 from engine.testing.fakes import FakeWorkerFactory, Script
@@ -187,6 +188,33 @@ async def test_fake_cancel_grace_0_kills_at_once(
         with pytest.raises(SessionLost):
             await pool.call("echo", 2, session="b")
         assert factory.workers[0].exit_info is not None
+
+
+class _Watching(DefaultPolicy):
+    """A custom policy on the default's rules; sees every check-in."""
+
+    def __init__(self, veto: bool) -> None:
+        self.veto = veto
+        self.outcomes: list[CheckinOutcome] = []
+
+    def on_checkin(self, worker: WorkerInfo, outcome: CheckinOutcome) -> Any:
+        self.outcomes.append(outcome)
+        if self.veto and outcome.draining:
+            return Remove("this policy kills workers whose call was given up")
+        return super().on_checkin(worker, outcome)
+
+
+@pytest.mark.layer2
+@pytest.mark.parametrize("veto", [False, True])
+async def test_fake_a_custom_policy_sees_the_drain_and_may_veto_it(
+        autojump_clock: trio.testing.MockClock, veto: bool) -> None:
+    policy = _Watching(veto)
+    async with fake_pool(policy=policy) as (pool, factory):
+        await cancel_after(pool, 1.0, "sleep", {"seconds": 50})
+        [outcome] = policy.outcomes
+        assert outcome.draining and not outcome.clean
+        await pool.call("echo", 1)
+        assert len(factory.workers) == (2 if veto else 1)
 
 
 @pytest.mark.layer2
