@@ -258,7 +258,10 @@ def start_watchdog(interval: float = WATCHDOG_INTERVAL) -> Watchdog:
                 os._exit(EXIT_ORPHANED)
             probe = watchdog.probe
             if probe is not None:
-                probe()
+                try:
+                    probe()
+                except Exception:  # never let it end the orphan check
+                    pass
 
     _thread.start_new_thread(watch, ())
     return watchdog
@@ -431,6 +434,7 @@ class Worker:
         self.eof = False  # stdin closed, as seen by the signal handler
         self._in_signal = False
         self._stdin_ready: Callable[[int], list[tuple[int, int]]] | None = None
+        self._watchdog_ready: Callable[[int], list[tuple[int, int]]] | None = None
         # One lookup per request: command -> (handler, counts in ``calls``).
         # Commands the app registers later are still found through app.handler.
         self._dispatch: dict[str, tuple[Callable[[Any, Context], Any], bool]] = {
@@ -607,9 +611,14 @@ class Worker:
     def _watch_stdin(self) -> None:
         import select  # already imported when busy-polling (the default)
 
-        poller = select.poll()
-        poller.register(self.stdin_fd, select.POLLIN)
-        self._stdin_ready = poller.poll
+        # One poll object per thread: CPython refuses a concurrent poll() on
+        # the same object (RuntimeError), and the watchdog thread polls too.
+        pollers = []
+        for _ in range(2):
+            poller = select.poll()
+            poller.register(self.stdin_fd, select.POLLIN)
+            pollers.append(poller.poll)
+        self._stdin_ready, self._watchdog_ready = pollers
 
     def on_abandon_signal(self, signum: int, frame: FrameType | None) -> None:
         """ABANDON_SIGNAL's handler (main thread, between bytecodes)."""
@@ -657,7 +666,7 @@ class Worker:
         only become readable with an abandon frame (or EOF). Signal the main
         thread then, as the parent would have if it could reach this process."""
         running = self.running
-        ready = self._stdin_ready
+        ready = self._watchdog_ready
         if running and running != self.interrupted and not self.eof and ready is not None \
                 and ready(0):
             signal.pthread_kill(_MAIN_THREAD, ABANDON_SIGNAL)
