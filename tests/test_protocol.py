@@ -121,9 +121,9 @@ def test_oversized_length_found_after_a_good_frame() -> None:
     with pytest.raises(ProtocolError, match="exceeds"):
         while (message := decoder.next_message()) is not None:
             received.append(message)
-    # The decoder currently checks the next header before returning the frame
-    # it just cut, so the good frame may be lost with the stream; never garbled.
-    assert received in ([], [{"a": 1}])
+    # The next header is checked once the good frame has been returned: a good
+    # frame is never lost because garbage follows it.
+    assert received == [{"a": 1}]
 
 
 def test_zero_length_rejected() -> None:
@@ -488,3 +488,112 @@ def test_find_unencodable_reports_the_first_problem_in_order() -> None:
     path, is_type, problem = protocol.find_unencodable({"k\"ey": {1, 2}}, "args") or ("", 0, "")
     assert path == 'args["k\\"ey"]' and is_type
     assert problem.startswith('args["k\\"ey"] is {1, 2} (type set), which JSON cannot carry')
+
+
+# --- exact wording: every error says what was wrong and what to do ----------------------
+
+
+def error_of(fn: Any, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(ProtocolError) as info:
+        fn(*args, **kwargs)
+    return str(info.value)
+
+
+SEND_ONLY = "send only dict/list/str/int/float/bool/None"
+
+
+def test_encode_errors_say_what_to_send() -> None:
+    assert error_of(encode_frame, [1, 2]) == "a frame must hold a JSON object, not list"
+    assert error_of(encode_frame, {"a": "x" * 100}, max_frame_size=50) == (
+        "frame of 108 bytes exceeds max_frame_size=50; "
+        "send less data per call or raise max_frame_size")
+    circular: dict[str, Any] = {}
+    circular["a"] = circular
+    assert error_of(encode_frame, circular) == (
+        f"message is not JSON-serialisable (Circular reference detected); {SEND_ONLY}")
+    assert error_of(encode_frame, {"s": "\ud800"}) == (
+        "message is not JSON-serialisable ('utf-8' codec can't encode character '\\ud800' "
+        f"in position 6: surrogates not allowed); {SEND_ONLY}")
+
+
+def test_decode_errors_quote_the_start_of_the_body() -> None:
+    body = b"{" + b"x" * 100
+    assert error_of(decode_body, body) == (
+        "frame body is not valid JSON (Expecting property name enclosed in double quotes: "
+        f"line 1 column 2 (char 1)): {body[:60].decode()!r}")
+
+
+def test_decoder_errors_name_the_limit_and_the_likely_cause() -> None:
+    with pytest.raises(ValueError) as info:
+        FrameDecoder(1)
+    assert str(info.value) == "max_frame_size must be at least 2 bytes"
+    assert error_of(FrameDecoder(max_frame_size=100).feed, struct.pack(">I", 101)) == (
+        "frame length 101 exceeds max_frame_size=100; "
+        "the peer sent an oversized frame or garbage")
+    assert error_of(FrameDecoder().feed, b"\x00\x00\x00\x00") == (
+        "empty frame (length 0); a frame must hold a JSON object")
+
+
+def test_envelope_errors_name_the_type_or_keys_found() -> None:
+    assert error_of(parse_request, [1]) == "request must be a JSON object, got list"
+    assert error_of(parse_response, "x") == "response must be a JSON object, got str"
+    assert error_of(parse_response, {k: 1 for k in "jihgfedcba"}) == (
+        "response lacks 'id' or 'ok': keys are ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']")
+    assert error_of(parse_hello, ok_response(0, ["x"])) == (
+        "hello result must be an object, got list")
+    assert error_of(parse_hello, _hello_with(protocol=2)) == (
+        f"worker speaks protocol 2, this parent speaks {protocol.PROTOCOL_VERSION}; "
+        "run the same engine version on both sides")
+    assert error_of(parse_hello, _hello_with(pid=None)) == (
+        "hello needs string worker_id, integer pid and string app")
+    assert error_of(parse_hello, _hello_with(commands=None)) == (
+        "hello 'commands' must be a list of strings")
+
+
+# --- the fast paths ------------------------------------------------------------------------
+
+AWKWARD = {"z": [1, 2.5, None, True], "a": {"é": "ünï\u2028", "n": -0.0}, "m": ""}
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def test_the_fast_encoder_is_the_c_encoder_and_writes_what_json_would() -> None:
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - an interpreter without the _json accelerator
+        pytest.skip("no C JSON encoder here")
+    encode = protocol._make_fast_encoder()
+    assert isinstance(encode, make)
+    assert "".join(encode(AWKWARD, 0)) == compact(AWKWARD)  # key order kept, UTF-8 kept
+    with pytest.raises(ValueError):
+        encode({"a": float("nan")}, 0)
+    with pytest.raises(TypeError):
+        encode({(1, 2): 3}, 0)  # keys are never skipped silently
+
+
+@pytest.mark.parametrize("c_encoder", [
+    None,  # no _json accelerator
+    lambda *args: (_ for _ in ()).throw(TypeError("other signature")),  # another interpreter's
+])
+def test_without_the_c_encoder_the_fallback_writes_the_same(
+    c_encoder: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only while the encoder is built: json's own encoder uses it too.
+    with monkeypatch.context() as patch:
+        patch.setattr(json.encoder, "c_make_encoder", c_encoder)
+        encode = protocol._make_fast_encoder()
+    assert "".join(encode(AWKWARD, 0)) == compact(AWKWARD)
+
+
+def test_valid_messages_never_take_the_slow_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The slow paths exist to word errors; a good message going through them
+    # would cost a second encode or decode on every call.
+    def slow(*args: Any) -> Any:
+        raise AssertionError("slow path taken")
+
+    monkeypatch.setattr(protocol, "_encode_or_explain", slow)
+    monkeypatch.setattr(protocol, "_decode_or_explain", slow)
+    data = encode_frame(AWKWARD)
+    assert data == struct.pack(">I", len(data) - 4) + compact(AWKWARD).encode()
+    assert decode_body(data[4:]) == AWKWARD

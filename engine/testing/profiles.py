@@ -8,6 +8,10 @@
   health-check suppressions. Registered under the same name, so whichever
   loads it gets ours.
 * ``campaign``: long runs: 100 times the examples of ``dev``, database on.
+* ``mutation``: for mutation testing (``tools/mutation.py``): ``ci``'s fixed
+  examples, so a mutant's verdict is reproducible, and no shrinking: a mutant
+  is killed by its first failing example, and shrinking a long stateful run
+  would cost more than the whole test.
 
 :func:`load_profile` picks ``$HYPOTHESIS_PROFILE``, else ``ci`` when ``CI`` is
 set to a true value, else ``dev``. Tests that fix their own ``max_examples``
@@ -19,18 +23,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 __all__ = ["PROFILES", "current_profile", "load_profile", "register_profiles", "scaled"]
 
-PROFILES = ("dev", "ci", "campaign")
+PROFILES = ("dev", "ci", "campaign", "mutation")
 _BASE_EXAMPLES = 100  # what a test's own max_examples is relative to
 _SUPPRESS = (HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much)
 _loaded: list[str] = []
 
 
 def register_profiles() -> None:
-    """Register ``dev``, ``ci`` and ``campaign`` (idempotent)."""
+    """Register ``dev``, ``ci``, ``campaign`` and ``mutation`` (idempotent)."""
     settings.register_profile("dev", deadline=None, max_examples=_BASE_EXAMPLES,
                               suppress_health_check=_SUPPRESS)
     try:
@@ -42,6 +46,8 @@ def register_profiles() -> None:
                               suppress_health_check=_SUPPRESS)
     settings.register_profile("campaign", deadline=None, max_examples=_BASE_EXAMPLES * 100,
                               print_blob=True, suppress_health_check=_SUPPRESS)
+    settings.register_profile("mutation", parent=settings.get_profile("ci"),
+                              phases=(Phase.explicit, Phase.generate), print_blob=False)
 
 
 def _truthy(value: str | None) -> bool:

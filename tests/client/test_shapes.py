@@ -272,3 +272,115 @@ def test_huge_int_is_described_without_its_digits() -> None:
 def test_hashable_despite_mapping_fields() -> None:
     assert hash(ProgramInfo(id="p", extra={"k": [1]})) == hash(ProgramInfo(id="p"))
     assert isinstance(hash(ExecutionResult(outputs={"a": [1]})), int)
+
+
+# --- every error names the answer, the place, the problem and the offending value --------
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+SIX_KEYS = {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6}
+NOT_A_LIST_OF_PROGRAMS = {"programs": "p1", "total_count": 1}
+DUPLICATE = {"id": "p1", "handler": "again"}
+INT_KEYED = {1: "x"}
+SIGNATURE_WITHOUT_INPUTS = {"id": "p", "signature": {"outputs": []}}
+
+
+# (normaliser, answer, what, problem, the offending value)
+EXACT_ERRORS: list[Any] = [
+    pytest.param(parse_ping, None, "ping answer", "the answer must be a map, got null", None,
+                 id="ping-null"),
+    pytest.param(parse_ping, {"worker_id": "w"}, "ping answer",
+                 "missing key 'pid' in the answer", "<answer>", id="ping-no-pid"),
+    pytest.param(parse_ping, {"pid": -1, "worker_id": "w"}, "ping answer",
+                 "pid must be a positive integer, got an integer (-1)", -1, id="ping-negative"),
+    pytest.param(parse_ping, {"pid": 3, "worker_id": ""}, "ping answer",
+                 "worker_id must be a non-empty string, got a string ('')", "",
+                 id="ping-empty-worker-id"),
+    pytest.param(parse_ping, {"pid": 3, "worker_id": 5}, "ping answer",
+                 "worker_id must be a non-empty string, got an integer (5)", 5,
+                 id="ping-int-worker-id"),
+    pytest.param(parse_ping, {"pid": -(2**64 - 1), "worker_id": "w"}, "ping answer",
+                 f"pid must be a positive integer, got an integer ({-(2**64 - 1)})",
+                 -(2**64 - 1), id="ping-64-bit-pid-in-full"),
+    pytest.param(parse_ping, {"pid": 2**64 + 0.5, "worker_id": "w"}, "ping answer",
+                 f"pid must be a positive integer, got a float ({2**64 + 0.5!r})", 2**64 + 0.5,
+                 id="ping-float-pid"),
+    pytest.param(parse_execution, 3, "execute_program answer",
+                 "the answer must be a map, got an integer (3)", 3, id="execution-int"),
+    pytest.param(parse_execution, {}, "execute_program answer",
+                 "missing key 'outputs' in the answer", "<answer>", id="execution-no-outputs"),
+    pytest.param(parse_execution, Opaque(), "execute_program answer",
+                 "the answer must be a map, got a Opaque (<opaque>)", "<answer>",
+                 id="execution-foreign-object"),
+    # repr() of a huge int inside a tuple raises (CPython's int-to-str limit).
+    pytest.param(parse_execution, {(10**5000,): 1}, "execute_program answer",
+                 "the answer has a non-string key <unprintable tuple>", "<answer>",
+                 id="execution-unprintable-key"),
+    pytest.param(parse_execution, {"outputs": ["x"] * 3}, "execute_program answer",
+                 "outputs must be a map, got a list of 3 items", ["x"] * 3,
+                 id="execution-outputs-list"),
+    pytest.param(parse_deleted, {}, "delete_program answer",
+                 "missing key 'deleted' in the answer", "<answer>", id="deleted-missing"),
+    pytest.param(parse_deleted, [True], "delete_program answer",
+                 "the answer must be a boolean or a map {'deleted': bool}, got a list of 1 item",
+                 "<answer>", id="deleted-list"),
+    pytest.param(parse_deleted, {"deleted": 1}, "delete_program answer",
+                 "deleted must be a boolean, got an integer (1)", 1, id="deleted-int"),
+    pytest.param(parse_program_info, SIX_KEYS, "program info",
+                 "missing key 'id' in the answer", "<answer>", id="info-no-id"),
+    pytest.param(parse_program_info, SIGNATURE_WITHOUT_INPUTS, "program info",
+                 "missing key 'inputs' in signature", {"outputs": []},
+                 id="info-signature-no-inputs"),
+    pytest.param(parse_program_list, {"programs": [], "total_count": "0"},
+                 "list_programs answer", "total_count must be an integer, got a string ('0')",
+                 "0", id="list-string-count"),
+    pytest.param(parse_program_list, {"programs": [], "total_count": -2},
+                 "list_programs answer", "total_count is negative (-2)", -2,
+                 id="list-negative-count"),
+    pytest.param(parse_program_list, NOT_A_LIST_OF_PROGRAMS, "list_programs answer",
+                 "programs must be a list, got a string ('p1')", "p1", id="list-programs-string"),
+    pytest.param(parse_program_list, {"programs": [7], "total_count": 1},
+                 "list_programs answer", "programs[0] must be a map, got an integer (7)", 7,
+                 id="list-entry-int"),
+    pytest.param(parse_program_list, {"programs": [P1, DUPLICATE], "total_count": 2},
+                 "list_programs answer", "programs[1].id 'p1' repeats programs[0].id", DUPLICATE,
+                 id="list-duplicate"),
+    pytest.param(parse_program_list, "x", "list_programs answer",
+                 "the answer must be a map {'programs': [...], 'total_count': n} or a bare list "
+                 "of programs, got a string ('x')", "<answer>", id="list-string"),
+]
+# Keys that are not strings only come from Python callers, never from JSON.
+EXACT_ERRORS += [
+    pytest.param(parse, INT_KEYED, what, "the answer has a non-string key 1", "<answer>",
+                 id=f"{what.split()[0]}-int-key")
+    for parse, what in [(parse_ping, "ping answer"), (parse_execution, "execute_program answer"),
+                        (parse_deleted, "delete_program answer"),
+                        (parse_program_info, "program info"),
+                        (parse_program_list, "list_programs answer")]
+]
+
+
+@pytest.mark.parametrize(("parse", "answer", "what", "problem", "value"), EXACT_ERRORS)
+def test_exact_errors(parse: Any, answer: Any, what: str, problem: str, value: Any) -> None:
+    error = shape_error(parse, answer)
+    assert (error.what, error.problem) == (what, problem)
+    if isinstance(value, str) and value == "<answer>":
+        assert error.value is answer
+    else:
+        assert type(error.value) is type(value) and error.value == value
+
+
+def test_a_map_is_described_by_its_first_five_keys() -> None:
+    error = shape_error(parse_ping, {"pid": SIX_KEYS, "worker_id": "w"})
+    assert error.problem == (
+        "pid must be a positive integer, got a map with keys ['a', 'b', 'c', 'd', 'e']")
+    assert error.value is not None
+
+
+def test_integers_wider_than_64_bits_are_described_by_their_size() -> None:
+    error = shape_error(parse_ping, {"pid": -(2**64), "worker_id": "w"})
+    assert error.problem == "pid must be a positive integer, got an integer (<65-bit integer>)"

@@ -128,8 +128,28 @@ kinds = st.sampled_from([*sorted(FAILURE_KINDS), "remote_error", "call_timeout"]
 # Round steps hit the window and reset_timeout boundaries exactly; floats cover the rest.
 steps = st.one_of(st.sampled_from([0.0, 0.5, 1.0, 2.0, 5.0, 10.0]), st.floats(0.0, 12.0))
 
+# How a probe ends, and what Pool._acquire reports for it: it got a worker
+# (success), its checkout timed out or failed (failure), or its caller was
+# cancelled while it waited (abandoned: no verdict).
+OUTCOMES = {"leased": True, "timed_out": False, "failed": False, "cancelled": None}
+
+
+class Probe:
+    """A probe the breaker granted, as its caller sees it."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        # Live until the breaker leaves the half-open period that granted it
+        # (seen through on_transition, not through generation numbers): after
+        # that its report is stale and must change nothing.
+        self.live = True
+
 
 class BreakerMachine(RuleBasedStateMachine):
+    """The breaker against the model, plus progress properties checked against the
+    probes the callers hold: an abandoned probe frees its slot, the breaker never
+    stays half-open with no probe in flight, and a stale report changes nothing."""
+
     clock: FakeClock
     breaker: CircuitBreaker
     model: Model
@@ -137,7 +157,8 @@ class BreakerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[str, str]] = []
-        self.probes: list[int] = []  # generations of probes granted and not yet finished
+        self.reasons: list[str] = []
+        self.probes: list[Probe] = []  # granted and not yet reported
 
     @initialize(
         threshold=st.integers(1, 5),
@@ -150,9 +171,18 @@ class BreakerMachine(RuleBasedStateMachine):
         self.breaker = CircuitBreaker(
             failure_threshold=threshold, window=window, reset_timeout=reset,
             half_open_max_probes=max_probes, clock=self.clock,
-            on_transition=[lambda old, new, reason: self.seen.append((old.value, new.value))],
+            on_transition=[self.moved],
         )
         self.model = Model(threshold, window, reset, max_probes)
+
+    def moved(self, old: BreakerState, new: BreakerState, reason: str) -> None:
+        self.seen.append((old.value, new.value))
+        self.reasons.append(reason)
+        for probe in self.probes:
+            probe.live = False
+
+    def live_probes(self) -> int:
+        return sum(probe.live for probe in self.probes)
 
     @rule(dt=steps)
     def advance(self, dt: float) -> None:
@@ -164,16 +194,26 @@ class BreakerMachine(RuleBasedStateMachine):
         self.model.failure(self.clock.now, kind)
 
     @rule()
+    def failures_burst(self) -> None:
+        """Enough start failures at once to open a closed breaker."""
+        for _ in range(self.model.threshold):
+            self.record_failure("start_failure")
+
+    @rule()
     def record_success(self) -> None:
         self.breaker.record_success()
         self.model.success(self.clock.now)
 
     @rule()
     def allow(self) -> None:
+        self.ask()
+
+    def ask(self) -> Decision:
         decision = self.breaker.allow()
         allowed, probe, retry_in = self.model.allow(self.clock.now)
         assert (decision.allowed, decision.probe) == (allowed, probe)
         assert decision.reason
+        assert decision.generation == self.model.generation
         if retry_in is None:
             assert decision.retry_in is None
         else:
@@ -181,30 +221,69 @@ class BreakerMachine(RuleBasedStateMachine):
             assert decision.retry_in == pytest.approx(retry_in)
             assert 0.0 < decision.retry_in <= self.model.reset
         if probe:
-            assert decision.generation == self.model.generation
-            self.probes.append(decision.generation)
+            self.probes.append(Probe(decision.generation))
+        return decision
+
+    @rule()
+    def time_passes(self) -> None:
+        """Progress: once the open period is over a caller gets through (as a probe
+        while half-open), unless as many probes as allowed are still in flight."""
+        if self.breaker.state is BreakerState.OPEN:
+            retry_in = self.breaker.statistics().retry_in
+            assert retry_in is not None and 0.0 < retry_in <= self.model.reset
+            self.clock.now += retry_in
+        state = self.breaker.state
+        full = self.live_probes() >= self.model.max_probes
+        decision = self.ask()
+        if state is BreakerState.CLOSED:
+            assert decision.allowed and not decision.probe
+        else:
+            assert state is BreakerState.HALF_OPEN
+            assert decision.allowed == decision.probe == (not full)
 
     @precondition(lambda self: self.probes)
-    @rule(pick=st.integers(0, 10), success=st.booleans(), pass_generation=st.booleans())
-    def finish_probe(self, pick: int, success: bool, pass_generation: bool) -> None:
-        generation = self.probes.pop(pick % len(self.probes))
-        given = generation if pass_generation else None
-        self.breaker.probe_finished(success, given)
-        self.model.probe_finished(self.clock.now, success, given)
+    @rule(pick=st.integers(0, 10), outcome=st.sampled_from(sorted(OUTCOMES)),
+          pass_generation=st.booleans())
+    def end_probe(self, pick: int, outcome: str, pass_generation: bool) -> None:
+        """A probe's caller reports how it ended, as Pool._acquire does."""
+        probe = self.probes.pop(pick % len(self.probes))
+        # A stale probe always reports its generation (the pool always does): the
+        # breaker can only tell a stale report by it. Live ones may leave it out.
+        given = probe.generation if pass_generation or not probe.live else None
+        before = self.breaker.statistics()
+        transitions = len(self.seen)
+        success = OUTCOMES[outcome]
+        if success is None:
+            self.breaker.probe_abandoned(given)
+            self.model.probe_abandoned(self.clock.now, given)
+        else:
+            self.breaker.probe_finished(success, given)
+            self.model.probe_finished(self.clock.now, success, given)
+        after = self.breaker.statistics()
+        if not probe.live:
+            # A stale probe's report never moves the breaker.
+            assert after == before
+            assert len(self.seen) == transitions
+        elif success is None:
+            # An abandoned probe frees its slot and decides nothing.
+            assert after.state is before.state is BreakerState.HALF_OPEN
+            assert after.probes_in_flight == before.probes_in_flight - 1
+            assert len(self.seen) == transitions
+        else:
+            assert after.state is (BreakerState.CLOSED if success else BreakerState.OPEN)
 
-    @precondition(lambda self: self.probes)
-    @rule(pick=st.integers(0, 10), pass_generation=st.booleans())
-    def abandon_probe(self, pick: int, pass_generation: bool) -> None:
-        generation = self.probes.pop(pick % len(self.probes))
-        given = generation if pass_generation else None
-        self.breaker.probe_abandoned(given)
-        self.model.probe_abandoned(self.clock.now, given)
-
-    @rule(success=st.booleans(), generation=st.integers(0, 5))
-    def stray_probe_report(self, success: bool, generation: int) -> None:
-        """A report for a probe this breaker never granted (or a stale one)."""
-        self.breaker.probe_finished(success, generation)
-        self.model.probe_finished(self.clock.now, success, generation)
+    @rule(success=st.sampled_from([True, False, None]), offset=st.sampled_from([-2, -1, 1, 3]))
+    def stray_probe_report(self, success: bool | None, offset: int) -> None:
+        """A report for a probe this breaker never granted: another generation's."""
+        generation = self.model.generation + offset
+        before = self.breaker.statistics()
+        transitions = len(self.seen)
+        if success is None:
+            self.breaker.probe_abandoned(generation)
+        else:
+            self.breaker.probe_finished(success, generation)
+        assert self.breaker.statistics() == before
+        assert len(self.seen) == transitions
 
     @invariant()
     def agrees_with_model(self) -> None:
@@ -222,8 +301,24 @@ class BreakerMachine(RuleBasedStateMachine):
         assert stats.successes == self.model.successes
         assert stats.times_opened == self.model.times_opened
         assert stats.probes_in_flight == self.model.in_flight
-        assert stats.probes_in_flight <= self.model.max_probes
         assert (stats.retry_in is not None) == (self.model.state == "open")
+        # Every transition says why, and the statistics show the last reason.
+        assert all(isinstance(reason, str) and reason for reason in self.reasons)
+        assert stats.reason == (self.reasons[-1] if self.reasons else "")
+
+    @invariant()
+    def probes_in_flight_are_the_live_probes(self) -> None:
+        """No slot is lost (an abandoned or finished probe gives its slot back, so
+        the breaker never sits half-open with no probe in flight) and none is
+        invented (never more probes than allowed)."""
+        if not hasattr(self, "model"):
+            return
+        stats = self.breaker.statistics()
+        live = self.live_probes()
+        if stats.state is BreakerState.HALF_OPEN:
+            assert stats.probes_in_flight == live <= self.model.max_probes
+        else:
+            assert stats.probes_in_flight == live == 0
 
 
 BreakerMachine.TestCase.settings = settings(
@@ -293,6 +388,80 @@ def test_stale_probe_report_is_ignored() -> None:
     assert state_of(breaker) is BreakerState.CLOSED
 
 
+def test_every_transition_says_why() -> None:
+    clock = FakeClock()
+    moves: list[tuple[str, str, str]] = []
+    breaker = CircuitBreaker(
+        failure_threshold=2, window=10.0, reset_timeout=5.0, half_open_max_probes=2,
+        clock=clock, on_transition=[lambda o, n, r: moves.append((o.value, n.value, r))])
+    breaker.record_failure("crash", "exit 1")
+    breaker.record_failure("start_failure", "no hello")
+    clock.now = 5.0
+    first, second = breaker.allow(), breaker.allow()
+    assert first.reason == second.reason == "half-open: probe allowed"
+    denied = breaker.allow()
+    assert denied == Decision(
+        False, False, None, "circuit half-open: 2 probe(s) in flight; opened because "
+        "2 worker failures within 10s (last: start_failure: no hello)", first.generation)
+    breaker.probe_finished(False, first.generation)
+    clock.now = 10.0
+    probe = breaker.allow()
+    breaker.probe_finished(True, probe.generation)
+    breaker.record_failure("crash", "a")
+    breaker.record_failure("crash", "b")
+    clock.now = 15.0
+    breaker.record_success()
+    breaker.record_failure("health_failure", "x")
+    breaker.record_failure("health_failure", "y")
+    clock.now = 20.0
+    assert state_of(breaker) is BreakerState.HALF_OPEN
+    breaker.record_failure("start_failure", "still broken")
+    assert moves == [
+        ("closed", "open", "2 worker failures within 10s (last: start_failure: no hello)"),
+        ("open", "half_open", "reset_timeout (5s) elapsed"),
+        ("half_open", "open", "probe failed"),
+        ("open", "half_open", "reset_timeout (5s) elapsed"),
+        ("half_open", "closed", "probe succeeded"),
+        ("closed", "open", "2 worker failures within 10s (last: crash: b)"),
+        ("open", "half_open", "reset_timeout (5s) elapsed"),
+        ("half_open", "closed", "success while half-open"),
+        ("closed", "open", "2 worker failures within 10s (last: health_failure: y)"),
+        ("open", "half_open", "reset_timeout (5s) elapsed"),
+        ("half_open", "open", "start_failure while half-open: still broken"),
+    ]
+    assert breaker.statistics().reason == "start_failure while half-open: still broken"
+    assert breaker.allow().reason == "circuit open: start_failure while half-open: still broken"
+
+
+def test_retry_in_counts_down_to_the_end_of_the_open_period() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, clock=clock)
+    breaker.record_failure("crash", "x")
+    for now, left in [(0.0, 5.0), (2.0, 3.0), (4.75, 0.25)]:
+        clock.now = now
+        assert breaker.allow().retry_in == pytest.approx(left)
+        assert breaker.statistics().retry_in == pytest.approx(left)
+
+
+def test_a_callback_may_move_the_breaker_again() -> None:
+    """on_transition runs after the state changed, so a callback may report in
+    turn (here: a worker started while the breaker went half-open); the caller
+    then gets the answer of the state the breaker ended in."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, clock=clock)
+
+    def close_when_half_open(old: BreakerState, new: BreakerState, reason: str) -> None:
+        if new is BreakerState.HALF_OPEN:
+            breaker.record_success()
+
+    breaker.on_transition.append(close_when_half_open)
+    breaker.record_failure("crash", "x")
+    clock.now = 1.0
+    assert breaker.allow() == Decision(True, False, None, "closed", 1)
+    assert state_of(breaker) is BreakerState.CLOSED
+    assert breaker.statistics().reason == "success while half-open"
+
+
 def test_raising_transition_callback_is_logged_and_harmless(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -333,6 +502,8 @@ def test_restart_intensity_limits_restarts_per_period() -> None:
     clock.now = 4.0
     assert not intensity.record()
     assert intensity.cooldown_remaining() == 6.0
+    clock.now = 9.5
+    assert intensity.cooldown_remaining() == 0.5
     clock.now = 10.0  # the first three age out together
     assert intensity.cooldown_remaining() == 0.0
     assert intensity.recent() == 0

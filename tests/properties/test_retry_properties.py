@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -20,7 +21,14 @@ from engine.errors import (
     RetriesExhausted,
     WorkerCrashed,
 )
-from engine.pool.resilience import Backoff, Retry
+from engine.pool.resilience import (
+    Backoff,
+    CircuitBreaker,
+    RestartIntensity,
+    Retry,
+    _float_field,
+    _int_field,
+)
 
 pytestmark = pytest.mark.layer1
 
@@ -324,3 +332,100 @@ def test_backoff_without_jitter_is_the_exponential_bound() -> None:
 def test_backoff_invalid_config_names_the_field(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         Backoff(**kwargs)
+
+
+# --- what the policies are given, and what they say -----------------------------------
+
+
+def test_run_names_the_command_it_was_given() -> None:
+    call = FakeCall(5, lambda: CallTimeout(timeout=1.0, command="from-the-error"))
+    result, _ = run_with_fake_sleep(Retry(attempts=2), call, seed=0)
+    assert isinstance(result, RetriesExhausted) and result.command == "from-the-error"
+
+    async def main() -> None:
+        await Retry(attempts=2).run(call, sleep=no_sleep, command="given")
+
+    with pytest.raises(RetriesExhausted) as info:
+        trio.run(main)
+    assert info.value.command == "given"
+
+
+def test_run_draws_its_pauses_from_the_given_rng() -> None:
+    policy = Retry(attempts=4, base_delay=0.5, max_delay=4.0)
+    result, slept = run_with_fake_sleep(
+        policy, FakeCall(3, lambda: WorkerCrashed(worker_id="w", pid=1)), seed=42)
+    assert result == 4
+    # run_with_fake_sleep passes random.Random(seed): the same draws, in order.
+    same = random.Random(42)
+    assert slept == [same.uniform(0.0, policy.delay_bound(n)) for n in (1, 2, 3)]
+
+
+def test_delay_is_drawn_from_the_given_rng_below_the_bound() -> None:
+    policy = Retry(base_delay=0.5, max_delay=4.0)
+    assert policy.delay(3, random.Random(5)) == random.Random(5).uniform(0.0, 2.0)
+    assert 0.0 <= policy.delay(3) <= 2.0  # the shared generator
+
+
+def test_delay_bound_rejects_attempts_below_one() -> None:
+    with pytest.raises(ValueError, match=r"^attempt must be >= 1, got 0$"):
+        Retry().delay_bound(0)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Retry(attempts=0), "attempts must be >= 1, got 0"),
+    (lambda: Retry(attempts="3"), "attempts must be an int, got '3'"),
+    (lambda: Retry(base_delay="0.1"), "base_delay must be a number, got '0.1'"),
+    (lambda: Retry(base_delay=True), "base_delay must be a number, got True"),
+    (lambda: Retry(max_delay=float("inf")), "max_delay must be finite, got inf"),
+    (lambda: Retry(base_delay=-0.1), "base_delay must be >= 0, got -0.1"),
+    (lambda: Retry(multiplier=0.5), "multiplier must be >= 1, got 0.5"),
+    (lambda: Retry(base_delay=1.0, max_delay=0.5),
+     "max_delay must be >= base_delay (1.0), got 0.5"),
+    (lambda: Retry(retry_on=[ValueError, "x"]), "retry_on must hold exception classes, got 'x'"),
+    (lambda: Backoff(jitter=1.5), "jitter must be <= 1, got 1.5"),
+    (lambda: Backoff(initial=2.0, maximum=1.0), "maximum must be >= initial (2.0), got 1.0"),
+    (lambda: CircuitBreaker(window=0.0), "window must be > 0, got 0.0"),
+    (lambda: CircuitBreaker(half_open_max_probes=0), "half_open_max_probes must be >= 1, got 0"),
+    (lambda: RestartIntensity(period=-1.0), "period must be > 0, got -1.0"),
+])
+def test_invalid_values_get_a_message_naming_field_value_and_rule(
+    make: Callable[[], object], message: str,
+) -> None:
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value) == message
+
+
+def test_boundary_values_are_accepted() -> None:
+    assert Retry(base_delay=0.0, max_delay=0.0, multiplier=1.0).delay_bound(5) == 0.0
+    assert Retry(attempts=1, base_delay=0.5, max_delay=0.5).attempts == 1
+    assert Backoff(initial=0.0, maximum=0.0, jitter=0.0, reset_after=0.0).next_delay() == 0.0
+    assert Backoff(jitter=1.0, multiplier=1.0).jitter == 1.0
+    assert CircuitBreaker(failure_threshold=1, window=1e-9, reset_timeout=1e-9).window == 1e-9
+    assert RestartIntensity(max_restarts=1, period=0.5).period == 0.5
+
+
+def test_field_validators_check_what_they_were_built_with() -> None:
+    # The attrs classes build their validators at import; build some here.
+    attribute = attrs.fields(Retry).base_delay
+
+    def problem(check: Callable[[object, object, object], None], value: object) -> str | None:
+        try:
+            check(None, attribute, value)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    at_least_zero = _float_field()
+    assert problem(at_least_zero, 0.0) is None and problem(at_least_zero, 0.5) is None
+    assert problem(at_least_zero, -0.5) == "base_delay must be >= 0, got -0.5"
+    assert problem(at_least_zero, "1") == "base_delay must be a number, got '1'"
+    assert problem(_float_field(above=True), 0.0) == "base_delay must be > 0, got 0.0"
+    assert problem(_float_field(1.0), 0.5) == "base_delay must be >= 1, got 0.5"
+    assert problem(_float_field(1.0), 1.0) is None
+    assert problem(_float_field(at_most=1.0), 1.5) == "base_delay must be <= 1, got 1.5"
+    assert problem(_float_field(at_most=1.0), 1.0) is None
+    at_least_two = _int_field(2)
+    assert problem(at_least_two, 2) is None
+    assert problem(at_least_two, 1) == "base_delay must be >= 2, got 1"
+    assert problem(at_least_two, 2.0) == "base_delay must be an int, got 2.0"
