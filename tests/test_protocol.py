@@ -597,3 +597,9 @@ def test_valid_messages_never_take_the_slow_paths(monkeypatch: pytest.MonkeyPatc
     data = encode_frame(AWKWARD)
     assert data == struct.pack(">I", len(data) - 4) + compact(AWKWARD).encode()
     assert decode_body(data[4:]) == AWKWARD
+
+
+def test_a_message_the_c_encoder_returns_in_chunks_round_trips() -> None:
+    # Past ~100 000 pieces the C encoder hands back several chunks, not one.
+    message = {"numbers": list(range(200_000))}
+    assert decode_all(encode_frame(message)) == [message]

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +76,7 @@ class ModuleResult:
     path: str
     mutants: list[Mutant]
     seconds: float
+    cpu: float
     equivalent: list[tuple[Mutant, str]] = field(default_factory=list)
     unreviewed: list[Mutant] = field(default_factory=list)
 
@@ -92,29 +93,29 @@ class ModuleResult:
 # --- configuration -------------------------------------------------------------
 
 
-def load_config() -> tuple[str, dict[str, list[str]]]:
-    """The ``[tool.mutmut]`` section's text (for the scratch copies) and the module table."""
-    text = (REPO / "pyproject.toml").read_text()
+def load_config(repo: Path = REPO) -> tuple[str, dict[str, list[str]]]:
+    """pyproject.toml's text (for the scratch copies) and the module table."""
+    text = (repo / "pyproject.toml").read_text()
     section = tomllib.loads(text)["tool"]["mutmut"]
     modules = section.get("engine-modules")
     if not modules:
         raise SystemExit("pyproject.toml has no [tool.mutmut.engine-modules] table")
     for module, tests in modules.items():
         for path in [module, *tests]:
-            if not (REPO / path).is_file():
+            if not (repo / path).is_file():
                 raise SystemExit(f"[tool.mutmut.engine-modules] names {path}, which does not exist")
     return text, modules
 
 
-def load_equivalents() -> dict[str, str]:
+def load_equivalents(path: Path = EQUIVALENTS) -> dict[str, str]:
     """``key -> reason`` from the equivalents file (``#`` comments, blank lines allowed)."""
     accepted: dict[str, str] = {}
-    for number, line in enumerate(EQUIVALENTS.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, reason = line.rpartition(SEPARATOR)
         if not sep or not key.strip() or not reason.strip():
-            raise SystemExit(f"{EQUIVALENTS.name}:{number}: expected "
+            raise SystemExit(f"{path.name}:{number}: expected "
                              f"'<mutant>{SEPARATOR}<reason>', got {line!r}")
         accepted[key.strip()] = reason.strip()
     return accepted
@@ -145,7 +146,8 @@ def prepare(workdir: Path, pyproject: str) -> None:
     (workdir / "pyproject.toml").write_text(pyproject)
 
 
-def run_mutmut(workdir: Path, jobs: int, verbose: bool) -> None:
+def run_mutmut(workdir: Path, jobs: int, verbose: bool) -> float:
+    """Run mutmut in ``workdir``; return the CPU seconds it and its children used."""
     mutmut = Path(sys.executable).parent / "mutmut"
     if not mutmut.exists():
         raise SystemExit(f"mutmut is not installed next to {sys.executable}: "
@@ -154,12 +156,16 @@ def run_mutmut(workdir: Path, jobs: int, verbose: bool) -> None:
     env.update(HYPOTHESIS_PROFILE="mutation", TEST_MODE="bridge_mock")
     log = workdir / "mutmut.log"
     with log.open("w") as out:
-        proc = subprocess.run([str(mutmut), "run", "--max-children", str(jobs)], cwd=workdir,
-                              env=env, stdout=None if verbose else out,
-                              stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.Popen([str(mutmut), "run", "--max-children", str(jobs)], cwd=workdir,
+                                env=env, stdout=None if verbose else out,
+                                stderr=subprocess.STDOUT)
+        # wait4: the CPU time of this mutmut and of the mutant processes it reaped.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = "" if verbose else log.read_text()[-3000:]
         raise SystemExit(f"mutmut failed in {workdir} (exit {proc.returncode}):\n{tail}")
+    return usage.ru_utime + usage.ru_stime
 
 
 def read_mutants(workdir: Path, module: str) -> list[Mutant]:
@@ -169,53 +175,60 @@ def read_mutants(workdir: Path, module: str) -> list[Mutant]:
 
 
 def describe(workdir: Path, module: str, mutant: Mutant) -> str:
-    """The mutant's stable key: module, function and the lines it changes."""
+    """The mutant's stable key, from mutmut's diff of the mutated function."""
     from mutmut.configuration import reset_config
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
     here = Path.cwd()
-    os.chdir(workdir)
+    os.chdir(workdir)  # mutmut reads its configuration and mutants from the cwd
     try:
         reset_config()
         diff = get_diff_for_mutant(mutant.name, path=module)
     finally:
         os.chdir(here)
-    removed = [_squash(line[1:]) for line in _changes(diff, "-")]
-    added = [_squash(line[1:]) for line in _changes(diff, "+")]
-    function = mutant.name.rpartition(".")[2].rpartition("__mutmut_")[0]
+    return mutant_key(module, mutant.name, diff)
+
+
+def mutant_key(module: str, name: str, diff: str) -> str:
+    """``<module>:<function>: <removed lines> -> <added lines>``, whitespace squashed.
+
+    ``name`` is mutmut's (``engine.protocol.xǁFrameDecoderǁfeed__mutmut_3``): the
+    function is read from it, the number dropped.
+    """
+    lines = [line for line in diff.splitlines() if not line.startswith(("---", "+++"))]
+    removed = [_squash(line[1:]) for line in lines if line.startswith("-")]
+    added = [_squash(line[1:]) for line in lines if line.startswith("+")]
+    function = name.rpartition(".")[2].rpartition("__mutmut_")[0]
     function = function.removeprefix("x_").replace("xǁ", "").replace("ǁ", ".")
     return f"{module}:{function}: {' / '.join(removed)} -> {' / '.join(added)}"
-
-
-def _changes(diff: str, sign: str) -> Iterator[str]:
-    for line in diff.splitlines():
-        if line.startswith(sign) and not line.startswith(sign * 3):
-            yield line
 
 
 def _squash(code: str) -> str:
     return re.sub(r"\s+", " ", code).strip()
 
 
-def run_module(module: str, tests: list[str], pyproject: str, jobs: int,
-               verbose: bool, accepted: dict[str, str]) -> ModuleResult:
+def run_module(module: str, tests: list[str], pyproject: str, verbose: bool) -> ModuleResult:
+    """Mutate one module in its scratch copy; mutants are tested one at a time."""
     workdir = SCRATCH / module_slug(module)
     start = time.monotonic()
     prepare(workdir, scratch_pyproject(pyproject, module, tests))
-    run_mutmut(workdir, jobs, verbose)
-    seconds = time.monotonic() - start
-    result = ModuleResult(module, read_mutants(workdir, module), seconds)
+    cpu = run_mutmut(workdir, 1, verbose)
+    return ModuleResult(module, read_mutants(workdir, module), time.monotonic() - start, cpu)
+
+
+def review(result: ModuleResult, accepted: dict[str, str]) -> None:
+    """Sort the module's survivors into accepted equivalents and unreviewed ones."""
+    workdir = SCRATCH / module_slug(result.path)
     for mutant in result.mutants:
         if mutant.code is None:
             raise SystemExit(f"mutmut left {mutant.name} unchecked; see {workdir}/mutmut.log")
         if mutant.killed:
             continue
-        mutant.key = describe(workdir, module, mutant)
+        mutant.key = describe(workdir, result.path, mutant)
         if mutant.key in accepted:
             result.equivalent.append((mutant, accepted[mutant.key]))
         else:
             result.unreviewed.append(mutant)
-    return result
 
 
 # --- report ------------------------------------------------------------------------
@@ -224,12 +237,13 @@ def run_module(module: str, tests: list[str], pyproject: str, jobs: int,
 def report(results: list[ModuleResult], accepted: dict[str, str], seconds: float) -> bool:
     ok = True
     print(f"\n{'module':<28} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
-          f"{'score':>6} {'time':>6}")
+          f"{'raw':>6} {'score':>6} {'wall':>5} {'CPU':>5}")
     for r in results:
         passed = r.score >= BAR
         ok &= passed
         print(f"{r.path:<28} {len(r.mutants):>7} {r.killed:>6} {len(r.equivalent):>5} "
-              f"{len(r.unreviewed):>8} {r.score:>6.1%} {r.seconds:>5.0f}s"
+              f"{len(r.unreviewed):>8} {r.killed / len(r.mutants):>6.1%} {r.score:>6.1%} "
+              f"{r.seconds:>4.0f}s {r.cpu:>4.0f}s"
               + ("" if passed else f"  BELOW {BAR:.0%}"))
     equivalents = [pair for r in results for pair in r.equivalent]
     if equivalents:
@@ -249,7 +263,8 @@ def report(results: list[ModuleResult], accepted: dict[str, str], seconds: float
         print(f"\nEntries of {EQUIVALENTS.name} that match no survivor (remove them):")
         for key in stale:
             print(f"  {key}")
-    print(f"\nmutation run: {seconds:.0f}s wall, bar {BAR:.0%} per module: "
+    cpu = sum(r.cpu for r in results)
+    print(f"\nmutation run: {seconds:.0f}s wall, {cpu:.0f}s CPU; bar {BAR:.0%} per module: "
           + ("passed" if ok else "FAILED"))
     return ok
 
@@ -258,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: all listed)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
-                        help="mutants tested in parallel (default: CPU count)")
+                        help="modules mutated in parallel (default: CPU count)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show mutmut's output")
     args = parser.parse_args(argv)
     pyproject, table = load_config()
@@ -269,11 +284,19 @@ def main(argv: list[str] | None = None) -> int:
     accepted = load_equivalents()
     os.nice(10)  # a shared machine: mutants yield to everything else
     start = time.monotonic()
-    results = []
-    for module in args.modules or list(table):
-        print(f"mutating {module} ...", flush=True)
-        results.append(run_module(module, table[module], pyproject, args.jobs, args.verbose,
-                                  accepted))
+    modules = args.modules or list(table)
+    print(f"mutating {len(modules)} module(s), {args.jobs} at a time: {', '.join(modules)}",
+          flush=True)
+    # One mutmut per module, each testing one mutant at a time, `jobs` modules at
+    # once: mutmut's own start (mutant generation, a stats run and a clean run of
+    # the tests) is serial, so this keeps every core busy where --max-children
+    # would leave all but one idle during it.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_module, m, table[m], pyproject, args.verbose)
+                   for m in modules]
+        results = [future.result() for future in futures]
+    for result in results:
+        review(result, accepted)
     return 0 if report(results, accepted, time.monotonic() - start) else 1
 
 

@@ -364,6 +364,11 @@ EXACT_ERRORS += [
 ]
 
 
+EXACT_ERRORS.append(pytest.param(
+    parse_execution, {"outputs": INT_KEYED}, "execute_program answer",
+    "outputs has a non-string key 1", INT_KEYED, id="execution-outputs-int-key"))
+
+
 @pytest.mark.parametrize(("parse", "answer", "what", "problem", "value"), EXACT_ERRORS)
 def test_exact_errors(parse: Any, answer: Any, what: str, problem: str, value: Any) -> None:
     error = shape_error(parse, answer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -28,6 +28,7 @@ from engine.pool.resilience import (
     Decision,
     RestartIntensity,
 )
+from engine.testing.profiles import scaled
 
 pytestmark = pytest.mark.layer1
 
@@ -321,9 +322,7 @@ class BreakerMachine(RuleBasedStateMachine):
             assert stats.probes_in_flight == live == 0
 
 
-BreakerMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=50, deadline=None,
-)
+BreakerMachine.TestCase.settings = scaled(200, stateful_step_count=50)
 TestBreakerMachine = BreakerMachine.TestCase
 
 
@@ -433,6 +432,25 @@ def test_every_transition_says_why() -> None:
     assert breaker.allow().reason == "circuit open: start_failure while half-open: still broken"
 
 
+def test_an_abandoned_probe_frees_its_own_slot_only() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, half_open_max_probes=2,
+                             clock=clock)
+    breaker.record_failure("crash", "x")
+    clock.now = 1.0
+    first, second = breaker.allow(), breaker.allow()
+    assert first.probe and second.probe and not breaker.allow().allowed
+    breaker.probe_abandoned(first.generation)  # its caller was cancelled
+    assert breaker.statistics().probes_in_flight == 1
+    third = breaker.allow()
+    assert third.probe and not breaker.allow().allowed
+    breaker.probe_abandoned(second.generation)
+    breaker.probe_abandoned(third.generation)
+    assert breaker.statistics().probes_in_flight == 0
+    assert state_of(breaker) is BreakerState.HALF_OPEN
+    assert breaker.allow().probe
+
+
 def test_retry_in_counts_down_to_the_end_of_the_open_period() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, clock=clock)
@@ -475,7 +493,9 @@ def test_raising_transition_callback_is_logged_and_harmless(
         breaker.record_failure("crash", "x")
     assert state_of(breaker) is BreakerState.OPEN
     assert seen == [BreakerState.OPEN]
-    assert "on_transition" in caplog.text
+    [record] = caplog.records
+    assert record.getMessage() == f"circuit breaker on_transition callback {broken!r} raised"
+    assert record.exc_info is not None and "telemetry down" in str(record.exc_info[1])
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [
@@ -510,7 +530,7 @@ def test_restart_intensity_limits_restarts_per_period() -> None:
     assert intensity.record()
 
 
-@settings(max_examples=200, deadline=None)
+@scaled(200)
 @given(max_restarts=st.integers(1, 4), gaps=st.lists(st.floats(0.0, 5.0), max_size=60))
 def test_restart_intensity_never_exceeds_its_budget(max_restarts: int, gaps: list[float]) -> None:
     clock = FakeClock()

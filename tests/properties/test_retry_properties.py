@@ -9,7 +9,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import (
@@ -29,10 +29,11 @@ from engine.pool.resilience import (
     _float_field,
     _int_field,
 )
+from engine.testing.profiles import scaled
 
 pytestmark = pytest.mark.layer1
 
-FAST = settings(max_examples=200, deadline=None)
+FAST = scaled(200)
 
 
 @st.composite
