@@ -528,7 +528,10 @@ def parse_response(message: Any) -> Response:
     if not isinstance(message, dict):
         raise ProtocolError(f"response must be a JSON object, got {type(message).__name__}")
     if "id" not in message or "ok" not in message:
-        raise ProtocolError(f"response lacks 'id' or 'ok': keys are {sorted(message)[:8]}")
+        # key=str: a dict from a Python caller may mix key types, which sorted()
+        # alone would turn into a TypeError.
+        keys = sorted(message, key=str)[:8]
+        raise ProtocolError(f"response lacks 'id' or 'ok': keys are {keys}")
     rid = message["id"]
     if not _is_int(rid) or rid < 0:
         raise ProtocolError(f"response id must be an integer >= 0, got {rid!r}")

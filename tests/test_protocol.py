@@ -539,6 +539,14 @@ def test_envelope_errors_name_the_type_or_keys_found() -> None:
     assert error_of(parse_response, "x") == "response must be a JSON object, got str"
     assert error_of(parse_response, {k: 1 for k in "jihgfedcba"}) == (
         "response lacks 'id' or 'ok': keys are ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']")
+
+
+def test_a_response_with_mixed_key_types_is_a_protocol_error() -> None:
+    # Only a Python caller can build one (JSON keys are strings), but the
+    # validators promise ProtocolError for every malformed input: this was a
+    # TypeError from sorting the keys for the message.
+    assert error_of(parse_response, {1: "x", "a": 2, None: 3}) == (
+        "response lacks 'id' or 'ok': keys are [1, None, 'a']")
     assert error_of(parse_hello, ok_response(0, ["x"])) == (
         "hello result must be an object, got list")
     assert error_of(parse_hello, _hello_with(protocol=2)) == (
