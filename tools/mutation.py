@@ -1,22 +1,28 @@
 """Mutation testing of engine's pure modules, with mutmut (issue 15).
 
-    .venv/bin/pip install -e '.[mutation]'
+    .venv/bin/pip install -e '.[test,mutation]'
     .venv/bin/python tools/mutation.py                      # every module
     .venv/bin/python tools/mutation.py engine/protocol.py   # some modules
 
 The modules and the tests that pin each one are listed in pyproject.toml,
-``[tool.mutmut.engine-modules]``, one line per module. For each module this
-script copies ``engine/`` and ``tests/`` into ``build/mutation/<module>/``,
-writes mutmut's configuration there (``[tool.mutmut]`` plus that module as
-``only_mutate`` and its tests as the test selection) and runs ``mutmut run``
-under ``nice``, with Hypothesis' ``mutation`` profile (fixed examples, no
-shrinking) and ``TEST_MODE=bridge_mock`` (layers 1-2). mutmut then runs each
-mutant against those of the module's tests that execute the mutated function.
+``[tool.mutmut.engine-modules]``: adding a module is adding one line there.
+For each module this script copies ``engine/`` and ``tests/`` into
+``build/mutation/<module>/``, writes mutmut's configuration there
+(``[tool.mutmut]`` plus that module as ``only_mutate`` and its tests as the
+test selection) and runs ``mutmut run`` under ``nice``, with Hypothesis'
+``mutation`` profile (fixed examples, no shrinking) and
+``TEST_MODE=bridge_mock`` (layers 1-2). mutmut runs each mutant against those
+of the module's tests that execute the mutated function. ``--jobs`` modules
+(default: one per CPU) are mutated at once; every run starts from scratch, so
+a verdict never comes from an older version of the code or the tests.
 
-It prints, per module, the mutants killed (a time-out counts: the suite's time
-limit turns a hang into a failure), the survivors accepted as equivalent (in
-``tools/mutation-equivalents.txt``) and the survivors nobody reviewed, then
-the run time. It exits 1 when a module scores below the bar:
+It prints, per module, the mutants, those killed (a time-out counts: the
+suite's time limit turns a hang into a failure), the survivors accepted as
+equivalent (``tools/mutation-equivalents.txt``), the survivors nobody has
+reviewed, the raw and the scored kill ratio, and the wall and CPU time; then
+the accepted equivalents, the unreviewed survivors and the entries of the
+equivalents file that matched nothing (stale: remove them). It exits 1 when a
+module scores below the bar:
 
     score = killed / (mutants - accepted equivalents) >= 90%
 
@@ -26,6 +32,11 @@ An equivalent is keyed by what the mutation does, not by mutmut's numbering
 printed in that form, ready to paste once reviewed. To look at a mutant
 yourself: ``cd build/mutation/<module> && ../../../.venv/bin/mutmut show NAME``
 (or ``browse``).
+
+One trap: mutmut switches mutants on when a function is *called*, so code
+that only runs at import (a module-level call, a validator factory evaluated
+in a class body) keeps its original behaviour under every mutant. Its
+mutants survive until a test calls that function itself.
 """
 
 from __future__ import annotations
