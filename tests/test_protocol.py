@@ -611,3 +611,170 @@ def test_a_message_the_c_encoder_returns_in_chunks_round_trips() -> None:
     # Past ~100 000 pieces the C encoder hands back several chunks, not one.
     message = {"numbers": list(range(200_000))}
     assert decode_all(encode_frame(message)) == [message]
+
+
+# --- requests: exactly what each refusal says ------------------------------------------
+
+
+class Shown:
+    """A value JSON cannot carry, with the repr it is given."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class Unshowable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _self_containing() -> list[Any]:
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
+class Items(list):  # type: ignore[type-arg]
+    """A list subclass: JSON writes it as a list, so its insides are checked too."""
+
+
+ADVICE = "use dict (with str keys), list, tuple, str, int, float, bool or None"
+
+# (command, args, session) -> (error class, error.command, error.path, error.problem)
+REFUSED: list[Any] = [
+    pytest.param(5, None, None, ArgumentTypeError, None, "command",
+                 "command must be a non-empty str, got 5", id="int-command"),
+    pytest.param("", None, None, ArgumentTypeError, "", "command",
+                 "command must be a non-empty str, got ''", id="empty-command"),
+    pytest.param("echo", None, 5, ArgumentTypeError, "echo", "session",
+                 "session must be a str or None, got 5", id="int-session"),
+    pytest.param("echo", {"x": [1, {1, 2}]}, None, ArgumentTypeError, "echo", 'args["x"][1]',
+                 f'args["x"][1] is {{1, 2}} (type set), which JSON cannot carry; {ADVICE}',
+                 id="set"),
+    pytest.param("echo", [float("nan")], None, ArgumentValueError, "echo", "args[0]",
+                 "args[0] is nan, which JSON cannot carry (it has no NaN or Infinity); "
+                 "send None or a str instead", id="nan"),
+    pytest.param("echo", 10**5000, None, ArgumentValueError, "echo", "args",
+                 "args is an int too long to write in decimal; send it as a str",
+                 id="long-int"),
+    pytest.param("echo", {"k": "ab\ud800"}, None, ArgumentValueError, "echo", 'args["k"]',
+                 "args[\"k\"] is a str with a lone surrogate '\\ud800' at index 2, which UTF-8 "
+                 "cannot encode; clean the text first", id="surrogate"),
+    pytest.param("echo", {"a\ud800": 1}, None, ArgumentValueError, "echo", "args",
+                 "args has a key with a lone surrogate '\\ud800' at index 1, which UTF-8 "
+                 "cannot encode; clean the text first", id="surrogate-key"),
+    pytest.param("echo", {"ok": {1: 2}}, None, ArgumentTypeError, "echo", 'args["ok"]',
+                 'args["ok"] has the key 1 (type int), but JSON object keys are strings; '
+                 "convert the keys to str or send a list of pairs", id="int-key"),
+    pytest.param("echo", Items([{"a": {None: 1}}]), None, ArgumentTypeError, "echo",
+                 'args[0]["a"]', 'args[0]["a"] has the key None (type NoneType), but JSON '
+                 "object keys are strings; convert the keys to str or send a list of pairs",
+                 id="none-key-in-a-list-subclass"),
+    pytest.param("echo", _self_containing(), None, ArgumentValueError, "echo", "args[0]",
+                 "args[0] is args again (a circular reference), which JSON cannot carry; "
+                 "send a tree", id="circular"),
+    pytest.param("echo", {"é": [Unshowable()]}, None, ArgumentTypeError, "echo",
+                 'args["é"][0]', f'args["é"][0] is <Unshowable object> (type Unshowable), '
+                 f"which JSON cannot carry; {ADVICE}", id="unshowable"),
+    pytest.param("echo", Shown("x" * 60), None, ArgumentTypeError, "echo", "args",
+                 f"args is {'x' * 60} (type Shown), which JSON cannot carry; {ADVICE}",
+                 id="repr-of-60-in-full"),
+    pytest.param("echo", Shown("x" * 61), None, ArgumentTypeError, "echo", "args",
+                 f"args is {'x' * 57}... (type Shown), which JSON cannot carry; {ADVICE}",
+                 id="repr-of-61-cut"),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "session", "error", "named", "path", "problem"),
+                         REFUSED)
+def test_a_refused_request_says_what_where_and_what_to_do(
+    command: Any, args: Any, session: Any, error: type[Exception], named: str | None,
+    path: str, problem: str,
+) -> None:
+    with pytest.raises(error) as info:
+        protocol.encode_request(1, command, args, session)
+    refused = info.value
+    assert type(refused) is error
+    assert (refused.command, refused.path, refused.problem) == (named, path, problem)  # type: ignore[attr-defined]
+
+
+def test_a_request_too_deep_to_encode_names_args() -> None:
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ArgumentValueError) as info:
+        protocol.encode_request(1, "echo", deep, None)
+    assert (info.value.command, info.value.path, info.value.problem) == (  # type: ignore[attr-defined]
+        "echo", "args", "args is nested too deeply to encode; flatten it")
+
+
+def test_a_request_too_large_names_its_command() -> None:
+    with pytest.raises(RequestTooLarge) as info:
+        protocol.encode_request(1, "echo", "x" * 100, None, max_frame_size=50)
+    assert info.value.command == "echo"
+
+
+def test_a_large_request_the_encoder_returns_in_chunks_round_trips() -> None:
+    args = list(range(200_000))
+    assert parse_request(decode_all(protocol.encode_request(9, "sum", args, None))[0]).args \
+        == args
+
+
+def test_keys_are_checked_inside_list_and_tuple_subclasses() -> None:
+    assert not protocol.keys_are_strings(Items([1, {"a": {2: 3}}]))
+    assert protocol.keys_are_strings(Items([1, {"a": {"b": 3}}]))
+    assert not protocol.keys_are_strings(("x", [{4: 5}]))
+
+
+def test_find_unencodable_says_whether_it_is_the_type_or_the_value() -> None:
+    assert protocol.find_unencodable(["ab\ud800"], "r") == (
+        "r[0]", False, "r[0] is a str with a lone surrogate '\\ud800' at index 2, which UTF-8 "
+        "cannot encode; clean the text first")
+    assert protocol.find_unencodable({"n": 10**5000}, "r") == (
+        'r["n"]', False, 'r["n"] is an int too long to write in decimal; send it as a str')
+    assert protocol.find_unencodable(_self_containing(), "r") == (
+        "r[0]", False, "r[0] is r again (a circular reference), which JSON cannot carry; "
+        "send a tree")
+    assert protocol.find_unencodable({"\udc00": 1}, "r") == (
+        "r", False, "r has a key with a lone surrogate '\\udc00' at index 0, which UTF-8 "
+        "cannot encode; clean the text first")
+    assert protocol.find_unencodable({"ok": [b"x"]}, "r") == (
+        'r["ok"][0]', True, f"r[\"ok\"][0] is b'x' (type bytes), which JSON cannot carry; {ADVICE}")
+
+
+def test_subclasses_of_json_scalars_are_json() -> None:
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Ratio(float):
+        pass
+
+    value = {"level": Level.HIGH, "ratio": Ratio(0.5), "items": [Level.HIGH]}
+    assert protocol.keys_are_strings(value)
+    assert parse_request(decode_all(protocol.encode_request(1, "c", value, None))[0]).args \
+        == {"level": 3, "ratio": 0.5, "items": [3]}
+
+
+def test_args_the_key_walk_cannot_finish_are_refused_not_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On CPython 3.12+ the C encoder has its own recursion limit, so args can be
+    # deep enough to encode but too deep for the (recursive) key check; here that
+    # is simulated. Unchecked keys must not be sent: the stack-free walk looks
+    # for the bad key, and without one the args are refused as too deep.
+    def gives_up(value: Any) -> bool:
+        raise RecursionError
+
+    monkeypatch.setattr(protocol, "keys_are_strings", gives_up)
+    with pytest.raises(ArgumentTypeError) as info:
+        protocol.encode_request(1, "echo", {"a": {1: 2}}, None)
+    assert (info.value.command, info.value.path) == ("echo", 'args["a"]')  # type: ignore[attr-defined]
+    with pytest.raises(ArgumentValueError) as too_deep:
+        protocol.encode_request(1, "echo", {"a": [1]}, None)
+    assert (too_deep.value.command, too_deep.value.path, too_deep.value.problem) == (  # type: ignore[attr-defined]
+        "echo", "args", "args is nested too deeply to encode; flatten it")
