@@ -15,6 +15,9 @@ test selection) and runs ``mutmut run`` under ``nice``, with Hypothesis'
 of the module's tests that execute the mutated function. ``--jobs`` modules
 (default: one per CPU) are mutated at once; every run starts from scratch, so
 a verdict never comes from an older version of the code or the tests.
+Mutants accepted as equivalent are not run (they cannot die, and they cost
+the most: every test of their function passes); ``--recheck`` runs them too
+and reports the entries a test now kills.
 
 It prints, per module, the mutants, those killed (a time-out counts: the
 suite's time limit turns a hang into a failure), the survivors accepted as
@@ -157,47 +160,51 @@ def prepare(workdir: Path, pyproject: str) -> None:
     (workdir / "pyproject.toml").write_text(pyproject)
 
 
-def run_mutmut(workdir: Path, jobs: int, verbose: bool) -> float:
-    """Run mutmut in ``workdir``; return the CPU seconds it and its children used."""
+# Run in a scratch copy: mutmut's own first step (copy the sources, write the
+# mutants), then every mutant's diff to mutants/diffs.json. mutmut's internals,
+# hence the pinned minor version; `mutmut run` afterwards finds the mutants
+# written and does not write them again.
+GENERATE = """
+import json, sys
+import mutmut.__main__ as mutmut
+from mutmut.mutation.data import SourceFileMutationData
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+mutmut.set_mutant_under_test("mutant_generation")
+mutmut.makedirs("mutants", exist_ok=True)
+mutmut.copy_src_dir()
+mutmut.copy_also_copy_files()
+mutmut.setup_source_paths()
+mutmut.create_mutants(1)
+data = SourceFileMutationData(path=sys.argv[1])
+data.load()
+with open("mutants/diffs.json", "w") as out:
+    json.dump({name: get_diff_for_mutant(name, path=sys.argv[1])
+               for name in data.exit_code_by_key}, out)
+"""
+
+
+def mutmut_command() -> Path:
     mutmut = Path(sys.executable).parent / "mutmut"
     if not mutmut.exists():
         raise SystemExit(f"mutmut is not installed next to {sys.executable}: "
-                         "pip install -e '.[mutation]'")
+                         "pip install -e '.[test,mutation]'")
+    return mutmut
+
+
+def run_logged(command: list[str], workdir: Path, log: Path, verbose: bool) -> float:
+    """Run ``command`` in ``workdir``; return the CPU seconds it and its children used."""
     env = {key: value for key, value in os.environ.items() if key != "CI"}
     env.update(HYPOTHESIS_PROFILE="mutation", TEST_MODE="bridge_mock")
-    log = workdir / "mutmut.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([str(mutmut), "run", "--max-children", str(jobs)], cwd=workdir,
-                                env=env, stdout=None if verbose else out,
-                                stderr=subprocess.STDOUT)
-        # wait4: the CPU time of this mutmut and of the mutant processes it reaped.
+        proc = subprocess.Popen(command, cwd=workdir, env=env,
+                                stdout=None if verbose else out, stderr=subprocess.STDOUT)
+        # wait4: the CPU time of this process and of the mutant processes it reaped.
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = "" if verbose else log.read_text()[-3000:]
-        raise SystemExit(f"mutmut failed in {workdir} (exit {proc.returncode}):\n{tail}")
+        raise SystemExit(f"{command[1]} failed in {workdir} (exit {proc.returncode}):\n{tail}")
     return usage.ru_utime + usage.ru_stime
-
-
-def read_mutants(workdir: Path, module: str) -> list[Mutant]:
-    meta = workdir / "mutants" / (module + ".meta")
-    codes = json.loads(meta.read_text())["exit_code_by_key"]
-    return [Mutant(name, code) for name, code in sorted(codes.items())]
-
-
-def describe(workdir: Path, module: str, mutant: Mutant) -> str:
-    """The mutant's stable key, from mutmut's diff of the mutated function."""
-    from mutmut.configuration import reset_config
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
-
-    here = Path.cwd()
-    os.chdir(workdir)  # mutmut reads its configuration and mutants from the cwd
-    try:
-        reset_config()
-        diff = get_diff_for_mutant(mutant.name, path=module)
-    finally:
-        os.chdir(here)
-    return mutant_key(module, mutant.name, diff)
 
 
 def mutant_key(module: str, name: str, diff: str) -> str:
@@ -218,26 +225,45 @@ def _squash(code: str) -> str:
     return re.sub(r"\s+", " ", code).strip()
 
 
-def run_module(module: str, tests: list[str], pyproject: str, verbose: bool) -> ModuleResult:
-    """Mutate one module in its scratch copy; mutants are tested one at a time."""
+def run_module(module: str, tests: list[str], pyproject: str, accepted: dict[str, str],
+               recheck: bool, verbose: bool) -> ModuleResult:
+    """Mutate one module in its scratch copy; mutants are tested one at a time.
+
+    Mutants accepted as equivalent are not run unless ``recheck``: they cannot
+    be killed, and they are the most expensive ones (every test of their
+    function passes).
+    """
     workdir = SCRATCH / module_slug(module)
     start = time.monotonic()
     prepare(workdir, scratch_pyproject(pyproject, module, tests))
-    cpu = run_mutmut(workdir, 1, verbose)
-    return ModuleResult(module, read_mutants(workdir, module), time.monotonic() - start, cpu)
+    mutmut = mutmut_command()
+    python = str(Path(sys.executable))
+    cpu = run_logged([python, "-c", GENERATE, module], workdir, workdir / "generate.log", verbose)
+    diffs: dict[str, str] = json.loads((workdir / "mutants" / "diffs.json").read_text())
+    mutants = [Mutant(name, None, mutant_key(module, name, diff))
+               for name, diff in sorted(diffs.items())]
+    chosen = [m.name for m in mutants if recheck or m.key not in accepted]
+    if chosen:
+        # Names are given only when some are left out: a full run needs none.
+        names = chosen if len(chosen) < len(mutants) else []
+        cpu += run_logged([str(mutmut), "run", "--max-children", "1", *names], workdir,
+                          workdir / "mutmut.log", verbose)
+        meta = json.loads((workdir / "mutants" / (module + ".meta")).read_text())
+        for mutant in mutants:
+            mutant.code = meta["exit_code_by_key"][mutant.name]
+    return ModuleResult(module, mutants, time.monotonic() - start, cpu)
 
 
 def review(result: ModuleResult, accepted: dict[str, str]) -> None:
     """Sort the module's survivors into accepted equivalents and unreviewed ones."""
-    workdir = SCRATCH / module_slug(result.path)
     for mutant in result.mutants:
-        if mutant.code is None:
-            raise SystemExit(f"mutmut left {mutant.name} unchecked; see {workdir}/mutmut.log")
         if mutant.killed:
             continue
-        mutant.key = describe(workdir, result.path, mutant)
         if mutant.key in accepted:
             result.equivalent.append((mutant, accepted[mutant.key]))
+        elif mutant.code is None:
+            raise SystemExit(f"mutmut left {mutant.name} unchecked; see "
+                             f"{SCRATCH / module_slug(result.path)}/mutmut.log")
         else:
             result.unreviewed.append(mutant)
 
@@ -245,7 +271,8 @@ def review(result: ModuleResult, accepted: dict[str, str]) -> None:
 # --- report ------------------------------------------------------------------------
 
 
-def report(results: list[ModuleResult], accepted: dict[str, str], seconds: float) -> bool:
+def report(results: list[ModuleResult], accepted: dict[str, str], seconds: float,
+           recheck: bool) -> bool:
     ok = True
     print(f"\n{'module':<28} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} "
           f"{'raw':>6} {'score':>6} {'wall':>5} {'CPU':>5}")
@@ -258,7 +285,9 @@ def report(results: list[ModuleResult], accepted: dict[str, str], seconds: float
               + ("" if passed else f"  BELOW {BAR:.0%}"))
     equivalents = [pair for r in results for pair in r.equivalent]
     if equivalents:
-        print(f"\nSurvivors accepted as equivalent ({len(equivalents)}, {EQUIVALENTS.name}):")
+        rerun = "re-run, survived" if recheck else "not re-run; --recheck runs them"
+        print(f"\nMutants accepted as equivalent ({len(equivalents)}, {EQUIVALENTS.name}; "
+              f"{rerun}):")
         for mutant, reason in equivalents:
             print(f"  {mutant.key}\n      {reason}")
     unreviewed = [m for r in results for m in r.unreviewed]
@@ -271,7 +300,7 @@ def report(results: list[ModuleResult], accepted: dict[str, str], seconds: float
     matched = {m.key for r in results for m, _ in r.equivalent}
     stale = [key for key in accepted if key.partition(":")[0] in ran and key not in matched]
     if stale:
-        print(f"\nEntries of {EQUIVALENTS.name} that match no survivor (remove them):")
+        print(f"\nEntries of {EQUIVALENTS.name} that match no surviving mutant (remove them):")
         for key in stale:
             print(f"  {key}")
     cpu = sum(r.cpu for r in results)
@@ -285,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: all listed)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
                         help="modules mutated in parallel (default: CPU count)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="run the accepted equivalents too, to find entries a test now "
+                             "kills (slower)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show mutmut's output")
     args = parser.parse_args(argv)
     pyproject, table = load_config()
@@ -303,12 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     # the tests) is serial, so this keeps every core busy where --max-children
     # would leave all but one idle during it.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_module, m, table[m], pyproject, args.verbose)
-                   for m in modules]
+        futures = [pool.submit(run_module, m, table[m], pyproject, accepted, args.recheck,
+                               args.verbose) for m in modules]
         results = [future.result() for future in futures]
     for result in results:
         review(result, accepted)
-    return 0 if report(results, accepted, time.monotonic() - start) else 1
+    return 0 if report(results, accepted, time.monotonic() - start, args.recheck) else 1
 
 
 if __name__ == "__main__":
