@@ -778,3 +778,11 @@ def test_args_the_key_walk_cannot_finish_are_refused_not_sent(
         protocol.encode_request(1, "echo", {"a": [1]}, None)
     assert (too_deep.value.command, too_deep.value.path, too_deep.value.problem) == (  # type: ignore[attr-defined]
         "echo", "args", "args is nested too deeply to encode; flatten it")
+
+
+def test_the_lowest_abandon_id_is_one_and_a_request_parser_refuses_abandons() -> None:
+    first = parse_incoming({"abandon": 1})
+    assert isinstance(first, Abandon) and first.id == 1
+    assert error_of(parse_incoming, {"abandon": 0}) == (
+        "abandon must name a request id >= 1, got 0")
+    assert error_of(parse_request, {"abandon": 2}) == "expected a request, got an abandon frame"
