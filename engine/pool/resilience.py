@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from engine.errors import (
+    ArgumentError,
     CallTimeout,
     PoolTimeout,
     ProtocolError,
@@ -59,9 +60,10 @@ logger = logging.getLogger("engine.pool.resilience")
 # quality, only decorrelation between slots and callers.
 _RNG: Final = random.Random()
 
-# Errors that mean "the worker answered" or "the wire is corrupt": retrying the
-# first repeats a deterministic failure, retrying the second hides a bug.
-_NEVER_RETRY: Final = (RemoteError, ProtocolError)
+# Errors that mean "the worker answered", "the wire is corrupt" or "the caller's
+# arguments cannot be sent": retrying the first or the last repeats a
+# deterministic failure, retrying the second hides a bug.
+_NEVER_RETRY: Final = (RemoteError, ProtocolError, ArgumentError)
 
 
 # --- validation helpers -------------------------------------------------------

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import (
+    ArgumentTypeError,
     CallTimeout,
     EngineError,
     PoolTimeout,
@@ -161,8 +162,10 @@ def test_non_retryable_propagates_unchanged(
 
 @pytest.mark.parametrize("error", [
     RemoteError(type="KeyError", message="x"), ProtocolError("bad frame"),
+    ArgumentTypeError("is a set", command="echo", path='args["x"]'),
 ])
-def test_never_retries_remote_or_protocol_even_if_listed(error: Exception) -> None:
+def test_never_retries_remote_protocol_or_argument_errors_even_if_listed(
+        error: Exception) -> None:
     policy = Retry(attempts=5, retry_on=(EngineError, RemoteError, ProtocolError, Exception))
     assert not policy.should_retry(error)
     call = FakeCall(10, lambda: error)
