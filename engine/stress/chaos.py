@@ -136,8 +136,12 @@ class WorkerWatch:
     worker at a time, so the two always pair up).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, remote_slots: frozenset[int] = frozenset()) -> None:
         self.pool_label: str | None = None
+        # Slots whose workers run on another host (a remote launcher): their
+        # pids are that host's, so /proc here says nothing about them.
+        self.remote_slots = remote_slots
+        self.remote_pids: set[int] = set()
         self.ready: list[tuple[float, int, str | None, int | None]] = []
         self.exits: list[WorkerExit] = []
         self.pids_seen: set[int] = set()
@@ -178,6 +182,8 @@ class WorkerWatch:
         self._slot_worker[slot] = (worker_id, pid)
         if pid is not None:
             self.pids_seen.add(pid)
+            if slot in self.remote_slots:
+                self.remote_pids.add(pid)
             if isinstance(worker_id, str):
                 self.pid_of_worker[worker_id] = pid
 

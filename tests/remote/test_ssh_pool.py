@@ -327,3 +327,20 @@ async def test_chaos_signals_the_local_launcher_not_the_remote_pid(launcher: Lau
                                   and v.slots[0].state is WorkerState.READY)
     crashed = [e.metadata for e in exits if e.metadata["reason"].startswith("crashed")]
     assert crashed and crashed[0]["signal"] == signal.SIGKILL
+
+
+async def test_the_stress_runner_with_chaos_on_a_pool_spread_over_hosts(
+        launcher: Launch, marker: str) -> None:
+    """Chaos kills the local ssh of remote workers, the runner's /proc checks
+    skip remote pids, and every death is explained: the report is ok."""
+    from engine.stress.runner import StressConfig, run_stress
+
+    config = StressConfig(workers=2, clients=4, duration=3.0, seed=5, kill_every=0.6,
+                          mix={"anon": 60, "session": 30},
+                          pool_options={"launchers": [(), launcher()], "name": marker,
+                                        "worker_output": "discard"})
+    with trio.fail_after(HANG_GUARD * 2):
+        report = await run_stress(config)
+    failed = [i for i in report["invariants"] if not i["ok"]]
+    assert report["ok"], failed
+    assert report["deaths"]["injected"]["kill"] >= 2
