@@ -170,10 +170,8 @@ async def ssh_killed(sshd: LoopbackSshd, n: int) -> list[float]:
             with trio.fail_after(60):
                 await _entered(parent.stderr, 2)
             # The ssh clients are the parent's children; kill one of them.
-            clients = [p for p in _processes_with(marker, parent.pid)
-                       if _parent_of(p) == parent.pid]
-            os.kill(clients[0], signal.SIGKILL)
-            worker = f"{marker}-{_worker_slot(clients[0], marker)}"
+            client, worker = _an_ssh_client(marker, parent.pid)
+            os.kill(client, signal.SIGKILL)
             out.append(await _gone_after(worker, parent.pid, word=True))
         finally:
             parent.kill()
@@ -208,19 +206,20 @@ async def parent_killed(sshd: LoopbackSshd, n: int) -> list[float]:
     return out
 
 
-def _parent_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _worker_slot(pid: int, marker: str) -> str:
-    """The ``slot.generation`` of the worker id in ``pid``'s command line."""
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        text = f.read().decode(errors="replace")
-    return text.split(f"{marker}-", 1)[1].split()[0].strip("'\"\0")
+def _an_ssh_client(marker: str, parent: int) -> tuple[int, str]:
+    """A child of ``parent`` running ssh for pool ``marker``, and its worker's id."""
+    for pid in _processes_with(marker, parent):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = re.split(r"[\0 ']", f.read().decode(errors="replace"))
+        except (OSError, IndexError, ValueError):
+            continue
+        ids = [w for w in words if w.startswith(f"{marker}-")]
+        if ppid == parent and ids:
+            return pid, ids[0]
+    raise RuntimeError(f"no ssh client of pool {marker} found below pid {parent}")
 
 
 def measure(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
