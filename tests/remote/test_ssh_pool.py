@@ -29,7 +29,7 @@ import trio
 
 import engine
 from engine import telemetry
-from engine.errors import WorkerCrashed, WorkerStartError
+from engine.errors import SessionLost, WorkerCrashed, WorkerStartError
 from engine.pool.lifecycle import WorkerState
 from engine.stress.chaos import DeathLedger, kill_random_worker
 from engine.testing.sshd import LoopbackSshd
@@ -59,56 +59,61 @@ async def test_calls_sessions_and_where_workers_run(launcher: Launch, marker: st
             remote_probe.set()
 
     telemetry.attach(f"test-{marker}", [telemetry.HEALTH_OK], on_health)
-    with trio.fail_after(HANG_GUARD):
-        async with engine.open_pool(size=2, name=marker, launchers=[(), ssh],
-                                    health_interval=0.05, max_calls_per_worker=4) as pool:
-            await pool.wait_ready(2, timeout=READY)
-            slots = pool.inspect().slots
-            local, remote = slots
-            assert (local.remote, remote.remote) == (False, True)
-            assert remote.remote_launcher == "ssh 127.0.0.1" == ssh.label
-            assert local.host == remote.host == NODE  # the far end is this machine
-            # The remote worker's pid is its host's; the pool's process is ssh.
-            assert remote.os_pid is not None and remote.os_pid != remote.pid
-            assert remote.local_pid == remote.os_pid and local.local_pid == local.pid
-            assert sorted(pool.worker_pids()) == sorted([local.os_pid, remote.os_pid])
-            stats = pool.statistics()
-            assert stats.hosts == ((NODE, 2),) and stats.remote == 1
+    try:
+        with trio.fail_after(HANG_GUARD):
+            async with engine.open_pool(size=2, name=marker, launchers=[(), ssh],
+                                        health_interval=0.05, max_calls_per_worker=6) as pool:
+                await pool.wait_ready(2, timeout=READY)
+                slots = pool.inspect().slots
+                local, remote = slots
+                assert (local.remote, remote.remote) == (False, True)
+                assert remote.remote_launcher == "ssh 127.0.0.1" == ssh.label
+                assert local.host == remote.host == NODE  # the far end is this machine
+                # The remote worker's pid is its host's; the pool's process is ssh.
+                assert remote.os_pid is not None and remote.os_pid != remote.pid
+                assert remote.local_pid == remote.os_pid and local.local_pid == local.pid
+                assert sorted(pool.worker_pids()) == sorted([local.os_pid, remote.os_pid])
+                stats = pool.statistics()
+                assert stats.hosts == ((NODE, 2),) and stats.remote == 1
 
-            # A session on the remote worker keeps its state there.
-            async with pool.checkout(session="s1") as lease:
-                first = lease.slot
-            bound = slots[first]
-            program = {"id": "up", "signature": {"inputs": ["a"], "outputs": ["b"]},
-                       "handler": "upper"}
-            await pool.call("create_program", program, session="s1")
-            for text in ("x", "yz"):
-                answer = await pool.call("execute_program",
-                                         {"id": "up", "inputs": {"a": text}}, session="s1")
-                assert answer == {"outputs": {"b": text.upper()}}
-            async with pool.checkout(session="s1") as lease:
-                assert lease.pid == bound.pid
-                assert (await lease.call("ping"))["pid"] == bound.pid
+                # A session on the remote worker keeps its state there. A new
+                # session binds to the worker with the fewest: two sessions, one each.
+                session_on = {}
+                for session in ("s1", "s2"):
+                    async with pool.checkout(session=session) as lease:
+                        session_on[lease.slot] = session
+                on_remote = session_on[1]
+                program = {"id": "up", "signature": {"inputs": ["a"], "outputs": ["b"]},
+                           "handler": "upper"}
+                await pool.call("create_program", program, session=on_remote)
+                for text in ("x", "yz"):
+                    answer = await pool.call("execute_program",
+                                             {"id": "up", "inputs": {"a": text}},
+                                             session=on_remote)
+                    assert answer == {"outputs": {"b": text.upper()}}
+                async with pool.checkout(session=on_remote) as lease:
+                    assert lease.slot == 1 and lease.pid == remote.pid
+                    assert (await lease.call("ping"))["pid"] == remote.pid
+                assert (await pool.call("list_programs", session=session_on[0]))[
+                    "total_count"] == 0  # the local worker never saw it
 
-            # Health probes reach the remote worker (they run on idle workers).
-            try:
+                # Health probes reach the remote worker (they run on idle workers).
                 await remote_probe.wait()
-            finally:
-                telemetry.detach(f"test-{marker}")
 
-            # Recycling: max_calls_per_worker retires the remote worker and its
-            # replacement is started through ssh again.
-            generation = pool.inspect().slots[1].generation
-            for _ in range(8):
-                async with pool.checkout() as lease:
-                    if lease.slot == 1:
-                        await lease.call("echo", 1)
-            view = await pool.wait_until(
-                lambda v: v.slots[1].generation > generation
-                and v.slots[1].state is WorkerState.READY)
-            assert view.slots[1].remote and view.slots[1].pid != remote.pid
-            pool.check_invariants()
-        assert not processes_with(marker), "a worker outlived aclose()"
+                # Recycling: max_calls_per_worker retires the remote worker (its
+                # session is lost with it) and its replacement starts through ssh.
+                generation = pool.inspect().slots[1].generation
+                with pytest.raises(SessionLost):
+                    for _ in range(10):
+                        await pool.call("echo", 1, session=on_remote)
+                view = await pool.wait_until(
+                    lambda v: v.slots[1].generation > generation
+                    and v.slots[1].state is WorkerState.READY)
+                assert view.slots[1].remote and view.slots[1].pid != remote.pid
+                pool.check_invariants()
+            assert not processes_with(marker), "a worker outlived aclose()"
+    finally:
+        telemetry.detach(f"test-{marker}")
 
 
 async def test_a_remote_crash_says_what_ssh_reported(launcher: Launch, marker: str) -> None:
