@@ -135,15 +135,29 @@ def _processes_with(marker: str, exclude: int = 0, *, word: bool = False) -> lis
     return found
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 async def _gone_after(marker: str, exclude: int = 0, *, word: bool = False) -> float:
     """Seconds until no process carries ``marker`` (polled every 5 ms: an OS
-    condition at the far end); NaN if they outlive the bench's patience."""
+    condition at the far end); NaN if they outlive the bench's patience. A
+    process seen once is followed by its pid: an exiting process's command
+    line reads empty a moment before it is a zombie."""
     started = time.perf_counter()
-    while _processes_with(marker, exclude, word=word):
+    seen: set[int] = set()
+    while True:
+        seen.update(_processes_with(marker, exclude, word=word))
+        seen = {pid for pid in seen if _alive(pid)}
+        if not seen:
+            return time.perf_counter() - started
         if time.perf_counter() - started > _ORPHAN_LIMIT:
             return float("nan")
         await trio.sleep(0.005)
-    return time.perf_counter() - started
 
 
 async def _entered(stream: trio.abc.ReceiveStream, count: int) -> None:

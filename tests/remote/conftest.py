@@ -91,24 +91,35 @@ def processes_with(marker: str) -> list[int]:
     return sorted(found)
 
 
+def _left(marker: str, seen: set[int]) -> set[int]:
+    """Processes carrying ``marker``, and those seen carrying it that are still
+    alive: an exiting process's command line reads empty a moment before it
+    becomes a zombie, so once seen a process is followed by its pid."""
+    seen.update(processes_with(marker))
+    seen.intersection_update(pid for pid in seen if pid_alive(pid))
+    return seen
+
+
 def wait_no_processes(marker: str, timeout: float) -> list[int]:
     """Poll /proc until no process carries ``marker`` (there is no event for a
     process on "another host" ending); return those left after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while (left := processes_with(marker)) and time.monotonic() < deadline:
+    seen: set[int] = set()
+    while _left(marker, seen) and time.monotonic() < deadline:
         time.sleep(0.01)
-    return left
+    return sorted(seen)
 
 
 async def seconds_until_gone(marker: str, limit: float) -> float:
     """How long until no process carries ``marker``: polled every 10 ms (what
     is measured is an OS condition on the far end); fails after ``limit``."""
     started = time.monotonic()
-    while processes_with(marker):
+    seen: set[int] = set()
+    while _left(marker, seen):
         elapsed = time.monotonic() - started
         if elapsed > limit:
             raise AssertionError(f"processes of {marker} still alive after {limit:g} s: "
-                                 f"{processes_with(marker)}")
+                                 f"{sorted(seen)}")
         await trio.sleep(0.01)  # an OS condition on the far end: nothing to wait on
     return time.monotonic() - started
 

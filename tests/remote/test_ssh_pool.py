@@ -116,10 +116,18 @@ async def test_calls_sessions_and_where_workers_run(launcher: Launch, marker: st
         telemetry.detach(f"test-{marker}")
 
 
+async def _replaced(pool: engine.Pool, before: Any) -> Any:
+    """Wait until the slot of ``before`` (a SlotView) runs a new, ready worker."""
+    return (await pool.wait_until(
+        lambda v: v.slots[before.index].generation > before.generation
+        and v.slots[before.index].state is WorkerState.READY)).slots[before.index]
+
+
 async def test_a_remote_crash_says_what_ssh_reported(launcher: Launch, marker: str) -> None:
     with trio.fail_after(HANG_GUARD):
         async with engine.open_pool(size=1, name=marker, launcher=launcher()) as pool:
             await pool.wait_ready(1, timeout=READY)
+            first = pool.inspect().slots[0]
             with pytest.raises(WorkerCrashed) as crash:
                 await pool.call("crash", {"code": 7})
             error = crash.value
@@ -132,12 +140,13 @@ async def test_a_remote_crash_says_what_ssh_reported(launcher: Launch, marker: s
 
             # A remote worker killed by a signal: ssh says 255, as for its own
             # failures, and the report says that 255 can mean either.
-            await pool.wait_ready(1, timeout=READY)
-            remote_pid = pool.inspect().slots[0].pid
+            second = await _replaced(pool, first)
+            remote_pid = second.pid
             assert remote_pid is not None
 
             async def kill_remote_when_busy() -> None:
-                await pool.wait_until(lambda v: v.slots[0].state is WorkerState.BUSY)
+                # Runs once pool.call below waits for its reply: the slot is busy.
+                assert pool.inspect().slots[0].state is WorkerState.BUSY
                 os.kill(remote_pid, signal.SIGKILL)  # only possible: the far end is here
 
             async with trio.open_nursery() as nursery:
@@ -146,7 +155,7 @@ async def test_a_remote_crash_says_what_ssh_reported(launcher: Launch, marker: s
                     await pool.call("sleep", {"seconds": 60})
             assert crash.value.exit_code == 255
             assert "status 255: ssh's own failure" in str(crash.value)
-            await pool.wait_ready(1, timeout=READY)  # replaced, so counted
+            await _replaced(pool, second)  # so the crash is counted
             assert pool.statistics().crashes == 2
 
 
@@ -239,17 +248,17 @@ async def test_killing_the_local_ssh_ends_the_remote_worker(launcher: Launch,
             slot = pool.inspect().slots[0]
             assert slot.local_pid is not None and slot.pid is not None
             remote_pid = slot.pid
-            async with trio.open_nursery() as nursery:
-                await _busy_remote_pool(pool, nursery, seen)
-                with telemetry.capture([telemetry.WORKER_EXIT]) as exits:
+            with telemetry.capture([telemetry.WORKER_EXIT]) as exits:
+                async with trio.open_nursery() as nursery:
+                    await _busy_remote_pool(pool, nursery, seen)
                     os.kill(slot.local_pid, signal.SIGKILL)
                     outlive = await seconds_until_gone(f"{marker}-0.1", OUTLIVE_LIMIT)
-            record_outlive("local ssh client SIGKILLed, remote worker busy", outlive)
-            assert not pid_alive(remote_pid)
+                record_outlive("local ssh client SIGKILLed, remote worker busy", outlive)
+                assert not pid_alive(remote_pid)
+                # The slot is rebuilt through ssh (so the exit was reported).
+                replacement = await _replaced(pool, slot)
+            assert replacement.remote
             assert exits and exits[0].metadata["signal"] == signal.SIGKILL
-            # The slot is rebuilt through ssh.
-            await pool.wait_ready(1, timeout=READY)
-            assert pool.inspect().slots[0].remote
 
 
 async def test_closing_the_pool_ends_idle_and_busy_remote_workers(launcher: Launch,
