@@ -373,7 +373,11 @@ class _Run:
                 outcome = await self._probe(pool, state)
                 probes[outcome] = probes.get(outcome, 0) + 1
         self.facts["probes"] = probes
-        self.facts["live_pids"] = sorted(pool.worker_pids())
+        # The workers' own pids (their hellos'), as sessions and the ledger
+        # name them: worker_pids() gives the processes spawned here, which for
+        # a remote worker (or a launcher that stays in between) is another pid.
+        self.facts["live_pids"] = sorted(slot.pid for slot in pool.inspect().slots
+                                         if slot.worker is not None and slot.pid is not None)
         self.facts["statistics"] = attrs.asdict(pool.statistics())
         try:
             pool.check_invariants()

@@ -358,3 +358,19 @@ async def test_the_stress_runner_with_chaos_on_a_pool_spread_over_hosts(
     failed = [i for i in report["invariants"] if not i["ok"]]
     assert report["ok"], failed
     assert report["deaths"]["injected"]["kill"] >= 2
+
+
+async def test_the_stress_runner_knows_remote_sessions_live_on(launcher: Launch,
+                                                               marker: str) -> None:
+    """No chaos: every session stays bound to the remote worker, which the
+    runner must count as alive by its own pid (not the local ssh's)."""
+    from engine.stress.runner import StressConfig, run_stress
+
+    config = StressConfig(workers=1, clients=2, duration=1.0, seed=7,
+                          mix={"anon": 1, "session": 3},
+                          pool_options={"launcher": launcher(), "name": marker,
+                                        "worker_output": "discard"})
+    with trio.fail_after(HANG_GUARD):
+        report = await run_stress(config)
+    assert report["ok"], [i for i in report["invariants"] if not i["ok"]]
+    assert report["sessions"]["epochs"] > 0 and report["sessions"]["worker_died"] == 0
