@@ -183,12 +183,15 @@ class ProcessWorker(ChannelWorker):
     def _interrupt_handler(self) -> None:
         """An abandon frame was written: signal the worker so that its running
         handler is interrupted at once. Only a worker we spawned ourselves (the
-        hello's pid is our child's: no launcher, no wrapper in between); other
-        workers notice the frame within their watchdog's interval. Our child
-        is not reaped before the exit watcher records its exit (waitid peeks
-        with WNOWAIT), so the pid can't belong to another process here."""
+        hello's pid is our child's: no launcher, no wrapper in between, not a
+        remote worker); other workers notice the frame within their
+        watchdog's interval. Our child is not reaped before the exit watcher
+        records its exit (waitid peeks with WNOWAIT), so the pid can't belong
+        to another process here."""
         pid = self._process.pid
-        if self.pid != pid or not self.is_alive():
+        # A remote worker's hello pid is its host's: equal to our launcher's
+        # pid only by chance, and SIGUSR2 would kill the local ssh.
+        if self._launcher is not None or self.pid != pid or not self.is_alive():
             return
         try:
             os.kill(pid, ABANDON_SIGNAL)

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -374,3 +375,30 @@ async def test_the_stress_runner_knows_remote_sessions_live_on(launcher: Launch,
         report = await run_stress(config)
     assert report["ok"], [i for i in report["invariants"] if not i["ok"]]
     assert report["sessions"]["epochs"] > 0 and report["sessions"]["worker_died"] == 0
+
+
+async def test_a_cancelled_call_on_a_remote_worker_keeps_it(launcher: Launch, marker: str,
+                                                            tmp_path: Path) -> None:
+    """Cooperative cancellation through ssh: the abandon frame alone reaches the
+    worker (no signal crosses ssh, and none may be sent to the local ssh), its
+    watchdog interrupts the handler, and the worker comes back with its pid,
+    its launcher and its sessions."""
+    from tests.pool.test_cancellation import StartMarker, block_then_cancel
+
+    started = StartMarker(tmp_path)
+    try:
+        with trio.fail_after(HANG_GUARD), telemetry.capture([telemetry.WORKER_DRAINED]) as seen:
+            async with engine.open_pool(size=1, name=marker, launcher=launcher(),
+                                        app="tests.apps.cancellable") as pool:
+                await pool.wait_ready(1, timeout=READY)
+                before = pool.inspect().slots[0]
+                await pool.call("remember", "b's state", session="b")
+                await block_then_cancel(pool, started, "r1", session="a")
+                assert await pool.call("recall", session="b") == "b's state"
+                after = pool.inspect().slots[0]
+                assert (after.pid, after.os_pid, after.generation) == \
+                    (before.pid, before.os_pid, before.generation)
+        [event] = [e.metadata for e in seen]
+        assert event["outcome"] == "clean" and event["reason"] == "abandoned request cancelled"
+    finally:
+        started.close()
