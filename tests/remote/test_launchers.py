@@ -9,11 +9,13 @@ import subprocess
 import sys
 from typing import Any
 
+import attrs
 import pytest
 
 import engine
 from engine.errors import WorkerCrashed, WorkerStartError
 from engine.pool.config import PoolConfig, make_config, spawn_request
+from engine.pool.core import CoreCounts
 from engine.pool.introspection import PoolStatistics, placement
 from engine.process.handle import SpawnRequest
 from engine.process.launch import Launcher
@@ -200,13 +202,9 @@ class _Remote:
 
 
 def test_statistics_count_workers_per_host() -> None:
-    counts = {name: 0 for name in ("size", "ready", "busy", "starting", "degraded", "stopping",
-                                   "stopped", "waiting", "sessions", "restarts", "crashes",
-                                   "start_failures", "leased")}
-    from engine.pool.core import CoreCounts
-
+    counts = CoreCounts(**{field.name: 0 for field in attrs.fields(CoreCounts)})
     stats = PoolStatistics.from_counts(
-        CoreCounts(**counts), name=None, leases=0, breaker="closed", closed=False,
+        counts, name=None, leases=0, breaker="closed", closed=False,
         workers=[_Remote(), None, object(), _Remote()])  # type: ignore[list-item]
     assert stats.hosts == (("?", 1), ("db1", 2)) and stats.remote == 2
     where = placement(_Remote())  # type: ignore[arg-type]
