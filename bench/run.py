@@ -17,7 +17,10 @@ no peer's process cache leaks into another's figures):
 * startup: bare interpreter, spawn-to-hello, crash to replacement, pool start
   and close for 1, 4, 64 and 256 workers, RSS (:mod:`bench.startup`);
 * cancel: a call cancelled mid-way, to its worker ready again (cooperative)
-  against to its replacement ready (``cancel_grace=0``) (:mod:`bench.cancel`).
+  against to its replacement ready (``cancel_grace=0``) (:mod:`bench.cancel`);
+* remote: workers through ssh on a loopback sshd against local ones: round
+  trip, spawn-to-hello, how long a busy remote worker outlives its ssh client
+  or its pool's process (:mod:`bench.remote`; skipped without sshd).
 
 Options: ``--quick`` (fewer samples, for a smoke run), ``--sections``,
 ``--json PATH`` (every figure), ``--markdown`` (print the table as Markdown),
@@ -43,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
 import trio
 
 import engine
-from bench import cancel, contended, latency, scale, startup, throughput
+from bench import cancel, contended, latency, remote, scale, startup, throughput
 from bench.table import COLUMNS, markdown, print_table, rows
 
 Log = Callable[[str], None]
@@ -62,6 +65,7 @@ SECTIONS: dict[str, Callable[[bool, Log], Any]] = {
     "scale": scale.measure,
     "startup": startup.measure,
     "cancel": cancel.measure,
+    "remote": remote.measure,
 }
 
 

@@ -8,6 +8,7 @@ nothing asserts.
 
 from __future__ import annotations
 
+import statistics
 import sys
 from typing import Any
 
@@ -53,6 +54,10 @@ def versus(ratio: float, better: str, worse: str, who: str = "pool") -> str:
     if ratio >= 1:
         return f"{who} {ratio:.2f}x {better}"
     return f"{who} {1 / ratio:.2f}x {worse}"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def _heading(text: str) -> Row:
@@ -248,6 +253,31 @@ def cancel_rows(c: dict[str, Any]) -> list[Row]:
     return out
 
 
+def remote_rows(s: dict[str, Any]) -> list[Row]:
+    heading = _heading("workers through ssh (loopback sshd) against local workers")
+    if "skipped" in s:
+        return [heading, ("skipped: no sshd", "", "", s["skipped"], "", "")]
+    rt, hello = s["round_trip"], s["hello"]
+    out = [heading]
+    out.append((f"pool.call, local worker (best of {rt['rounds']} round medians)",
+                us(rt["local"]), "", "1.00x", "", ""))
+    out.append(("pool.call, worker through ssh", us(rt["ssh"]), "",
+                f"{rt['ssh'] / rt['local']:.2f}x local", "", ""))
+    out.append(("spawn to hello, local worker", ms(hello["local"]), "", "1.00x", "", ""))
+    out.append(("spawn to hello through ssh", ms(hello["ssh"]), "",
+                f"{hello['ssh'] / hello['local']:.2f}x local", "", ""))
+    out.append(("  of which: ssh login and exit alone (ssh host true)", ms(hello["ssh_true"]),
+                "", f"{hello['ssh_true'] / hello['ssh']:.2f}x ssh spawn", "", ""))
+    for key, label in (("ssh_killed", "busy remote worker gone after its ssh is SIGKILLed"),
+                       ("parent_killed", "busy remote workers gone after their pool's "
+                                         "process is SIGKILLed")):
+        times = s["orphans"][key]
+        worst = max(times) if times else float("nan")
+        out.append((label, f"{ms(median(times))} (max {ms(worst)})", "",
+                    f"{len(times)} runs", "< 3 s (issue 16)", verdict(worst < 3.0)))
+    return out
+
+
 def rows(r: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     if "latency" in r:
@@ -268,6 +298,8 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.extend(startup_rows(r["startup"]))
     if "cancel" in r:
         out.extend(cancel_rows(r["cancel"]))
+    if "remote" in r:
+        out.extend(remote_rows(r["remote"]))
     return out
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from engine.pool.pool import open_pool as open_pool
     from engine.pool.resilience import CircuitBreaker as CircuitBreaker
     from engine.pool.resilience import Retry as Retry
+    from engine.process.launch import Launcher as Launcher
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ _LAZY: dict[str, str] = {
     "Bridge": "engine.pool.bridge",
     "Retry": "engine.pool.resilience",
     "CircuitBreaker": "engine.pool.resilience",
+    "Launcher": "engine.process.launch",
 }
 
 _ERRORS = {

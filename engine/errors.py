@@ -164,45 +164,69 @@ def _describe_exit(exit_code: int | None, signal: int | None) -> str:
     return "died (exit status unknown)"
 
 
+def _where(pid: int | None, host: str | None, launcher: str | None) -> str:
+    """``pid 12`` for a local worker; where it ran and through what for a remote one."""
+    if launcher is None:
+        return f"pid {pid}"
+    on = f" on {host}" if host else ""
+    return f"pid {pid}{on}, a remote worker started through {launcher!r}"
+
+
 class WorkerCrashed(WorkerError):
-    """The worker process died (or its pipe closed) while it was in use."""
+    """The worker process died (or its pipe closed) while it was in use.
+
+    For a remote worker (``launcher`` is the remote launcher's name, ``host``
+    the machine it ran on), ``exit_code``/``signal`` are those of the local
+    launcher process (ssh passes the remote command's exit status on), and the
+    message says what that status means; ``stderr_tail`` holds the launcher's
+    own lines too.
+    """
 
     def __init__(
         self, *, worker_id: str | None = None, pid: int | None = None,
         exit_code: int | None = None, signal: int | None = None,
         stderr_tail: tuple[str, ...] = (), command: str | None = None,
-        session: str | None = None, detail: str = "",
+        session: str | None = None, detail: str = "", host: str | None = None,
+        launcher: str | None = None,
     ) -> None:
         self.exit_code = exit_code
         self.signal = signal
         self.stderr_tail = tuple(stderr_tail)
+        self.host = host
+        self.launcher = launcher
         how = _describe_exit(exit_code, signal)
         during = f" during {command!r}" if command else ""
         tail = f"; last stderr: {self.stderr_tail[-1]!r}" if self.stderr_tail else ""
         extra = f" ({detail})" if detail else ""
         super().__init__(
-            f"worker {worker_id} (pid {pid}) {how}{during}{extra}{tail}; "
+            f"worker {worker_id} ({_where(pid, host, launcher)}) {how}{during}{extra}{tail}; "
             "the pool replaces it: retry idempotent calls",
             worker_id=worker_id, pid=pid, command=command, session=session,
         )
 
 
 class WorkerStartError(WorkerError):
-    """A worker failed to start: it exited, stayed silent, or sent a bad hello."""
+    """A worker failed to start: it exited, stayed silent, or sent a bad hello.
+
+    ``pid`` is the process spawned here (for a remote worker, its launcher's,
+    named by ``launcher``)."""
 
     def __init__(
         self, reason: str, *, worker_id: str | None = None, pid: int | None = None,
         exit_code: int | None = None, signal: int | None = None,
         stderr_tail: tuple[str, ...] = (), argv: tuple[str, ...] = (),
+        launcher: str | None = None,
     ) -> None:
         self.reason = reason
         self.exit_code = exit_code
         self.signal = signal
         self.stderr_tail = tuple(stderr_tail)
         self.argv = tuple(argv)
+        self.launcher = launcher
         tail = f"; last stderr: {self.stderr_tail[-1]!r}" if self.stderr_tail else ""
+        remote = f" (a remote worker started through {launcher!r})" if launcher else ""
         super().__init__(
-            f"worker {worker_id} failed to start: {reason}{tail}; check the app "
+            f"worker {worker_id}{remote} failed to start: {reason}{tail}; check the app "
             "module, the launcher and start_timeout",
             worker_id=worker_id, pid=pid,
         )

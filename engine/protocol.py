@@ -445,19 +445,27 @@ class Response:
 
 
 class Hello:
-    __slots__ = ("app", "commands", "pid", "protocol", "worker_id")
+    """The worker's first message. ``host`` is the node name of the machine it
+    runs on (``os.uname().nodename`` there), None from a worker that does not
+    say; its ``pid`` is a process of that machine."""
+
+    __slots__ = ("app", "commands", "host", "pid", "protocol", "worker_id")
 
     def __init__(self, protocol: int, worker_id: str, pid: int, app: str,
-                 commands: list[str]) -> None:
+                 commands: list[str], host: str | None = None) -> None:
         self.protocol = protocol
         self.worker_id = worker_id
         self.pid = pid
         self.app = app
         self.commands = commands
+        self.host = host
 
     def to_result(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "worker_id": self.worker_id, "pid": self.pid,
-                "app": self.app, "commands": list(self.commands)}
+        result = {"protocol": self.protocol, "worker_id": self.worker_id, "pid": self.pid,
+                  "app": self.app, "commands": list(self.commands)}
+        if self.host is not None:
+            result["host"] = self.host
+        return result
 
 
 def _is_int(value: Any) -> bool:
@@ -483,9 +491,10 @@ def error_response(id: int, type: str, message: str, traceback: str | None = Non
             "error": {"type": type, "message": message, "traceback": traceback}}
 
 
-def hello_message(worker_id: str, pid: int, app: str, commands: list[str]) -> dict[str, Any]:
+def hello_message(worker_id: str, pid: int, app: str, commands: list[str],
+                  host: str | None = None) -> dict[str, Any]:
     return ok_response(HELLO_ID, Hello(PROTOCOL_VERSION, worker_id, pid, app,
-                                       commands).to_result())
+                                       commands, host).to_result())
 
 
 def parse_request(message: Any) -> Request:
@@ -579,4 +588,7 @@ def parse_hello(message: Any) -> Hello:
         raise ProtocolError("hello needs string worker_id, integer pid and string app")
     if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
         raise ProtocolError("hello 'commands' must be a list of strings")
-    return Hello(protocol, worker_id, pid, app, commands)
+    host = result.get("host")
+    if host is not None and not isinstance(host, str):
+        raise ProtocolError("hello 'host' must be a string when present")
+    return Hello(protocol, worker_id, pid, app, commands, host)

@@ -287,6 +287,14 @@ def test_hello_round_trip() -> None:
         (protocol.PROTOCOL_VERSION, "w1", 1234, "programs", ["ping", "echo"])
 
 
+def test_hello_host_is_optional() -> None:
+    with_host = parse_hello(hello_message("w1", 7, "programs", [], host="db1"))
+    assert with_host.host == "db1"
+    message = hello_message("w1", 7, "programs", [])
+    assert "host" not in message["result"]  # an older worker says nothing
+    assert parse_hello(message).host is None
+
+
 def _hello_with(**changes: Any) -> dict[str, Any]:
     message = hello_message("w1", 1234, "programs", ["ping"])
     message["result"].update(changes)
@@ -305,6 +313,7 @@ def _hello_with(**changes: Any) -> dict[str, Any]:
     (_hello_with(app=None), "string app"),
     (_hello_with(commands="ping"), "'commands' must be a list of strings"),
     (_hello_with(commands=["ping", 3]), "'commands' must be a list of strings"),
+    (_hello_with(host=5), "'host' must be a string"),
     ({"id": 0, "ok": True}, "lacks 'result'"),
 ])
 def test_bad_hello(message: Any, match: str) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from engine.busy_poll import DEFAULT_BUSY_POLL, MAX_BUSY_POLL
 from engine.process.handle import SpawnRequest
+from engine.process.launch import LauncherChoice, check_choice, launchers_per_slot
 from engine.process.output import WORKER_OUTPUT_MODES
 
 AFFINITY_MODES = ("strict", "fail_fast", "hint")
@@ -104,6 +105,14 @@ def _argv(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         )
 
 
+def _launcher(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    check_choice(value, "PoolConfig.launcher")
+
+
+def _to_launcher(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _env(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
@@ -175,7 +184,15 @@ class PoolConfig:
     # not give it back within this many seconds is killed and replaced. 0 kills
     # at once (every session on that worker is lost).
     cancel_grace: float = attrs.field(default=1.0, validator=_grace)
-    launcher: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_argv)
+    # How each worker is started: a local argv prefix (a wrapper such as
+    # ("nice", "-n5"); () runs the interpreter directly) or an engine.Launcher
+    # that runs it on another host (ssh, kubectl exec, srun, docker exec).
+    # ``launchers`` chooses per slot: a sequence with one entry per slot, or a
+    # callable slot index -> launcher, asked once per slot when the config is
+    # built; it replaces ``launcher``. See engine.process.launch.
+    launcher: LauncherChoice = attrs.field(default=(), converter=_to_launcher,
+                                           validator=_launcher)
+    launchers: Sequence[LauncherChoice] | Callable[[int], LauncherChoice] | None = None
     python: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_argv)
     env: Mapping[str, str] | None = attrs.field(default=None, converter=_to_env,
                                                 validator=_env)
@@ -204,6 +221,11 @@ class PoolConfig:
     # lines for crash reports.
     worker_output: str = attrs.field(default="forward", validator=_worker_output)
 
+    # launchers, checked and resolved to one choice per slot (set by
+    # __attrs_post_init__, so attrs.evolve with another size re-asks a callable).
+    _slot_launchers: tuple[LauncherChoice, ...] | None = attrs.field(
+        init=False, default=None, eq=False, repr=False)
+
     def __attrs_post_init__(self) -> None:
         if self.min_size > self.size:
             raise ValueError(
@@ -211,6 +233,20 @@ class PoolConfig:
             )
         if not isinstance(self.lazy, bool):
             raise ValueError(f"PoolConfig.lazy must be a bool, got {self.lazy!r}")
+        if self.launchers is not None:
+            if self.launcher != ():
+                raise ValueError("PoolConfig.launcher and PoolConfig.launchers are both set: "
+                                 "give launchers only (one entry per slot)")
+            # A callable is asked here, once per slot: a wrong answer is an
+            # error now, not a start failure later.
+            object.__setattr__(self, "_slot_launchers",
+                               launchers_per_slot(self.launchers, self.size))
+
+    def launcher_for(self, slot: int) -> LauncherChoice:
+        """How ``slot``'s workers are started: its entry of ``launchers``, else
+        ``launcher``."""
+        chosen = self._slot_launchers
+        return chosen[slot] if chosen is not None else self.launcher
 
     @property
     def effective_breaker_threshold(self) -> int:
@@ -224,7 +260,7 @@ def make_config(config: PoolConfig | None, overrides: Mapping[str, Any]) -> Pool
     base = config if config is not None else PoolConfig()
     if not isinstance(base, PoolConfig):
         raise ValueError(f"config must be a PoolConfig, got {type(base).__name__}")
-    known = {a.name for a in attrs.fields(PoolConfig)}
+    known = {a.name for a in attrs.fields(PoolConfig) if a.init}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(
@@ -237,14 +273,17 @@ def make_config(config: PoolConfig | None, overrides: Mapping[str, Any]) -> Pool
         raise ValueError(f"invalid PoolConfig: {exc}") from None
 
 
-# The SpawnRequest fields that are PoolConfig fields too (all but worker_id).
+# The SpawnRequest fields that are PoolConfig fields too (all but worker_id;
+# the launcher is chosen per slot).
 _SPAWN_FIELDS = tuple(field.name for field in attrs.fields(SpawnRequest)
-                      if field.name in attrs.fields_dict(PoolConfig))
+                      if field.name in attrs.fields_dict(PoolConfig) and field.name != "launcher")
 
 
 def spawn_request(config: PoolConfig, pool: str, slot: int, generation: int) -> SpawnRequest:
     """What to start for ``slot``'s ``generation``-th worker of the pool labelled
     ``pool``: every SpawnRequest field named like a PoolConfig field takes the
-    config's value, so a new spawn parameter is added in those two places only."""
+    config's value, so a new spawn parameter is added in those two places only;
+    the launcher is the slot's (``launchers``), else ``launcher``."""
     return SpawnRequest(worker_id=f"{pool}-{slot}.{generation}",
+                        launcher=config.launcher_for(slot),
                         **{name: getattr(config, name) for name in _SPAWN_FIELDS})

@@ -2,7 +2,8 @@
 
 * :class:`PoolStatistics` (``pool.statistics()``): the core's counts
   (:class:`~engine.pool.core.CoreCounts`, every field) plus what only the
-  shell knows (name, leases held, breaker state, closed).
+  shell knows (name, leases held, breaker state, closed, and where the
+  workers run: ``hosts``, ``remote``).
 * :class:`PoolView` (``pool.inspect()``): a frozen snapshot of every slot
   (:class:`SlotView`), session binding (:class:`BindingView`) and queued
   checkout (:class:`WaiterView`), for the test kit, the stress runner and
@@ -16,7 +17,8 @@ pool's leases, so tests only).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -34,36 +36,93 @@ class PoolStatistics(CoreCounts):
     ``busy`` and ``leased`` count workers under a lease (health probes too);
     ``leases`` counts the leases callers hold; ``draining`` the workers giving
     back a request abandoned in flight (not leased, not ready, counted in
-    ``size``).
+    ``size``). ``hosts``: the workers present per machine, ``(node name,
+    count)`` sorted by name (the name each worker gave in its hello; ``"?"``
+    for one that gave none); ``remote``: how many of them were started through
+    a remote launcher (see ``SlotView``).
     """
 
     name: str | None
     leases: int
     breaker: str
     closed: bool
+    hosts: tuple[tuple[str, int], ...] = ()
+    remote: int = 0
 
     @classmethod
     def from_counts(cls, counts: CoreCounts, *, name: str | None, leases: int, breaker: str,
-                    closed: bool) -> PoolStatistics:
+                    closed: bool, workers: Iterable[WorkerHandle | None] = ()
+                    ) -> PoolStatistics:
+        present = [w for w in workers if w is not None]
+        hosts = Counter(placement(w).host or "?" for w in present)
         return cls(**attrs.asdict(counts, recurse=False), name=name, leases=leases,
-                   breaker=breaker, closed=closed)
+                   breaker=breaker, closed=closed, hosts=tuple(sorted(hosts.items())),
+                   remote=sum(1 for w in present if placement(w).remote_launcher))
+
+
+@attrs.frozen
+class Placement:
+    """Where a worker runs, as far as its handle says (custom handles may not).
+
+    ``host``: the node name from its hello. ``remote_launcher``: the name of
+    the remote launcher that started it, None when it runs on this host.
+    ``os_pid``: the process this pool spawned (for a remote worker, the local
+    launcher, e.g. ssh), None for a handle without one (a fake)."""
+
+    host: str | None
+    remote_launcher: str | None
+    os_pid: int | None
+
+
+def placement(worker: WorkerHandle) -> Placement:
+    # Optional members, beyond the WorkerHandle protocol: ProcessWorker and the
+    # fakes have them, a custom worker_factory's handle may not.
+    host = getattr(worker, "host", None)
+    launcher = getattr(worker, "remote_launcher", None)
+    os_pid = getattr(worker, "os_pid", None)
+    return Placement(host=host if isinstance(host, str) else None,
+                     remote_launcher=launcher if isinstance(launcher, str) else None,
+                     os_pid=os_pid if isinstance(os_pid, int) else None)
 
 
 @attrs.frozen
 class SlotView:
-    """One slot: the core's record of it and the shell's worker handle."""
+    """One slot: the core's record of it and the shell's worker handle.
+
+    Where its worker runs: ``host`` (the node name from the hello),
+    ``remote_launcher`` (the remote launcher's name, None for a worker on this
+    host) and ``os_pid`` (the process the pool spawned: for a remote worker the
+    local launcher). A remote worker's ``pid`` belongs to its host: signal or
+    look up ``local_pid`` instead.
+    """
 
     index: int
     state: WorkerState
     generation: int  # workers this slot has started
     worker_id: str | None
-    pid: int | None
+    pid: int | None  # the worker's own, from its hello (on its host)
     lease: int | None  # the token (waiter id) of the lease holding it
     sessions: tuple[str, ...]
     calls: int  # calls served by the current worker
     wanted: bool  # the pool wants a worker here (a stopped slot will restart)
     history: tuple[Transition, ...]
     worker: WorkerHandle | None  # None while starting or stopped
+    host: str | None = None
+    remote_launcher: str | None = None
+    os_pid: int | None = None
+
+    @property
+    def remote(self) -> bool:
+        """The worker runs on another host: its ``pid`` is not a process here."""
+        return self.remote_launcher is not None
+
+    @property
+    def local_pid(self) -> int | None:
+        """The process of this host that stands for the worker, the only one to
+        signal or look up in /proc: the worker itself when it runs here, its
+        local launcher process when it is remote (killing that ends the remote
+        worker through stdin EOF)."""
+        return self.os_pid if self.remote else self.pid
 
 
 @attrs.frozen
@@ -105,10 +164,16 @@ class PoolView:
 
 
 def _slot_view(slot: Slot, worker: WorkerHandle | None) -> SlotView:
+    where = placement(worker) if worker is not None else _NOWHERE
     return SlotView(index=slot.index, state=slot.state, generation=slot.generation,
                     worker_id=slot.worker_id, pid=slot.pid, lease=slot.lease,
                     sessions=tuple(sorted(slot.sessions)), calls=slot.calls,
-                    wanted=slot.wanted, history=tuple(slot.lifecycle.history), worker=worker)
+                    wanted=slot.wanted, history=tuple(slot.lifecycle.history), worker=worker,
+                    host=where.host, remote_launcher=where.remote_launcher,
+                    os_pid=where.os_pid)
+
+
+_NOWHERE = Placement(host=None, remote_launcher=None, os_pid=None)
 
 
 def _binding_view(session: str, binding: Binding) -> BindingView:

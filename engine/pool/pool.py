@@ -259,13 +259,16 @@ class Pool:
     def statistics(self) -> PoolStatistics:
         return PoolStatistics.from_counts(
             self._core.counts(), name=self.name, leases=len(self._held),
-            breaker=self._breaker.state.value, closed=self.closed)
+            breaker=self._breaker.state.value, closed=self.closed,
+            workers=(row.worker for row in self._table))
 
     def metrics(self) -> telemetry.MetricsSnapshot:
         return self._metrics.snapshot()
 
     def worker_pids(self) -> list[int]:
-        """OS pids of the live worker processes (for tests and chaos)."""
+        """OS pids of the live worker processes (for tests and chaos): the
+        processes this pool spawned, so for a remote worker its local launcher
+        (ssh), never the remote pid."""
         return self._table.os_pids()
 
     def inspect(self) -> PoolView:

@@ -7,6 +7,8 @@
 * :mod:`~engine.process.channel_worker`: what real and fake workers share (their
   start-up and stop, ``ChannelWorker.running``, and how their deaths are reported);
 * :mod:`~engine.process.spawn`: ``open_process_worker``, one worker subprocess;
+* :mod:`~engine.process.launch`: ``Launcher``, a command that runs a worker on
+  another host (ssh, kubectl, srun, docker), and per-slot launcher choices;
 * :mod:`~engine.process.output`: where the lines workers print go (forwarded to
   this process's stderr, logged or dropped), without ever blocking;
 * :mod:`~engine.process.procfs`: process facts read from ``/proc``.

@@ -85,6 +85,13 @@ class ChannelWorker:
         return hello.pid if hello is not None else self._spawned_pid
 
     @property
+    def host(self) -> str | None:
+        """The node name of the machine the worker runs on, from its hello
+        (None before the hello, or when the worker does not say)."""
+        hello = self._hello
+        return hello.host if hello is not None else None
+
+    @property
     def hello(self) -> Hello:
         if self._hello is None:
             raise RuntimeError("worker has not sent its hello yet")
@@ -126,11 +133,14 @@ class ChannelWorker:
                 self.kill()
             await self.settle()
             info = self._exit
+            detail = "; ".join(part for part in (self.exit_detail(info),
+                                                 "" if info else str(exc)) if part)
             raise WorkerCrashed(
                 worker_id=self._worker_id, pid=self.pid,
                 exit_code=info.exit_code if info else None,
                 signal=info.signal if info else None, stderr_tail=self.stderr_tail(),
-                command=command, session=session, detail="" if info else str(exc),
+                command=command, session=session, detail=detail, host=self.host,
+                launcher=self.remote_launcher,
             ) from None
 
     def time_out(self, timeout: float) -> None:
@@ -154,6 +164,18 @@ class ChannelWorker:
         raise NotImplementedError
 
     # --- what subclasses implement ----------------------------------------------
+
+    @property
+    def remote_launcher(self) -> str | None:
+        """The name of the launcher that runs this worker on another host, None
+        when it runs here: a remote worker's ``pid`` is not a process of this
+        host, so nothing here may signal it."""
+        return None
+
+    def exit_detail(self, info: ExitInfo | None) -> str:
+        """What crash and start reports add about how the worker ended (a
+        remote launcher's reading of its exit status); "" for nothing."""
+        return ""
 
     async def stop(self, grace: float) -> ExitInfo:
         """Stop the worker and wait until it has exited: politely (the shutdown
@@ -232,11 +254,13 @@ class ChannelWorker:
 
     def _start_error(self, reason: str) -> WorkerStartError:
         info = self._exit
+        detail = self.exit_detail(info) if info is not None else ""
         return WorkerStartError(
-            reason, worker_id=self._worker_id, pid=self._spawned_pid,
+            f"{reason} ({detail})" if detail else reason,
+            worker_id=self._worker_id, pid=self._spawned_pid,
             exit_code=info.exit_code if info else None,
             signal=info.signal if info else None,
-            stderr_tail=self.stderr_tail(), argv=self._argv,
+            stderr_tail=self.stderr_tail(), argv=self._argv, launcher=self.remote_launcher,
         )
 
     async def _read_hello(self, start_timeout: float) -> Hello:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import attrs
 
 from engine.busy_poll import DEFAULT_BUSY_POLL
+from engine.process.launch import Launcher, LauncherChoice
 from engine.protocol import Hello
 
 
@@ -42,12 +43,18 @@ class DrainFailed(Exception):
 
 @attrs.frozen
 class SpawnRequest:
-    """Everything needed to start one worker."""
+    """Everything needed to start one worker.
+
+    ``launcher``: a local argv prefix (possibly empty: the worker is a child of
+    this process) or a :class:`~engine.process.launch.Launcher` that runs it on
+    another host (then ``python`` and ``inherit_sys_path`` do not apply, and
+    ``env`` is set at the far end).
+    """
 
     worker_id: str
     app: str
     start_timeout: float
-    launcher: tuple[str, ...] = ()
+    launcher: LauncherChoice = ()
     python: tuple[str, ...] = ()
     env: Mapping[str, str] | None = None
     max_frame_size: int = 16 * 1024 * 1024
@@ -63,6 +70,16 @@ class SpawnRequest:
     worker_output: str = "forward"
     #: How long an abandoned request may take to come back (design section 8).
     cancel_grace: float = 1.0
+
+    @property
+    def remote(self) -> Launcher | None:
+        """The launcher when the worker runs on another host, else None.
+
+        A remote worker's pid (from its hello) is not a process of this host:
+        nothing may signal it or look it up here. Only the local launcher
+        process the pool spawned may be signalled (``ProcessWorker.os_pid``)."""
+        launcher = self.launcher
+        return launcher if isinstance(launcher, Launcher) else None
 
 
 class WorkerHandle(Protocol):
@@ -111,7 +128,8 @@ class WorkerHandle(Protocol):
     async def wait_exited(self) -> ExitInfo: ...
 
     def kill(self) -> None:
-        """Kill now (SIGKILL to the process group); does not wait."""
+        """Kill now (SIGKILL to the process group this pool spawned: for a
+        remote worker, its local launcher's); does not wait."""
         ...
 
     def stderr_tail(self) -> tuple[str, ...]: ...

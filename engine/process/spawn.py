@@ -1,10 +1,15 @@
 """ProcessWorker: one worker subprocess, seen from the parent (Trio side).
 
 ``open_process_worker(request)`` spawns ``python -m engine.workers.runtime`` (after
-an optional launcher prefix such as ``ssh host``) in a new session, so the worker
-and anything it spawns form one process group that we can signal as a whole. It
-waits for the hello under ``start_timeout``, and on exit always stops the process
-and waits for it: no zombie, no orphan.
+an optional local wrapper prefix, or through a remote
+:class:`~engine.process.launch.Launcher` such as ssh) in a new session, so the
+process we spawn and anything it spawns form one process group that we can
+signal as a whole. It waits for the hello under ``start_timeout``, and on exit
+always stops the process and waits for it: no zombie, no orphan.
+
+A remote worker is signalled only through the local launcher process (its own
+pid, from the hello, belongs to another host): killing the launcher closes the
+worker's stdin at the far end, which ends it (see :mod:`.launch`).
 
 Background tasks (in the context manager's own nursery): drain stderr (an
 undrained pipe would deadlock the child), keeping a tail for crash reports and
@@ -29,6 +34,7 @@ from engine.errors import WorkerStartError
 from engine.process.channel import FramedChannel, PeerGone
 from engine.process.channel_worker import ChannelWorker
 from engine.process.handle import ExitInfo, SpawnRequest
+from engine.process.launch import Launcher
 from engine.process.output import line_sink
 from engine.protocol import ABANDON_SIGNAL
 from engine.workers.runtime import SYS_PATH_VARIABLE
@@ -51,17 +57,28 @@ _PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
 
 
 def build_argv(request: SpawnRequest) -> list[str]:
-    python = list(request.python) or [sys.executable]
-    return [
-        *request.launcher, *python, "-m", "engine.workers.runtime",
+    """The command line to spawn: the runtime, after the local wrapper prefix, or
+    wrapped by the remote launcher (interpreter, directory and environment of
+    the far end included)."""
+    worker_args = [
         "--app", request.app, "--worker-id", request.worker_id,
         "--max-frame-size", str(request.max_frame_size),
         "--busy-poll-us", str(round(request.busy_poll * 1e6)),
     ]
+    launcher = request.launcher
+    if isinstance(launcher, Launcher):
+        return launcher.command(worker_args, extra_env=request.env)
+    python = list(request.python) or [sys.executable]
+    return [*launcher, *python, "-m", "engine.workers.runtime", *worker_args]
 
 
 def _child_env(request: SpawnRequest) -> dict[str, str]:
     env = dict(os.environ)
+    if request.remote is not None:
+        # The launcher (ssh needs HOME, SSH_AUTH_SOCK, ...) gets this process's
+        # environment as it is; the worker's is set at the far end (build_argv).
+        env.pop(SYS_PATH_VARIABLE, None)
+        return env
     if request.env:
         env.update(request.env)
     # The worker must import this very engine (it may not be installed, e.g. when
@@ -85,10 +102,11 @@ def parent_sys_path(request: SpawnRequest) -> str | None:
     removes it before loading the app, so it never reaches the worker's own
     children (which may run another Python), and a remote launcher such as
     ssh does not carry it. Only for the parent's own interpreter: another
-    Python (``python=``) would get a foreign standard library.
+    Python (``python=``) would get a foreign standard library, and neither
+    would a worker on another host (a remote launcher).
     """
-    if not request.inherit_sys_path or (request.python
-                                        and tuple(request.python) != (sys.executable,)):
+    if not request.inherit_sys_path or request.remote is not None or (
+            request.python and tuple(request.python) != (sys.executable,)):
         return None
     # What the import system would use: str entries, and bytes and path-likes
     # as their str (it skips anything else).
@@ -113,6 +131,7 @@ class ProcessWorker(ChannelWorker):
         super().__init__(request.worker_id, channel, request.stderr_tail_lines,
                          spawned_pid=process.pid, argv=tuple(build_argv(request)))
         self._process = process
+        self._launcher = request.remote
         self._line_sink = line_sink(request.worker_output, request.worker_id)
         self._stderr_done = trio.Event()
         self._stop_reason = "exited"
@@ -122,8 +141,24 @@ class ProcessWorker(ChannelWorker):
     @property
     def os_pid(self) -> int:
         """The process we spawned and signal: with a launcher, not ``pid``
-        (the interpreter's own, from the hello)."""
+        (the interpreter's own, from the hello). For a remote worker, the local
+        launcher process (ssh): the only one of its processes on this host."""
         return self._process.pid
+
+    @property
+    def remote(self) -> bool:
+        """True when the worker runs on another host (a remote launcher): its
+        ``pid`` is that host's, and only ``os_pid`` may be signalled here."""
+        return self._launcher is not None
+
+    @property
+    def remote_launcher(self) -> str | None:
+        return self._launcher.label if self._launcher is not None else None
+
+    def exit_detail(self, info: ExitInfo | None) -> str:
+        if self._launcher is None or info is None:
+            return ""
+        return self._launcher.describe_exit(info.exit_code, info.signal)
 
     def is_alive(self) -> bool:
         # The base's check by name, not super(): this runs at every hand-off.
@@ -148,12 +183,15 @@ class ProcessWorker(ChannelWorker):
     def _interrupt_handler(self) -> None:
         """An abandon frame was written: signal the worker so that its running
         handler is interrupted at once. Only a worker we spawned ourselves (the
-        hello's pid is our child's: no launcher, no wrapper in between); other
-        workers notice the frame within their watchdog's interval. Our child
-        is not reaped before the exit watcher records its exit (waitid peeks
-        with WNOWAIT), so the pid can't belong to another process here."""
+        hello's pid is our child's: no launcher, no wrapper in between, not a
+        remote worker); other workers notice the frame within their
+        watchdog's interval. Our child is not reaped before the exit watcher
+        records its exit (waitid peeks with WNOWAIT), so the pid can't belong
+        to another process here."""
         pid = self._process.pid
-        if self.pid != pid or not self.is_alive():
+        # A remote worker's hello pid is its host's: equal to our launcher's
+        # pid only by chance, and SIGUSR2 would kill the local ssh.
+        if self._launcher is not None or self.pid != pid or not self.is_alive():
             return
         try:
             os.kill(pid, ABANDON_SIGNAL)
@@ -275,8 +313,10 @@ async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWor
             start_new_session=True, env=_child_env(request),
         )
     except OSError as exc:
+        remote = request.remote
         raise WorkerStartError(f"could not execute {argv[0]!r}: {exc}",
-                               worker_id=request.worker_id, argv=tuple(argv)) from exc
+                               worker_id=request.worker_id, argv=tuple(argv),
+                               launcher=remote.label if remote is not None else None) from exc
     worker = ProcessWorker(process, request)
     try:
         async with worker.running(start_timeout=request.start_timeout, grace=_STOP_GRACE,

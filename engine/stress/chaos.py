@@ -136,8 +136,12 @@ class WorkerWatch:
     worker at a time, so the two always pair up).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, remote_slots: frozenset[int] = frozenset()) -> None:
         self.pool_label: str | None = None
+        # Slots whose workers run on another host (a remote launcher): their
+        # pids are that host's, so /proc here says nothing about them.
+        self.remote_slots = remote_slots
+        self.remote_pids: set[int] = set()
         self.ready: list[tuple[float, int, str | None, int | None]] = []
         self.exits: list[WorkerExit] = []
         self.pids_seen: set[int] = set()
@@ -178,6 +182,8 @@ class WorkerWatch:
         self._slot_worker[slot] = (worker_id, pid)
         if pid is not None:
             self.pids_seen.add(pid)
+            if slot in self.remote_slots:
+                self.remote_pids.add(pid)
             if isinstance(worker_id, str):
                 self.pid_of_worker[worker_id] = pid
 
@@ -216,21 +222,26 @@ def kill_random_worker(pool: Pool, ledger: DeathLedger, rng: random.Random) -> I
     eligible.
 
     Starting and stopping workers are left alone: their death would be the
-    pool's own doing or a start failure, not a crash to detect.
+    pool's own doing or a start failure, not a crash to detect. The signal
+    goes to the slot's ``local_pid``: the worker itself when it runs here, its
+    local launcher (ssh) when it runs on another host, whose pid means nothing
+    here. The ledger still names the death by the worker's pid, as the pool's
+    telemetry does.
     """
     ledger.kills_attempted += 1
     eligible = [w for w in pool.inspect().slots
                 if w.state.value in ("ready", "busy", "draining") and w.pid is not None
-                and not ledger.doomed(w.pid) and pid_alive(w.pid)]
+                and w.local_pid is not None and not ledger.doomed(w.pid)
+                and pid_alive(w.local_pid)]
     if not eligible:
         ledger.kills_skipped += 1
         return None
     victim = rng.choice(eligible)
-    assert victim.pid is not None
+    assert victim.pid is not None and victim.local_pid is not None
     now = trio.current_time()
     ledger.claim(victim.pid, "kill", slot=victim.index, worker_id=victim.worker_id, at=now)
     try:
-        os.kill(victim.pid, signal.SIGKILL)
+        os.kill(victim.local_pid, signal.SIGKILL)
     except ProcessLookupError:  # pragma: no cover - it died in the last microsecond
         del ledger.injections[victim.pid]
         ledger.kills_skipped += 1

@@ -29,7 +29,9 @@ import trio
 
 from engine import telemetry
 from engine.errors import EngineError, PoolTimeout, SessionLost
+from engine.pool.config import make_config
 from engine.pool.pool import Pool, open_pool
+from engine.process.launch import Launcher
 from engine.process.procfs import child_pids
 from engine.stress.chaos import DeathLedger, WorkerWatch, run_killer, wait_gone
 from engine.stress.report import RunFacts, build_report
@@ -195,7 +197,10 @@ class _Run:
         self.on_status = on_status
         self.seed = config.seed if config.seed is not None else random.randrange(1 << 31)
         self.rng = random.Random(self.seed)
-        self.watch = WorkerWatch()
+        pool_config = make_config(None, config.pool_overrides())
+        self.watch = WorkerWatch(frozenset(
+            slot for slot in range(pool_config.size)
+            if isinstance(pool_config.launcher_for(slot), Launcher)))
         self.ledger = DeathLedger()
         self.book = SessionBook()
         duration = config.duration or 0.0
@@ -359,15 +364,20 @@ class _Run:
         self.facts["recovery_seconds"] = trio.current_time() - began
         # The killed processes are reaped by the pool; give the kernel a moment
         # so /proc agrees before deciding which workers are dead.
+        # Only workers of this host can be looked up in /proc.
         self.facts["injected_still_alive"] = sorted(
-            await wait_gone(set(self.ledger.injections), 5.0))
+            await wait_gone(set(self.ledger.injections) - self.watch.remote_pids, 5.0))
         probes: dict[str, int] = {}
         for state in self.book.sessions:
             if state.epoch is not None:
                 outcome = await self._probe(pool, state)
                 probes[outcome] = probes.get(outcome, 0) + 1
         self.facts["probes"] = probes
-        self.facts["live_pids"] = sorted(pool.worker_pids())
+        # The workers' own pids (their hellos'), as sessions and the ledger
+        # name them: worker_pids() gives the processes spawned here, which for
+        # a remote worker (or a launcher that stays in between) is another pid.
+        self.facts["live_pids"] = sorted(slot.pid for slot in pool.inspect().slots
+                                         if slot.worker is not None and slot.pid is not None)
         self.facts["statistics"] = attrs.asdict(pool.statistics())
         try:
             pool.check_invariants()
@@ -402,6 +412,7 @@ class _Run:
     async def _after_close(self, children_before: set[int]) -> None:
         seen = set(self.watch.pids_seen)
         seen.update(e.pid for e in self.book.epochs if e.pid is not None)
+        seen -= self.watch.remote_pids  # their host's pids: /proc here knows nothing of them
         # Workers are waited for before aclose() returns; the short settle only
         # absorbs /proc lag.
         left = await wait_gone(seen, 2.0)

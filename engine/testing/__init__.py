@@ -15,6 +15,8 @@
 * :mod:`~engine.testing.campaign`: :func:`run_campaign`, ``engine campaign``.
 * :mod:`~engine.testing.profiles`: Hypothesis profiles ``dev``, ``ci``,
   ``campaign`` (:func:`load_profile`, :func:`scaled`).
+* :mod:`~engine.testing.sshd`: :func:`loopback_sshd`, a throwaway sshd on
+  127.0.0.1 to test workers started through ssh (``engine.Launcher.ssh``).
 
 The kit sees a pool only through its documented introspection API
 (``pool.inspect()``, ``pool.wait_until()``, ``pool.check_invariants()``,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from engine.testing import fixtures as fixtures
     from engine.testing import machine as machine
     from engine.testing import profiles as profiles
+    from engine.testing import sshd as sshd
     from engine.testing import strategies as strategies
     from engine.testing.campaign import CampaignResult as CampaignResult
     from engine.testing.campaign import run_campaign as run_campaign
@@ -60,9 +63,10 @@ if TYPE_CHECKING:
     from engine.testing.machine import pool_machine as pool_machine
     from engine.testing.profiles import load_profile as load_profile
     from engine.testing.profiles import scaled as scaled
+    from engine.testing.sshd import loopback_sshd as loopback_sshd
 
 _SUBMODULES = {"campaign", "driver", "fakes", "faults", "fixtures", "machine", "profiles",
-               "strategies"}
+               "sshd", "strategies"}
 
 _NAMES = {
     "CampaignResult": "campaign", "run_campaign": "campaign",
@@ -72,6 +76,7 @@ _NAMES = {
     "start_test_pool": "fixtures", "wait_for_pool_ready": "fixtures",
     "PoolMachine": "machine", "pool_machine": "machine",
     "load_profile": "profiles", "scaled": "profiles",
+    "loopback_sshd": "sshd",
 }
 
 __all__ = sorted([*_SUBMODULES, *_NAMES])

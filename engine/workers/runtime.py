@@ -14,7 +14,8 @@ Exit codes (the parent maps them onto its errors):
 4     the parent sent a malformed frame or request: the stream cannot be
       trusted any more (an id-0 ``ProtocolError`` response is sent first)
 5     the frame channel broke (reading stdin or writing responses failed)
-70    orphaned: the parent process died (the watchdog ended the worker)
+70    orphaned: the parent process died, or stdin closed while a request was
+      still being served (the watchdog ended the worker)
 ====  ====================================================================
 
 Abandoned requests (design section 8): when a caller gives up on a call, the
@@ -99,6 +100,12 @@ EXIT_ORPHANED = 70  # EX_SOFTWARE in sysexits.h: we did not fail, our parent van
 
 WATCHDOG_INTERVAL = 0.1
 _MAIN_THREAD = __import__("_thread").get_ident()  # this module is imported by the main thread
+# How long a worker still serving after its stdin closed may go on (see
+# start_watchdog); an idle worker reads the EOF and exits at once. One that is
+# exiting gets longer for its atexit handlers (the pool's own stop grace), but
+# not forever: a non-daemon thread of the app must not keep it alive.
+STDIN_EOF_GRACE = 0.5
+STDIN_EOF_EXIT_LIMIT = 2.0
 MIN_FRAME_SIZE = 1024  # the hello and any error response must always fit
 READ_SIZE = 65536
 # Error messages and tracebacks are cut to these sizes so an error response
@@ -235,26 +242,56 @@ class Watchdog:
         self.probe: Callable[[], None] | None = None
 
 
-def start_watchdog(interval: float = WATCHDOG_INTERVAL) -> Watchdog:
-    """End the process once its parent has died, even while a handler is busy.
+def start_watchdog(interval: float = WATCHDOG_INTERVAL, stdin_fd: int = 0) -> Watchdog:
+    """End the process once its parent has died or its stdin has closed, even
+    while a handler is busy.
 
     A thread that calls ``os._exit`` works whatever the main thread is doing
     (sleeping, computing, blocked in a read). PR_SET_PDEATHSIG is not an option:
     Trio spawns children from a helper thread, and that signal fires when the
     *thread* exits, not the parent process. Each tick also runs the returned
     watchdog's ``probe`` (the abandon check for workers no signal reaches).
+
+    The parent's death is not always visible as a new parent pid: a worker
+    started through ssh (or kubectl, docker, srun) is the child of sshd's
+    session process, which lives on while the local ssh client does, and that
+    client outlives a SIGKILLed pool, waiting for the remote command. What
+    reaches the worker is stdin EOF, which a busy worker does not read. So the
+    thread also polls stdin for a hang-up (it reads nothing: the bytes are the
+    main thread's). An idle worker reads the EOF itself and exits cleanly
+    (exit 0, its atexit handlers run, for up to ``STDIN_EOF_EXIT_LIMIT``
+    seconds); one still serving ``STDIN_EOF_GRACE`` seconds after the hang-up
+    is ended with ``EXIT_ORPHANED``: nobody is left to read its replies (the
+    pool never closes stdin during a call it waits on).
     """
     # _thread, not threading: importing threading costs about 1 ms of every
     # start, and a _thread thread is a daemon (it never delays the exit).
     import _thread
+    import select
 
     parent = os.getppid()
     watchdog = Watchdog()
+    hangup = select.poll()
+    # POLLHUP (a pipe's writers gone) is always reported; POLLRDHUP (Linux)
+    # covers a socket whose peer shut down writing. Nothing is read.
+    hangup.register(stdin_fd, getattr(select, "POLLRDHUP", 0))
+    wait_ms = max(1, round(interval * 1000))
 
     def watch() -> None:
+        closed_at = None
         while True:
-            time.sleep(interval)
+            if closed_at is None:
+                events = hangup.poll(wait_ms)  # doubles as the watchdog's sleep
+                if events and not events[0][1] & select.POLLNVAL:
+                    closed_at = time.monotonic()
+                elif events:  # no stdin at all: the main thread's read will say so
+                    closed_at = float("inf")
+            else:
+                time.sleep(interval)
             if os.getppid() != parent:
+                os._exit(EXIT_ORPHANED)
+            limit = STDIN_EOF_EXIT_LIMIT if _serve_returned else STDIN_EOF_GRACE
+            if closed_at is not None and time.monotonic() - closed_at >= limit:
                 os._exit(EXIT_ORPHANED)
             probe = watchdog.probe
             if probe is not None:
@@ -265,6 +302,11 @@ def start_watchdog(interval: float = WATCHDOG_INTERVAL) -> Watchdog:
 
     _thread.start_new_thread(watch, ())
     return watchdog
+
+
+# Set once serve() returned: the worker is exiting on its own, and its atexit
+# handlers get STDIN_EOF_EXIT_LIMIT after a hang-up, not STDIN_EOF_GRACE.
+_serve_returned = False
 
 
 # --- command line and app loading --------------------------------------------
@@ -451,7 +493,10 @@ class Worker:
         return [*BUILTIN_COMMANDS, *self.app.commands()]
 
     def hello(self) -> dict[str, Any]:
-        return hello_message(self.worker_id, os.getpid(), self.app.name, self.commands())
+        # The node name says where the worker runs when a launcher put it on
+        # another host (its pid is that host's); os.uname costs no import.
+        return hello_message(self.worker_id, os.getpid(), self.app.name, self.commands(),
+                             os.uname().nodename)
 
     # -- the loop
 
@@ -796,6 +841,7 @@ def _load(channel: Channel, options: Options) -> App:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
+    global _serve_returned
     try:
         frame_fd = move_frame_channel()
     except OSError as exc:
@@ -818,8 +864,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except ProtocolError as exc:
         _start_failure(channel, exc, f"cannot send the hello: {exc}", EXIT_START_FAILED)
     channel.write(hello)
+    code = worker.serve()
+    _serve_returned = True
     # A normal exit from here on, so the app's atexit handlers and finalizers run.
-    sys.exit(worker.serve())
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,25 @@ def test_only_the_sections_that_ran_have_rows() -> None:
     table = rows(r)
     assert table and all(not row[0].startswith("[throughput") for row in table)
     assert not any("RSS" in row[0] for row in table)
+
+
+def _remote(parent_killed: list[float]) -> dict[str, Any]:
+    return {"round_trip": {"local": 20 * US, "ssh": 40 * US, "rounds": 10, "per_round": 300},
+            "hello": {"local": 0.04, "ssh": 0.3, "ssh_true": 0.2},
+            "orphans": {"ssh_killed": [0.02, 0.05], "parent_killed": parent_killed}}
+
+
+@pytest.mark.parametrize(("worst", "verdict"), [(2.99, "PASS"), (3.0, "FAIL")])
+def test_remote_rows_judge_the_worst_orphan_under_3_seconds(worst: float,
+                                                            verdict: str) -> None:
+    table = rows({**results(), "remote": _remote([0.5, worst])})
+    assert _row(table, "pool.call, worker through ssh")["ratio"] == "2.00x local"
+    assert _row(table, "spawn to hello through ssh")["ratio"] == "7.50x local"
+    row = _row(table, "busy remote workers gone after their pool's process")
+    assert row["target"] == "< 3 s (issue 16)" and row["result"] == verdict
+
+
+def test_remote_rows_without_sshd_say_why_and_judge_nothing() -> None:
+    table = rows({**results(), "remote": {"skipped": "sshd not installed"}})
+    row = _row(table, "skipped: no sshd")
+    assert row["ratio"] == "sshd not installed" and row["result"] == ""

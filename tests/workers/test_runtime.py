@@ -239,6 +239,8 @@ def test_hello_fields(spawn: Any) -> None:
     assert hello["worker_id"] == "hello-7"
     assert hello["pid"] == w.pid
     assert hello["app"] == "programs"
+    # Where it runs: what a remote worker's statistics show.
+    assert hello["host"] == os.uname().nodename
     assert hello["commands"][:len(BUILTIN_COMMANDS)] == list(BUILTIN_COMMANDS)
     for command in ("create_program", "execute_program", "list_programs", "get_program_info",
                     "delete_program", "echo", "sleep", "cpu", "alloc", "fail", "crash",
@@ -702,6 +704,35 @@ INTERMEDIATE = textwrap.dedent("""
     print(worker.pid, flush=True)
     sys.stdin.read()  # block until the test kills us
 """)
+
+
+def test_stdin_closed_while_busy_ends_the_worker(worker: WorkerProcess) -> None:
+    # What a remote worker sees when its pool's process is SIGKILLed: the
+    # launcher (ssh) lives on, its parent (sshd) too, only stdin closes. The
+    # handler sleeps for 60 s; the watchdog ends it after STDIN_EOF_GRACE.
+    worker.send_raw(encode_frame(make_request(1, "noise", {"text": "busy"}))
+                    + encode_frame(make_request(2, "sleep", {"seconds": 60})))
+    assert worker.read_message()["id"] == 1  # the sleep is next, already buffered
+    worker.close_stdin()
+    assert worker.wait_exit(timeout=TIMEOUT) == runtime.EXIT_ORPHANED
+
+
+def test_an_idle_worker_exiting_on_eof_keeps_its_atexit_time(spawn: Any,
+                                                              app_dir: Path) -> None:
+    # The watchdog's stdin rule must not cut a clean exit: an idle worker
+    # reads the EOF, and its atexit handlers may take longer than the grace.
+    env = write_app(app_dir, "slow_exit_app", f"""
+        import atexit, sys, time
+        from engine.workers.app import App
+        app = App("slow_exit")
+        atexit.register(lambda: (time.sleep({runtime.STDIN_EOF_GRACE * 3}),
+                                 sys.stderr.write("atexit done\\n")))
+    """)
+    w = spawn(app="slow_exit_app", env=env)
+    w.hello()
+    w.close_stdin()
+    assert w.wait_exit() == runtime.EXIT_OK
+    assert "atexit done" in w.stderr_text()
 
 
 def test_watchdog_ends_an_orphaned_busy_worker() -> None:
