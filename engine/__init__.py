@@ -56,6 +56,7 @@ _ERRORS = {
     "WorkerBusy", "SessionLost", "LeaseReleased", "RemoteError", "ContractViolation",
     "BridgeUnavailable", "ResponseShapeError", "RetriesExhausted", "ArgumentError",
     "ArgumentTypeError", "ArgumentValueError", "RequestTooLarge", "RemoteTraceback",
+    "PickleNotAllowed",
 }
 
 _SUBMODULES = {"errors", "protocol", "shapes", "client", "discovery", "telemetry", "process",

@@ -28,6 +28,7 @@ __all__ = [
     "ContractViolation",
     "EngineError",
     "LeaseReleased",  # noqa: F822 - provided lazily by __getattr__ below
+    "PickleNotAllowed",
     "PoolClosed",
     "PoolSaturated",
     "PoolTimeout",
@@ -477,16 +478,32 @@ class ArgumentValueError(ArgumentError, ValueError):
 
 
 class RequestTooLarge(ArgumentValueError):
-    """The request frame would exceed ``max_frame_size``."""
+    """The request frame would exceed ``max_frame_size`` (``max_pickle_frame_size``
+    for a pickle frame: ``setting`` names the one)."""
 
-    def __init__(self, *, command: str | None, size: int, max_frame_size: int) -> None:
+    def __init__(self, *, command: str | None, size: int, max_frame_size: int,
+                 setting: str = "max_frame_size") -> None:
         self.size = size
         self.max_frame_size = max_frame_size
         super().__init__(
-            f"the request frame would have {size} bytes, more than max_frame_size="
-            f"{max_frame_size}; send less data per call or raise max_frame_size",
+            f"the request frame would have {size} bytes, more than {setting}="
+            f"{max_frame_size}; send less data per call or raise {setting}",
             command=command,
         )
+
+
+class PickleNotAllowed(EngineError):
+    """``run_sync`` got a worker that takes JSON frames only: pickle is off for
+    it (a worker started through a remote Launcher, unless ``allow_pickle=True``:
+    unpickling runs code, so the parent must trust the worker). Nothing was sent."""
+
+    def __init__(self, *, worker_id: str | None = None, pool: str | None = None) -> None:
+        self.worker_id = worker_id
+        self.pool = pool
+        super().__init__(
+            f"worker {worker_id} of pool {pool} takes JSON commands only, so run_sync cannot "
+            "use it; pickle is off by default for workers started through a remote "
+            "Launcher: set allow_pickle=True in the pool's config if you trust that host")
 
 
 class ContractViolation(EngineError):

@@ -12,6 +12,7 @@ from engine.busy_poll import DEFAULT_BUSY_POLL, MAX_BUSY_POLL
 from engine.process.handle import SpawnRequest
 from engine.process.launch import LauncherChoice, check_choice, launchers_per_slot
 from engine.process.output import WORKER_OUTPUT_MODES
+from engine.protocol import DEFAULT_MAX_PICKLE_FRAME_SIZE
 
 AFFINITY_MODES = ("strict", "fail_fast", "hint")
 
@@ -64,6 +65,19 @@ def _frame_size(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> N
         raise ValueError(
             f"PoolConfig.max_frame_size must be an integer >= 1024 bytes, got {value!r}"
         )
+
+
+def _pickle_frame_size(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value < 1 << 31:
+        raise ValueError(
+            f"PoolConfig.max_pickle_frame_size must be an integer of bytes from 1024 to "
+            f"2**31 - 1, got {value!r}")
+
+
+def _optional_bool(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"PoolConfig.{attribute.name} must be True, False or None, "
+                         f"got {value!r}")
 
 
 def _app(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -198,6 +212,13 @@ class PoolConfig:
                                                 validator=_env)
     # The worker needs room for its hello and error replies: at least 1 KiB.
     max_frame_size: int = attrs.field(default=16 * 1024 * 1024, validator=_frame_size)
+    # run_sync's pickle frames: the largest one either way (1 GiB: a 100 MB
+    # bytes value round-trips), and who may get them. None: local workers
+    # yes, workers started through a remote Launcher no (unpickling runs
+    # code; see the README's trust note); True or False: every worker.
+    max_pickle_frame_size: int = attrs.field(default=DEFAULT_MAX_PICKLE_FRAME_SIZE,
+                                             validator=_pickle_frame_size)
+    allow_pickle: bool | None = attrs.field(default=None, validator=_optional_bool)
     stderr_tail_lines: int = attrs.field(default=20, validator=_positive_int)
     # Busy-polling: how long the parent (for a reply) and the worker (for the
     # next request) keep looking before they sleep. Sleeping costs an idle CPU's

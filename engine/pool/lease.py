@@ -124,6 +124,11 @@ class Lease:
         return self._slot
 
     @property
+    def codecs(self) -> tuple[str, ...]:
+        """Codecs besides JSON the worker accepts (from its hello)."""
+        return tuple(getattr(self._worker.hello, "codecs", ()))
+
+    @property
     def calls(self) -> int:
         """Calls made on this lease so far."""
         return self._calls
@@ -184,10 +189,12 @@ class Lease:
         self._worker.time_out(self._timeout)
 
 
-def release(lease: Lease, error: BaseException | None) -> None:
+def release(lease: Lease, error: BaseException | None, *, kill: bool = False) -> None:
     """Check the lease in (the end of its ``checkout`` block); idempotent.
 
-    ``error``: what ended the block, if anything (the policy sees it)."""
+    ``error``: what ended the block, if anything (the policy sees it).
+    ``kill``: the worker is replaced at once, even if its abandoned request
+    could be drained (``run_sync(kill_on_cancel=True)`` was cancelled)."""
     if lease._released:
         return
     lease._released = True
@@ -202,6 +209,8 @@ def release(lease: Lease, error: BaseException | None) -> None:
     failure = lease._error
     if failure is not None and type(failure) is CallTimeout and context.cancel_grace > 0:
         failure = None  # cooperative cancellation: the worker is drained, not killed
+    if kill and worker.dirty:
+        failure = error  # a dirty worker stopped as unclean is killed (not drained)
     clean = failure is None and not worker.dirty and worker.exit_info is None
     # A call cancelled or timed out with its request in flight: the worker gives
     # it back in the background (engine.pool.draining) instead of dying.

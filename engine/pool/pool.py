@@ -42,13 +42,13 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 import trio_util
 
 from engine import telemetry
-from engine.errors import EngineError, PoolClosed, PoolTimeout, PoolUnavailable
+from engine.errors import EngineError, PickleNotAllowed, PoolClosed, PoolTimeout, PoolUnavailable
 from engine.pool.config import PoolConfig, make_config
 from engine.pool.contract import (
     CheckinOutcome,
@@ -89,16 +89,19 @@ from engine.pool.introspection import (
 )
 from engine.pool.lease import HeldLeases, Lease, LeaseContext, release, revoke
 from engine.pool.lifecycle import WorkerState
+from engine.pool.pickled import pickle_call, unpickle_reply
 from engine.pool.resilience import CircuitBreaker, Decision, Retry
 from engine.pool.supervisor import IncompleteWorkerHandle, SlotSupervisor, SupervisorContext
 from engine.pool.table import WorkerTable
 from engine.pool.timer import PoolTimer
 from engine.process.handle import WorkerHandle
+from engine.protocol import PICKLE_CODEC, PICKLE_COMMAND
 
 logger = logging.getLogger("engine.pool")
 _pool_ids = itertools.count(1)
 _OK_VERDICT = Verdict(Ok())
 _OUTCOME_COUNTERS: dict[str, str] = {}
+T = TypeVar("T")
 
 
 def _default_factory(request: Any) -> Any:
@@ -235,6 +238,49 @@ class Pool:
             release(lease, exc)
             raise
         release(lease, None)
+        return result
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any, session: str | None = None,
+                       timeout: float | None = None, kill_on_cancel: bool = False) -> T:
+        """Run ``fn(*args)`` in a worker and return its value (``engine.run_sync``
+        on this pool). ``fn`` and ``args`` go by pickle (protocol 5), so ``fn``
+        must be importable by the worker (a module-level function, or a
+        ``functools.partial`` of one); the value comes back by pickle too.
+
+        * What cannot be pickled raises ``ArgumentTypeError`` (a ``TypeError``)
+          before a worker is reserved.
+        * ``fn``'s exception is raised here as itself, with the worker's
+          traceback as its ``__cause__``.
+        * ``session``: run on the worker holding that session; ``fn`` reaches
+          its state with ``engine.workers.current_session()`` (a dict kept
+          between calls).
+        * ``timeout`` (default: the pool's ``call_timeout``): past it, the
+          call raises ``CallTimeout``; the worker is asked to abandon ``fn``
+          (it is interrupted) and killed if it does not within ``cancel_grace``.
+        * ``kill_on_cancel=False``: once ``fn`` runs, cancellation waits for
+          it (like ``trio.to_thread.run_sync``); waiting for a worker can be
+          cancelled. ``True``: cancellation kills the worker at once (the pool
+          replaces it; its sessions are lost) and raises ``Cancelled``.
+
+        Raises ``PickleNotAllowed`` when the worker takes JSON only (a remote
+        worker without ``allow_pickle=True``), and what ``call`` raises.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing reserved
+        call = pickle_call(fn, args)
+        lease = await self._acquire(session, None, checkpoint=False)
+        try:
+            if PICKLE_CODEC not in lease.codecs:
+                raise PickleNotAllowed(worker_id=lease.worker_id, pool=self.label)
+            if kill_on_cancel:
+                reply = await lease.call(PICKLE_COMMAND, call, timeout=timeout)
+            else:
+                with trio.CancelScope(shield=True):
+                    reply = await lease.call(PICKLE_COMMAND, call, timeout=timeout)
+        except BaseException as exc:
+            release(lease, exc, kill=kill_on_cancel and isinstance(exc, trio.Cancelled))
+            raise
+        release(lease, None)
+        result: T = unpickle_reply(reply, lease.worker_id)
         return result
 
     async def end_session(self, session: str) -> bool:

@@ -65,6 +65,8 @@ def build_argv(request: SpawnRequest) -> list[str]:
         "--max-frame-size", str(request.max_frame_size),
         "--busy-poll-us", str(round(request.busy_poll * 1e6)),
     ]
+    if request.pickle_frame_size:
+        worker_args += ["--pickle-frame-size", str(request.pickle_frame_size)]
     launcher = request.launcher
     if isinstance(launcher, Launcher):
         return launcher.command(worker_args, extra_env=request.env)
@@ -127,6 +129,7 @@ class ProcessWorker(ChannelWorker):
                                 max_frame_size=request.max_frame_size, pid=lambda: self.pid,
                                 busy_poll=request.busy_poll,
                                 cancel_grace=request.cancel_grace,
+                                max_pickle_frame_size=request.pickle_frame_size,
                                 nudge=self._interrupt_handler)
         super().__init__(request.worker_id, channel, request.stderr_tail_lines,
                          spawned_pid=process.pid, argv=tuple(build_argv(request)))

@@ -44,10 +44,13 @@ if TYPE_CHECKING:
     StartHook = Callable[[], object]
     S = TypeVar("S", bound=StartHook)
 
-__all__ = ["BUILTIN_COMMANDS", "App", "Context", "RequestAbandoned", "SessionStore", "rss_mb"]
+__all__ = ["BUILTIN_COMMANDS", "App", "Context", "RequestAbandoned", "SessionStore",
+           "current_context", "current_session", "enter_context", "rss_mb"]
 
 #: Commands every worker answers itself; an app may not register these names.
 BUILTIN_COMMANDS = ("ping", "health", "stats", "cleanup_session", "shutdown")
+#: Served by the runtime too, but not listed in the hello (run_sync's).
+RESERVED_COMMANDS = (*BUILTIN_COMMANDS, "engine.run_sync")
 
 # Code-object flags of ``async def`` functions and async generators. Checked by
 # hand because importing ``inspect`` would cost more than the whole runtime.
@@ -149,6 +152,38 @@ class Context:
                 f"session={self.session!r})")
 
 
+# The context of the run_sync call this worker is serving (None between calls).
+_current: Context | None = None
+
+
+def enter_context(ctx: Context | None) -> Context | None:
+    """Make ``ctx`` the current context (the runtime, around a run_sync
+    function); returns the previous one, to restore."""
+    global _current
+    previous, _current = _current, ctx
+    return previous
+
+
+def current_context() -> Context:
+    """Inside a function run by ``run_sync``: the :class:`Context` of that call
+    (its ``session``, ``worker_id``, ``request_id`` and ``state``).
+
+    Raises RuntimeError anywhere else (in the parent, or between calls)."""
+    ctx = _current
+    if ctx is None:
+        raise RuntimeError("current_context() works only inside a function that "
+                           "pool.run_sync() or engine.run_sync() runs in a worker")
+    return ctx
+
+
+def current_session() -> dict[str, Any]:
+    """Inside a function run by ``pool.run_sync(fn, session=...)``: that
+    session's state dict, kept in the worker between calls (the same dict a
+    command handler sees as ``ctx.state``; calls without a session share one
+    anonymous dict). Raises RuntimeError outside such a function."""
+    return current_context().state
+
+
 class App:
     """A named registry of command handlers; one per worker app module."""
 
@@ -176,7 +211,7 @@ class App:
 
     def add_command(self, name: str, handler: Handler) -> None:
         """Register ``handler`` under ``name`` (the non-decorator form)."""
-        if name in BUILTIN_COMMANDS:
+        if name in RESERVED_COMMANDS:
             raise ValueError(f"{name!r} is a built-in command; choose another name")
         if name in self._handlers:
             raise ValueError(f"command {name!r} is already registered in app {self.name!r}")

@@ -60,11 +60,15 @@ from engine.protocol import (
     CANCELLED,
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
+    PICKLE_CODEC,
+    PICKLE_COMMAND,
+    PICKLE_FLAG,
     SCALAR_TYPES,
     Abandon,
     FrameDecoder,
     Request,
     decode_body,
+    decode_pickle_body,
     encode_frame,
     error_response,
     find_unencodable,
@@ -80,6 +84,7 @@ from engine.workers.app import (
     SessionStore,
     rss_mb,
 )
+from engine.workers.pickled import ReadyFrame
 
 TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
@@ -117,7 +122,7 @@ MAX_TRACEBACK = 65536
 SYS_PATH_VARIABLE = "ENGINE_WORKER_SYS_PATH"
 
 USAGE = ("usage: python -m engine.workers.runtime --app MODULE[:ATTR] --worker-id ID "
-         "[--max-frame-size N] [--busy-poll-us N]")
+         "[--max-frame-size N] [--busy-poll-us N] [--pickle-frame-size N]")
 
 
 class UsageError(Exception):
@@ -161,11 +166,12 @@ class BusyPoller:
 class Channel:
     """The private frame fd. Everything written to it goes through here."""
 
-    __slots__ = ("busy_poll", "fd", "max_frame_size")
+    __slots__ = ("busy_poll", "fd", "max_frame_size", "max_pickle_frame_size")
 
     def __init__(self, fd: int, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.fd = fd
         self.max_frame_size = max_frame_size
+        self.max_pickle_frame_size = 0  # 0: JSON only (no run_sync)
         self.busy_poll = 0.0  # seconds, 0: off; see engine.busy_poll
 
     def write(self, data: bytes) -> None:
@@ -313,14 +319,17 @@ _serve_returned = False
 
 
 class Options:
-    __slots__ = ("app", "busy_poll", "max_frame_size", "worker_id")
+    __slots__ = ("app", "busy_poll", "max_frame_size", "pickle_frame_size", "worker_id")
 
     def __init__(self, app: str, worker_id: str, max_frame_size: int,
-                 busy_poll: float = 0.0) -> None:
+                 busy_poll: float = 0.0, pickle_frame_size: int = 0) -> None:
         self.app = app
         self.worker_id = worker_id
         self.max_frame_size = max_frame_size
         self.busy_poll = busy_poll  # seconds
+        # > 0: accept pickle frames up to this size (run_sync); the parent
+        # passes it only to workers it trusts to unpickle what it sends.
+        self.pickle_frame_size = pickle_frame_size
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -329,7 +338,8 @@ def parse_args(argv: list[str]) -> Options:
     items = iter(argv)
     for item in items:
         key, eq, value = item.partition("=")
-        if key not in ("--app", "--worker-id", "--max-frame-size", "--busy-poll-us"):
+        if key not in ("--app", "--worker-id", "--max-frame-size", "--busy-poll-us",
+                       "--pickle-frame-size"):
             raise UsageError(f"unexpected argument {item!r}; {USAGE}")
         if not eq:
             value = next(items, "")
@@ -341,7 +351,21 @@ def parse_args(argv: list[str]) -> Options:
         raise UsageError(f"missing {' and '.join(missing)}; {USAGE}")
     return Options(values["--app"], values["--worker-id"],
                    _parse_frame_size(values.get("--max-frame-size")),
-                   _parse_busy_poll(values.get("--busy-poll-us")))
+                   _parse_busy_poll(values.get("--busy-poll-us")),
+                   _parse_pickle_frame_size(values.get("--pickle-frame-size")))
+
+
+def _parse_pickle_frame_size(text: str | None) -> int:
+    if text is None:
+        return 0
+    try:
+        size = int(text)
+    except ValueError:
+        raise UsageError(f"--pickle-frame-size must be an integer, got {text!r}") from None
+    if not (size == 0 or MIN_FRAME_SIZE <= size < PICKLE_FLAG):
+        raise UsageError(f"--pickle-frame-size must be 0 (off) or between {MIN_FRAME_SIZE} "
+                         f"and {PICKLE_FLAG - 1}, got {size}")
+    return size
 
 
 def _parse_busy_poll(text: str | None) -> float:
@@ -462,7 +486,7 @@ class Worker:
         self.errors = 0
         self.cancelled = 0  # requests answered Cancelled (interrupted or never run)
         self.stopping = False
-        self.decoder = FrameDecoder(channel.max_frame_size)
+        self.decoder = FrameDecoder(channel.max_frame_size, channel.max_pickle_frame_size)
         # Abandoned requests (module docstring). `running`: the id of the
         # request whose handler runs (0: none); `interrupted`: the last id
         # RequestAbandoned was raised for (once per request: a handler that
@@ -488,6 +512,11 @@ class Worker:
             handler = app.handler(name)
             if handler is not None:
                 self._dispatch[name] = (handler, True)
+        if channel.max_pickle_frame_size:
+            from engine.workers.pickled import make_handler
+
+            self._dispatch[PICKLE_COMMAND] = (
+                make_handler(channel.max_pickle_frame_size, _format_exception), True)
 
     def commands(self) -> list[str]:
         return [*BUILTIN_COMMANDS, *self.app.commands()]
@@ -495,8 +524,9 @@ class Worker:
     def hello(self) -> dict[str, Any]:
         # The node name says where the worker runs when a launcher put it on
         # another host (its pid is that host's); os.uname costs no import.
+        codecs = (PICKLE_CODEC,) if self.channel.max_pickle_frame_size else ()
         return hello_message(self.worker_id, os.getpid(), self.app.name, self.commands(),
-                             os.uname().nodename)
+                             os.uname().nodename, codecs)
 
     # -- the loop
 
@@ -548,6 +578,10 @@ class Worker:
                     # The usual case, one read holding exactly one request:
                     # decode it straight from the chunk, past the decoder.
                     self.handle(parse_incoming(decode_body(chunk[HEADER_SIZE:])))
+                elif not partial and 0 < size <= self.channel.max_pickle_frame_size \
+                        and int.from_bytes(chunk[:HEADER_SIZE], "big") == size | PICKLE_FLAG:
+                    # The same for a small pickle request (a run_sync call).
+                    self.handle(parse_incoming(decode_pickle_body(chunk[HEADER_SIZE:])))
                 else:
                     decoder.feed(chunk)
                     self._collect()
@@ -625,9 +659,12 @@ class Worker:
         except Exception as exc:
             self._handler_failed(request, exc)
             return
+        channel = self.channel
+        if type(result) is ReadyFrame:  # a run_sync reply, a frame already
+            channel.write(result.frame)
+            return
         # The reply, inlined (ok_response too): this is the path every call takes.
         message = {"id": request.id, "ok": True, "result": result}
-        channel = self.channel
         try:
             frame = encode_frame(message, channel.max_frame_size)
             # The same rule as for the caller's args: a dict key that is not a
@@ -855,6 +892,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except UsageError as exc:
         _start_failure(channel, exc, str(exc), EXIT_USAGE)
     channel.max_frame_size = options.max_frame_size
+    channel.max_pickle_frame_size = options.pickle_frame_size
     channel.busy_poll = options.busy_poll
     worker = Worker(_load(channel, options), options.worker_id, channel)
     worker.install_abandon_handler()
