@@ -170,7 +170,9 @@ class PoolConfig:
     lazy: bool = False
     min_size: int = attrs.field(default=0, validator=_non_negative)
     start_timeout: float = attrs.field(default=10.0, validator=_positive)
-    checkout_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # None: a checkout waits as long as it takes (run_sync's default pool,
+    # where a CapacityLimiter does the queueing).
+    checkout_timeout: float | None = attrs.field(default=5.0, validator=_positive)
     call_timeout: float | None = attrs.field(default=30.0, validator=_positive)
     max_waiters: int = attrs.field(default=1000, validator=_positive_int)
     # (min, max, jitter): the first restart is immediate, then min * 2**k capped at
