@@ -253,6 +253,57 @@ def cancel_rows(c: dict[str, Any]) -> list[Row]:
     return out
 
 
+def run_sync_rows(r: dict[str, Any]) -> list[Row]:
+    """engine.run_sync against trio_parallel.run_sync and anyio.to_process.run_sync."""
+    labels = {"engine": "engine.run_sync", "trio_parallel": "trio_parallel.run_sync",
+              "anyio": "anyio.to_process.run_sync (Trio backend)"}
+    lat, big = r["latency"], r["big"]
+    mine = lat["engine"]["median"]
+    out = [_heading(f"run_sync: operator.add(1, 2), 1 worker: best of "
+                    f"{lat['engine']['rounds']} round medians x {r['per_round']} calls")]
+    out.append((labels["engine"], us(mine), cpu(lat["engine"]["cpu"]), "1.00x", "", ""))
+    for name, need in (("trio_parallel", 1.5), ("anyio", 1.2)):
+        speedup = lat[name]["median"] / mine
+        out.append((labels[name], us(lat[name]["median"]), cpu(lat[name]["cpu"]),
+                    versus(speedup, "faster", "slower", "engine"),
+                    f"engine >= {need}x faster", verdict(speedup >= need)))
+    tp, setup = r["throughput"], r["throughput_setup"]
+    out.append(_heading(f"run_sync: throughput, {setup['workers']} workers, {setup['callers']} "
+                        f"callers: best of {setup['runs']} x {setup['seconds']:.1f} s"))
+    rate = tp["engine"]["rate"]
+    out.append((labels["engine"], f"{rate:,.0f} calls/s", window_cpu(tp["engine"]), "1.00x",
+                "", ""))
+    for name in ("trio_parallel", "anyio"):
+        ahead = rate / tp[name]["rate"]
+        out.append((labels[name], f"{tp[name]['rate']:,.0f} calls/s", window_cpu(tp[name]),
+                    versus(ahead, "ahead", "behind", "engine"), "engine >= 1.3x ahead",
+                    verdict(ahead >= 1.3)))
+    size = r["bytes"] / 1e6
+    out.append(_heading(f"run_sync: bytes(value) of {size:.0f} MB ({size:.0f} MB each way), "
+                        f"1 worker: best of {big['engine']['rounds']} round medians"))
+    mine = big["engine"]["median"]
+    out.append((labels["engine"], ms(mine), cpu(big["engine"]["cpu"]), "1.00x", "", ""))
+    for name in ("trio_parallel", "anyio"):
+        speedup = big[name]["median"] / mine
+        target = "engine no slower" if name == "trio_parallel" else ""
+        out.append((labels[name], ms(big[name]["median"]), cpu(big[name]["cpu"]),
+                    versus(speedup, "faster", "slower", "engine"), target,
+                    verdict(speedup >= 1.0) if target else ""))
+    batch = r["batch"]
+    first = batch["engine"]
+    out.append(_heading(f"run_sync: CPU-bound batch, {first['tasks']} tasks on "
+                        f"{first['cores']} workers ({first['cores']} cores)"))
+    for name in ("engine", "trio_parallel", "anyio"):
+        b = batch[name]
+        ideal = b["speedup"] / b["cores"]
+        target = "within 10% of ideal" if name == "engine" else ""
+        out.append((f"{labels[name]}: {ms(b['batch'])} (one task alone {ms(b['alone'])})",
+                    f"{b['speedup']:.2f}x speed-up", cpu(b["cpu"]),
+                    f"{ideal:.0%} of ideal ({b['cores']}x)", target,
+                    verdict(ideal >= 0.9) if target else ""))
+    return out
+
+
 def remote_rows(s: dict[str, Any]) -> list[Row]:
     heading = _heading("workers through ssh (loopback sshd) against local workers")
     if "skipped" in s:
@@ -300,6 +351,8 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.extend(cancel_rows(r["cancel"]))
     if "remote" in r:
         out.extend(remote_rows(r["remote"]))
+    if "run_sync" in r:
+        out.extend(run_sync_rows(r["run_sync"]))
     return out
 
 

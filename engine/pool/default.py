@@ -94,8 +94,18 @@ async def run_sync(fn: Callable[..., T], *args: Any, kill_on_cancel: bool = Fals
     if state is None or state.pool is None:
         state = await _started()
     assert state.pool is not None and state.limiter is not None
-    async with limiter if limiter is not None else state.limiter:
+    if limiter is None:
+        limiter = state.limiter
+    # A free token is taken without a trip through the scheduler (the call
+    # yields anyway, waiting for the worker); only a wait for one sleeps.
+    try:
+        limiter.acquire_nowait()
+    except trio.WouldBlock:
+        await limiter.acquire()
+    try:
         return await state.pool.run_sync(fn, *args, kill_on_cancel=kill_on_cancel)
+    finally:
+        limiter.release()
 
 
 async def current_default_pool() -> Pool:

@@ -126,7 +126,8 @@ class Lease:
     @property
     def codecs(self) -> tuple[str, ...]:
         """Codecs besides JSON the worker accepts (from its hello)."""
-        return tuple(getattr(self._worker.hello, "codecs", ()))
+        codecs: tuple[str, ...] = getattr(self._worker.hello, "codecs", ())
+        return codecs
 
     @property
     def calls(self) -> int:

@@ -69,6 +69,7 @@ def results(*, pool_us: float = 15.0, contended_pool_us: float = 100.0,
         "startup": {"bare": 0.03, "hello": 0.03, "stop": 0.01, "crash": 0.04, "cores": 2,
                     "pool": pool_sizes, "rss": {"bare": 10.0 * 2**20, "worker": 10.6 * 2**20}},
         "cancel": {"rounds": 20, "kill": 0.05, "cooperative": cancel_s},
+        "run_sync": _run_sync(),
     }
 
 
@@ -155,3 +156,58 @@ def test_remote_rows_without_sshd_say_why_and_judge_nothing() -> None:
     table = rows({**results(), "remote": {"skipped": "sshd not installed"}})
     row = _row(table, "skipped: no sshd")
     assert row["ratio"] == "sshd not installed" and row["result"] == ""
+
+
+def _run_sync(*, tp_us: float = 60.0, anyio_us: float = 48.0, tp_rate: float = 7_000.0,
+              big_tp: float = 0.05, speedup: float = 1.8) -> dict[str, Any]:
+    def best(median: float) -> dict[str, Any]:
+        return {"median": median, "rounds": 10,
+                "cpu": {"total": 2 * median, "parent": median, "workers": median}}
+
+    def batch(s: float) -> dict[str, Any]:
+        return {"alone": 0.1, "batch": 0.8 / s, "tasks": 8, "cores": 2, "speedup": s,
+                "cpu": {"total": 0.1, "parent": 0.0, "workers": 0.1}}
+
+    return {"latency": {"engine": best(40 * US), "trio_parallel": best(tp_us * US),
+                        "anyio": best(anyio_us * US)},
+            "big": {"engine": best(0.05), "trio_parallel": best(big_tp), "anyio": best(0.05)},
+            "per_round": 300, "bytes": 10_000_000,
+            "throughput": {"engine": _window(13_000.0), "trio_parallel": _window(tp_rate),
+                           "anyio": _window(10_000.0)},
+            "throughput_setup": {"seconds": 1.0, "runs": 3, "workers": 2, "callers": 8},
+            "batch": {"engine": batch(speedup), "trio_parallel": batch(1.5),
+                      "anyio": batch(1.5)}}
+
+
+@pytest.mark.parametrize(("figures", "label", "verdict"), [
+    ({"tp_us": 60.0}, "trio_parallel.run_sync", "PASS"),
+    ({"tp_us": 59.9}, "trio_parallel.run_sync", "FAIL"),
+    ({"anyio_us": 48.0}, "anyio.to_process", "PASS"),
+    ({"anyio_us": 47.9}, "anyio.to_process", "FAIL"),
+])
+def test_run_sync_latency_targets(figures: dict[str, float], label: str, verdict: str) -> None:
+    r = results()
+    r["run_sync"] = _run_sync(**figures)
+    table = rows(r)
+    start = next(i for i, row in enumerate(table) if row[0].startswith("[run_sync: operator"))
+    row = next(dict(zip(COLUMNS, row, strict=True)) for row in table[start:]
+               if row[0].startswith(label))
+    assert row["result"] == verdict
+
+
+@pytest.mark.parametrize(("figures", "heading", "verdict"), [
+    ({"tp_rate": 10_000.0}, "[run_sync: throughput", "PASS"),
+    ({"tp_rate": 10_001.0}, "[run_sync: throughput", "FAIL"),
+    ({"big_tp": 0.05}, "[run_sync: bytes", "PASS"),
+    ({"big_tp": 0.0499}, "[run_sync: bytes", "FAIL"),
+    ({"speedup": 1.8}, "[run_sync: CPU-bound", "PASS"),
+    ({"speedup": 1.79}, "[run_sync: CPU-bound", "FAIL"),
+])
+def test_run_sync_throughput_bytes_and_batch_targets(figures: dict[str, float], heading: str,
+                                                     verdict: str) -> None:
+    r = results()
+    r["run_sync"] = _run_sync(**figures)
+    table = rows(r)
+    start = next(i for i, row in enumerate(table) if row[0].startswith(heading))
+    judged = [row[5] for row in table[start + 1:start + 4] if row[5]]
+    assert judged[0] == verdict
