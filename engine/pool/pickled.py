@@ -14,6 +14,7 @@ traceback (still caught by ``except ValueError`` for a ``ValueError``).
 from __future__ import annotations
 
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,12 @@ from engine.protocol import PICKLE_COMMAND, Pickled
 
 PROTOCOL = 5
 _dumps = pickle.dumps
+# A worker runs this process's main script as ``__mp_main__`` (see
+# engine.workers.pickled), so the classes and functions it sends back from
+# there are named so: the same alias as multiprocessing's, set when it is
+# imported.
+if "__main__" in sys.modules:
+    sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 
 
 def pickle_call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Pickled:

@@ -37,6 +37,7 @@ from engine.process.handle import ExitInfo, SpawnRequest
 from engine.process.launch import Launcher
 from engine.process.output import line_sink
 from engine.protocol import ABANDON_SIGNAL
+from engine.workers.pickled import MAIN_VARIABLE
 from engine.workers.runtime import SYS_PATH_VARIABLE
 
 logger = logging.getLogger("engine.worker")
@@ -89,10 +90,32 @@ def _child_env(request: SpawnRequest) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.pop(SYS_PATH_VARIABLE, None)  # never a value meant for another process
+    env.pop(MAIN_VARIABLE, None)
     sys_path = parent_sys_path(request)
     if sys_path is not None:
         env[SYS_PATH_VARIABLE] = sys_path
+        main = parent_main() if request.pickle_frame_size else None
+        if main is not None:
+            env[MAIN_VARIABLE] = main
     return env
+
+
+def parent_main() -> str | None:
+    """How a worker finds this process's ``__main__`` for run_sync's functions
+    defined there (see :mod:`engine.workers.pickled`): ``module:NAME`` when it
+    ran with ``python -m NAME``, ``path:FILE`` for a script, None when there
+    is no file (an interactive session)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name and name != "__main__":
+        if name.endswith(".__main__"):
+            name = name[:-len(".__main__")]
+        return f"module:{name}"
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and os.path.isfile(path):
+        return f"path:{os.path.abspath(path)}"
+    return None
 
 
 def parent_sys_path(request: SpawnRequest) -> str | None:

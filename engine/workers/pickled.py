@@ -16,11 +16,22 @@ abandon signal must not cut a frame in half).
 * A result frame beyond ``max_pickle_frame_size``: a JSON ``ResultTooLarge``
   error, as for JSON commands.
 
+Functions of the parent's ``__main__`` (a script's own functions): pickle
+names them ``__main__.fn``, which the worker's ``__main__`` (the runtime) does
+not hold. The first time a call needs one, the worker runs the parent's main
+module (its path or module name, from ``MAIN_VARIABLE``) as ``__mp_main__``
+and makes it the worker's ``__main__`` for pickle, as multiprocessing's spawn
+does; the script must keep its own start-up under ``if __name__ ==
+"__main__":`` (trio-parallel and anyio need that too).
+
 Unpickling runs code: the worker trusts its parent, which started it.
-Standard library only (``pickle`` is imported on the first call).
+Standard library only (``pickle`` is imported when the handler is made).
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 from engine.protocol import (
     PICKLE_COMMAND,
@@ -40,6 +51,9 @@ if TYPE_CHECKING:
 
 PROTOCOL = 5
 MAX_TRACEBACK = 65536
+#: How the parent's main module is found: "path:/abs/script.py" or
+#: "module:pkg.mod" (set by the parent at spawn, removed at once here).
+MAIN_VARIABLE = "ENGINE_WORKER_MAIN"
 
 
 class ReadyFrame:
@@ -60,6 +74,19 @@ def make_handler(max_size: int,
     import pickle
 
     loads, dumps = pickle.loads, pickle.dumps
+    parent_main = [os.environ.pop(MAIN_VARIABLE, "")]  # emptied once it is loaded
+
+    def load_call(data: Any) -> Any:
+        try:
+            return loads(data)
+        except AttributeError:
+            # "Can't get attribute 'fn' on <module ...>": perhaps a function of
+            # the parent's script. Load that script once, then try again.
+            if not parent_main[0]:
+                raise
+            _adopt_parent_main(parent_main[0])
+            parent_main[0] = ""
+            return loads(data)
 
     def run_pickled(args: Any, ctx: Context) -> ReadyFrame:
         if type(args) is not Pickled or args.raised:
@@ -68,7 +95,7 @@ def make_handler(max_size: int,
         request_id = ctx.request_id
         previous = enter_context(ctx)
         try:
-            fn, fn_args = loads(args.data)
+            fn, fn_args = load_call(args.data)
             args.data = b""  # the arguments' bytes are not needed any more
             result = fn(*fn_args)
         except Exception as exc:  # RequestAbandoned is not: the runtime answers Cancelled
@@ -112,6 +139,23 @@ def make_handler(max_size: int,
                 request_id, type(exc).__name__, message[:8192], tb)))
 
     return run_pickled
+
+
+def _adopt_parent_main(spec: str) -> None:
+    """Run the parent's main module as ``__mp_main__`` and make it this
+    process's ``__main__`` as pickle sees it (``sys.modules``); the runtime's
+    own code keeps its globals."""
+    import runpy
+    import types
+
+    kind, _, target = spec.partition(":")
+    if kind == "module":
+        namespace = runpy.run_module(target, run_name="__mp_main__", alter_sys=False)
+    else:
+        namespace = runpy.run_path(target, run_name="__mp_main__")
+    module = types.ModuleType("__mp_main__")
+    module.__dict__.update(namespace)
+    sys.modules["__mp_main__"] = sys.modules["__main__"] = module
 
 
 def _note(exc: BaseException, note: str) -> None:

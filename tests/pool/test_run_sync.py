@@ -372,3 +372,35 @@ async def test_configure_default_pool_refuses_once_the_run_has_one() -> None:
         await engine.run_sync(fns.add, 1, 1)
     with pytest.raises(RuntimeError, match="before the run's first run_sync"):
         engine.configure_default_pool(size=3)
+
+
+SCRIPT = '''
+import engine, trio
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+def double(point):
+    return Point(point.x * 2)
+
+async def main():
+    engine.configure_default_pool(size=1, worker_output="discard")
+    print((await engine.run_sync(double, Point(21))).x)
+
+if __name__ == "__main__":
+    trio.run(main)
+'''
+
+
+async def test_functions_and_classes_of_the_parents_main_script(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(engine.__file__).parent.parent), os.environ.get("PYTHONPATH"))
+        if p)}
+    with trio.fail_after(GUARD):
+        done = await trio.run_process([sys.executable, str(script)], capture_stdout=True,
+                                      capture_stderr=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == "42"
