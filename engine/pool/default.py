@@ -10,8 +10,9 @@ every worker and waits for each process before ``trio.run`` returns. A
 
 The pool: ``os.cpu_count()`` workers of the ``engine.workers.bare`` app, no
 call timeout (a function runs as long as it runs, as with trio-parallel),
-checkouts that wait as long as it takes (the CapacityLimiter queues the
-callers), changed with :func:`configure_default_pool`.
+checkouts that wait as long as it takes (callers queue in the pool, first
+come first served, or behind the CapacityLimiter they pass), changed with
+:func:`configure_default_pool`.
 """
 
 from __future__ import annotations
@@ -29,16 +30,18 @@ from engine.pool.pool import Pool, open_pool
 T = TypeVar("T")
 
 _overrides: dict[str, Any] = {}
+# Callers beyond the workers queue in the pool (FIFO) for as long as it takes.
+_BASE = PoolConfig(app="engine.workers.bare", size=os.cpu_count() or 1, call_timeout=None,
+                   checkout_timeout=None, max_waiters=1 << 30)
 
 
 class _DefaultPool:
     """One run's default pool, set once started (or the error it failed with)."""
 
-    __slots__ = ("error", "limiter", "pool", "ready")
+    __slots__ = ("error", "pool", "ready")
 
     def __init__(self) -> None:
         self.pool: Pool | None = None
-        self.limiter: trio.CapacityLimiter | None = None
         self.error: BaseException | None = None
         self.ready = trio.Event()
 
@@ -50,9 +53,7 @@ _STATE: trio.lowlevel.RunVar[_DefaultPool | None] = trio.lowlevel.RunVar(
 def default_config() -> PoolConfig:
     """The default pool's config: the built-in defaults plus
     :func:`configure_default_pool`'s overrides."""
-    base = PoolConfig(app="engine.workers.bare", size=os.cpu_count() or 1,
-                      call_timeout=None, checkout_timeout=None, name=None)
-    return make_config(base, _overrides)
+    return make_config(_BASE, _overrides)
 
 
 def configure_default_pool(**overrides: Any) -> None:
@@ -61,9 +62,7 @@ def configure_default_pool(**overrides: Any) -> None:
     overrides, and none restores the defaults. Raises ValueError for a bad
     field, RuntimeError when the current run has started its default pool
     already (configure before the run's first ``run_sync``)."""
-    base = PoolConfig(app="engine.workers.bare", size=os.cpu_count() or 1,
-                      call_timeout=None, checkout_timeout=None)
-    make_config(base, overrides)  # raises ValueError naming a bad field
+    make_config(_BASE, overrides)  # raises ValueError naming a bad field
     try:
         started = _STATE.get() is not None
     except RuntimeError:  # outside a Trio run
@@ -85,7 +84,8 @@ async def run_sync(fn: Callable[..., T], *args: Any, kill_on_cancel: bool = Fals
     is raised here as itself, with the worker's traceback as its cause.
     ``kill_on_cancel=False``: once ``fn`` runs, cancellation waits for it;
     ``True``: cancellation kills its worker at once (the pool starts
-    another). ``limiter`` bounds concurrent calls (default: one per worker).
+    another). ``limiter`` bounds concurrent calls (default: one per worker,
+    the callers beyond that waiting in the pool's queue, first come first served).
     Called in a cancelled scope, it raises ``Cancelled`` having reserved and
     started nothing. See :meth:`engine.Pool.run_sync`.
     """
@@ -93,9 +93,12 @@ async def run_sync(fn: Callable[..., T], *args: Any, kill_on_cancel: bool = Fals
     state = _STATE.get()
     if state is None or state.pool is None:
         state = await _started()
-    assert state.pool is not None and state.limiter is not None
+    assert state.pool is not None
     if limiter is None:
-        limiter = state.limiter
+        # One call per worker at once, as trio-parallel's default limiter
+        # allows: the pool's own queue (FIFO) does that, without a second
+        # queue in front of it.
+        return await state.pool.run_sync(fn, *args, kill_on_cancel=kill_on_cancel)
     # A free token is taken without a trip through the scheduler (the call
     # yields anyway, waiting for the worker); only a wait for one sleeps.
     try:
@@ -137,7 +140,6 @@ async def _hold(state: _DefaultPool, config: PoolConfig) -> None:
     try:
         async with open_pool(config) as pool:
             state.pool = pool
-            state.limiter = trio.CapacityLimiter(config.size)
             state.ready.set()
             await trio.sleep_forever()
     except Exception as exc:  # a system task must not raise: callers get it instead

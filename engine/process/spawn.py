@@ -343,6 +343,8 @@ async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWor
         raise WorkerStartError(f"could not execute {argv[0]!r}: {exc}",
                                worker_id=request.worker_id, argv=tuple(argv),
                                launcher=remote.label if remote is not None else None) from exc
+    if request.pickle_frame_size:
+        _enlarge_pipes(process)
     worker = ProcessWorker(process, request)
     try:
         async with worker.running(start_timeout=request.start_timeout, grace=_STOP_GRACE,
@@ -355,6 +357,26 @@ async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWor
                 worker.kill()
                 await process.wait()
         await _close_pipes(process)
+
+
+# Linux's F_SETPIPE_SZ (fcntl.F_SETPIPE_SZ from Python 3.10 on).
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size
+
+
+def _enlarge_pipes(process: trio.Process) -> None:
+    """Give a worker that takes pickle frames (run_sync: megabytes of bytes
+    each way) 1 MiB pipes instead of 64 KiB: 16 times fewer writes, reads and
+    wake-ups for a large value. Best effort: where the OS refuses (another
+    system, a lower pipe-max-size) the pipes stay as they are."""
+    import fcntl
+
+    for stream in (process.stdin, process.stdout):
+        if isinstance(stream, trio.lowlevel.FdStream):
+            try:
+                fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass
 
 
 async def _close_pipes(process: trio.Process) -> None:

@@ -113,6 +113,7 @@ STDIN_EOF_GRACE = 0.5
 STDIN_EOF_EXIT_LIMIT = 2.0
 MIN_FRAME_SIZE = 1024  # the hello and any error response must always fit
 READ_SIZE = 65536
+LARGE_READ_SIZE = 1 << 20  # after a full read: a large frame is coming
 # Error messages and tracebacks are cut to these sizes so an error response
 # fits a frame even when a handler raises with a gigantic message.
 MAX_ERROR_MESSAGE = 8192
@@ -542,6 +543,7 @@ class Worker:
         max_frame_size = decoder.max_frame_size
         partial = False  # the decoder holds bytes of a frame not yet complete
         read = os.read
+        read_size = READ_SIZE
         budget = self.channel.busy_poll
         policy = None
         if budget > 0:
@@ -564,13 +566,16 @@ class Worker:
             if policy is not None and (until := policy.begin_wait()):
                 poll_until(until)
             try:
-                chunk = read(stdin_fd, READ_SIZE)
+                chunk = read(stdin_fd, read_size)
             except OSError as exc:
                 _die(EXIT_CHANNEL_BROKEN, f"reading requests failed ({exc}); exiting")
             if policy is not None:
                 policy.frame_arrived()  # how long the request took decides the next wait
             if not chunk:
                 return EXIT_OK  # the parent closed stdin: a request to stop
+            # A full read: a large frame is coming (run_sync's bytes); read
+            # more at once until a read comes back short.
+            read_size = LARGE_READ_SIZE if len(chunk) >= READ_SIZE else READ_SIZE
             try:
                 size = len(chunk) - HEADER_SIZE
                 if not partial and 0 < size <= max_frame_size \
