@@ -28,6 +28,7 @@ from engine.errors import (
     RemoteError,
     RemoteTraceback,
     RequestTooLarge,
+    WorkerCrashed,
 )
 from tests.apps import run_sync_functions as fns
 from tests.leaks import child_pids, pid_alive
@@ -197,6 +198,17 @@ async def test_the_pickle_frame_limit_is_configurable() -> None:
                 await pool.run_sync(bytes, 100_000)  # a small call, a large result
             assert caught.value.type == "ResultTooLarge"
             assert await pool.run_sync(fns.pid) == before
+
+
+async def test_a_function_that_kills_its_worker_raises_workercrashed_and_is_replaced() -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            before = await pool.run_sync(fns.pid)
+            with pytest.raises(WorkerCrashed) as caught:
+                await pool.run_sync(os._exit, 3)
+            assert caught.value.exit_code == 3
+            await pool.wait_ready(1, timeout=GUARD)
+            assert await pool.run_sync(fns.pid) != before
 
 
 async def test_a_worker_without_pickle_refuses_and_stays_untouched() -> None:
