@@ -795,3 +795,68 @@ def test_the_lowest_abandon_id_is_one_and_a_request_parser_refuses_abandons() ->
     assert error_of(parse_incoming, {"abandon": 0}) == (
         "abandon must name a request id >= 1, got 0")
     assert error_of(parse_request, {"abandon": 2}) == "expected a request, got an abandon frame"
+
+
+# --- pickle frames (run_sync) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("session", [None, "", "s1", "sé\u00e9"])
+def test_a_pickle_request_round_trips_through_the_decoder_in_any_chunks(
+        session: str | None) -> None:
+    payload = bytes(range(256)) * 10
+    frame = protocol.encode_pickle_frame(7, protocol.PICKLE_CALL, payload, session, 1 << 20)
+    assert int.from_bytes(frame[:4], "big") & protocol.PICKLE_FLAG
+    decoder = FrameDecoder(max_pickle_frame_size=1 << 20)
+    for i in range(0, len(frame), 13):
+        decoder.feed(frame[i:i + 13])
+    message = decoder.next_message()
+    assert message is not None and decoder.buffered == 0
+    request = protocol.parse_incoming(message)
+    assert (request.id, request.command, request.session) == (7, protocol.PICKLE_COMMAND,
+                                                              session)
+    assert isinstance(request.args, protocol.Pickled) and not request.args.raised
+    assert bytes(request.args.data) == payload
+
+
+@pytest.mark.parametrize("kind", [protocol.PICKLE_RESULT, protocol.PICKLE_RAISED])
+def test_a_pickle_reply_is_an_ok_response_holding_the_payload(kind: int) -> None:
+    frame = protocol.encode_pickle_frame(3, kind, b"payload", None, 1 << 20)
+    decoder = FrameDecoder(max_pickle_frame_size=1 << 20)
+    decoder.feed(frame)
+    response = protocol.parse_response(decoder.next_message())
+    assert response.ok and response.id == 3
+    assert bytes(response.result.data) == b"payload"
+    assert response.result.raised is (kind == protocol.PICKLE_RAISED)
+
+
+def test_a_json_only_decoder_refuses_a_pickle_frame_at_its_header() -> None:
+    frame = protocol.encode_pickle_frame(1, protocol.PICKLE_CALL, b"x", None, 1 << 20)
+    with pytest.raises(ProtocolError, match="pickle frame, which this side does not accept"):
+        FrameDecoder().feed(frame[:4])
+
+
+def test_a_pickle_frame_over_the_limit_is_refused_at_its_header_and_when_encoded() -> None:
+    frame = protocol.encode_pickle_frame(1, protocol.PICKLE_CALL, b"x" * 2000, None, 1 << 20)
+    with pytest.raises(ProtocolError, match="max_pickle_frame_size"):
+        FrameDecoder(max_pickle_frame_size=1024).feed(frame[:4])
+    with pytest.raises(RequestTooLarge, match="max_pickle_frame_size=1024"):
+        protocol.encode_pickle_frame(1, protocol.PICKLE_CALL, b"x" * 2000, None, 1024)
+
+
+@pytest.mark.parametrize("body", [
+    b"\x00" * 5,  # shorter than the envelope
+    struct.pack(">QBH", 0, 0, 0xFFFF),  # id 0
+    struct.pack(">QBH", 1, 9, 0xFFFF),  # unknown kind
+    struct.pack(">QBH", 1, 0, 50) + b"ab",  # session longer than the body
+])
+def test_a_malformed_pickle_envelope_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.decode_pickle_body(body)
+
+
+def test_the_hello_announces_codecs_only_when_there_are_some() -> None:
+    plain = protocol.hello_message("w", 1, "app", [])
+    assert "codecs" not in plain["result"]
+    assert protocol.parse_hello(plain).codecs == ()
+    pickled = protocol.hello_message("w", 1, "app", [], codecs=(protocol.PICKLE_CODEC,))
+    assert protocol.parse_hello(pickled).codecs == (protocol.PICKLE_CODEC,)
