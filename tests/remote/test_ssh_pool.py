@@ -30,7 +30,7 @@ import trio
 
 import engine
 from engine import telemetry
-from engine.errors import SessionLost, WorkerCrashed, WorkerStartError
+from engine.errors import PickleNotAllowed, SessionLost, WorkerCrashed, WorkerStartError
 from engine.pool.lifecycle import WorkerState
 from engine.stress.chaos import DeathLedger, kill_random_worker
 from engine.testing.sshd import LoopbackSshd
@@ -402,3 +402,22 @@ async def test_a_cancelled_call_on_a_remote_worker_keeps_it(launcher: Launch, ma
         assert event["outcome"] == "clean" and event["reason"] == "abandoned request cancelled"
     finally:
         started.close()
+
+
+async def test_run_sync_needs_an_opt_in_for_workers_through_a_launcher(
+        launcher: Launch, marker: str) -> None:
+    """Unpickling runs code: a worker started through a Launcher serves JSON
+    only (run_sync raises PickleNotAllowed and the worker is untouched), unless
+    the pool's config says allow_pickle=True."""
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=1, name=f"{marker}a", launcher=launcher()) as pool:
+            await pool.wait_ready(1, timeout=READY)
+            before = (await pool.call("ping"))["pid"]
+            with pytest.raises(PickleNotAllowed, match="allow_pickle=True"):
+                await pool.run_sync(os.getpid)
+            assert (await pool.call("ping"))["pid"] == before
+        async with engine.open_pool(size=1, name=f"{marker}b", launcher=launcher(),
+                                    allow_pickle=True) as pool:
+            await pool.wait_ready(1, timeout=READY)
+            assert await pool.run_sync(os.getpid) == (await pool.call("ping"))["pid"]
+            assert await pool.run_sync(bytes, b"\x00\xff" * 100_000) == b"\x00\xff" * 100_000
