@@ -25,7 +25,7 @@ does; the script must keep its own start-up under ``if __name__ ==
 "__main__":`` (trio-parallel and anyio need that too).
 
 Unpickling runs code: the worker trusts its parent, which started it.
-Standard library only (``pickle`` is imported when the handler is made).
+Standard library only (``pickle`` is imported by the first call).
 """
 
 from __future__ import annotations
@@ -71,12 +71,17 @@ def make_handler(max_size: int,
     """The handler of PICKLE_COMMAND for a worker whose pickle frames are at
     most ``max_size`` bytes; ``format_exception(exc, skip_frames)`` is the
     runtime's traceback formatter."""
-    import pickle
-
-    loads, dumps = pickle.loads, pickle.dumps
+    # pickle is imported by the first call, not at start-up: importing it
+    # costs a worker's spawn-to-hello a few milliseconds.
+    codec: list[Callable[..., Any]] = []  # [loads, dumps] once imported
     parent_main = [os.environ.pop(MAIN_VARIABLE, "")]  # emptied once it is loaded
 
     def load_call(data: Any) -> Any:
+        if not codec:
+            import pickle
+
+            codec[:] = (pickle.loads, pickle.dumps)
+        loads = codec[0]
         try:
             return loads(data)
         except AttributeError:
@@ -102,6 +107,7 @@ def make_handler(max_size: int,
             return raised(request_id, exc)
         finally:
             enter_context(previous)
+        dumps = codec[1]
         try:
             payload = dumps(result, PROTOCOL)
         except Exception as exc:
@@ -126,6 +132,11 @@ def make_handler(max_size: int,
             message = str(exc)
         except Exception:
             message = f"<unprintable {type(exc).__name__}>"
+        if not codec:
+            import pickle
+
+            codec[:] = (pickle.loads, pickle.dumps)
+        dumps = codec[1]
         try:
             pickled: bytes | None = dumps(exc, PROTOCOL)
         except Exception:
