@@ -84,10 +84,12 @@ def announce(marker, tag):
 
 
 def wait_for_release(marker, tag, release):
-    """Announce, then block until the test writes a line to the FIFO ``release``."""
+    """Announce, then block until the test writes a line ("go\\n") to the FIFO
+    ``release``. Unbuffered, three bytes: a buffered readline could take the
+    line meant for another function waiting on the same FIFO."""
     announce(marker, tag)
-    with open(release) as f:
-        f.readline()
+    with open(release, "rb", buffering=0) as f:
+        f.read(3)
     return f"released {tag}"
 
 

@@ -314,7 +314,7 @@ async def test_a_timeout_interrupts_the_function_and_keeps_the_worker(marker: Fi
             assert await pool.run_sync(fns.pid) == before
 
 
-async def test_the_limiter_bounds_concurrent_calls() -> None:
+async def test_the_limiter_bounds_concurrent_calls(marker: Fifo, release: Fifo) -> None:
     limiter = trio.CapacityLimiter(1)
     spans: list[tuple[float, float]] = []
     with trio.fail_after(GUARD):
@@ -325,16 +325,17 @@ async def test_the_limiter_bounds_concurrent_calls() -> None:
                 nursery.start_soon(one)
     spans.sort()
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
-    # Without a limiter, the default (one per worker) lets both workers run at once.
-    spans.clear()
+    # Without a limiter, the default (one per worker) runs both workers at once:
+    # each function waits for a line that is written only once both started.
     with trio.fail_after(GUARD):
         async with trio.open_nursery() as nursery:
-            for _ in range(2):
-                async def two() -> None:
-                    spans.append(await engine.run_sync(fns.interval, 0.5))
-                nursery.start_soon(two)
-    first, second = sorted(spans)
-    assert second[0] < first[1]  # they overlapped
+            for tag in ("a", "b"):
+                nursery.start_soon(engine.run_sync, fns.wait_for_release, marker.path, tag,
+                                   release.path)
+            await marker.wait("a")
+            await marker.wait("b")
+            release.write_line()
+            release.write_line()
 
 
 # --- sessions ----------------------------------------------------------------------------
