@@ -241,6 +241,25 @@ def startup_rows(s: dict[str, Any]) -> list[Row]:
     return out
 
 
+def origin_rows(o: dict[str, Any]) -> list[Row]:
+    out = [_heading("the origin's success metrics, default PoolConfig (issue 17)")]
+    c, a, v, h = o["checkouts"], o["affinity"], o["availability"], o["hung"]
+    out.append((f"checkout success, {c['total']} checkouts", f"{c['ok']}/{c['total']}", "",
+                "", "500/500", verdict(c["ok"] == c["total"] == 500)))
+    rate = a["hits"] / a["total"]
+    out.append(("session affinity hit rate", f"{rate:.1%} ({a['hits']}/{a['total']})", "", "",
+                "> 95%", verdict(rate > 0.95)))
+    share = v["ok"] / v["total"]
+    out.append((f"availability with Retry, a kill every {v['kill_every']:g} s",
+                f"{share:.3%} ({v['ok']:,}/{v['total']:,})", "", f"{v['kills']} kills",
+                ">= 99.9%", verdict(share >= 0.999)))
+    worst = max(h["seconds"])
+    out.append(("hung worker (SIGSTOP while idle) out of service", f"{ms(worst)} (worst)", "",
+                f"{worst / h['bound']:.2f}x interval + timeout", "< 5 s",
+                verdict(worst < 5.0)))
+    return out
+
+
 def cancel_rows(c: dict[str, Any]) -> list[Row]:
     out = [_heading(f"a call cancelled mid-way, 1 worker: medians of {c['rounds']} "
                     "interleaved rounds")]
@@ -296,6 +315,8 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.extend(scale_rows(r["scale"]))
     if "startup" in r:
         out.extend(startup_rows(r["startup"]))
+    if "origin" in r:
+        out.extend(origin_rows(r["origin"]))
     if "cancel" in r:
         out.extend(cancel_rows(r["cancel"]))
     if "remote" in r:
