@@ -87,6 +87,7 @@ def _child_env(request: SpawnRequest) -> dict[str, str]:
         # The launcher (ssh needs HOME, SSH_AUTH_SOCK, ...) gets this process's
         # environment as it is; the worker's is set at the far end (build_argv).
         env.pop(SYS_PATH_VARIABLE, None)
+        env.pop(PREFIX_VARIABLE, None)
         return env
     if request.env:
         env.update(request.env)

@@ -102,6 +102,7 @@ def test_only_this_interpreter_with_the_parents_sys_path_skips_site(site_dir: Pa
 
 
 APP_SOURCE = """\
+    import os
     import sys
 
     from engine.workers.app import App
@@ -113,7 +114,8 @@ APP_SOURCE = """\
         import attrs  # from site-packages: the parent's sys.path has it
         return {"no_site": sys.flags.no_site, "prefix": sys.prefix,
                 "exec_prefix": sys.exec_prefix, "exit": callable(exit),
-                "quit": callable(quit), "attrs": attrs.__name__}
+                "quit": callable(quit), "attrs": attrs.__name__,
+                "variable": os.environ.get("ENGINE_WORKER_PREFIX")}
 """
 
 
@@ -130,4 +132,4 @@ async def test_a_worker_started_either_way_looks_the_same(
             answer = await pool.call("started")
     assert answer == {"no_site": expected_no_site, "prefix": sys.prefix,
                       "exec_prefix": sys.exec_prefix, "exit": True, "quit": True,
-                      "attrs": "attrs"}
+                      "attrs": "attrs", "variable": None}
