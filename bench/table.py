@@ -223,7 +223,8 @@ def startup_rows(s: dict[str, Any]) -> list[Row]:
         start = p["start"] / p["ideal_start"]
         if workers == "4":
             out.append((f"pool start, {workers} workers", ms(p["start"]), "",
-                        f"{p['start'] / hello:.2f}x hello", "< 100 ms (issue 17)",
+                        f"{p['start'] / hello:.2f}x hello, {p['start'] / bare:.2f}x bare",
+                        "< 100 ms (issue 17)",
                         verdict(p["start"] < 0.1)))
         else:
             out.append((f"pool start, {workers} worker{plural}", ms(p["start"]), "",
@@ -238,6 +239,25 @@ def startup_rows(s: dict[str, Any]) -> list[Row]:
     ratio = r["worker"] / r["bare"]
     out.append(("RSS: idle pool worker", mib(r["worker"]), "", f"{ratio:.2f}x bare",
                 "<= 1.10x (was ~1.06x)", verdict(ratio <= 1.10)))
+    return out
+
+
+def origin_rows(o: dict[str, Any]) -> list[Row]:
+    out = [_heading("the origin's success metrics, default PoolConfig (issue 17)")]
+    c, a, v, h = o["checkouts"], o["affinity"], o["availability"], o["hung"]
+    out.append((f"checkout success, {c['total']} checkouts", f"{c['ok']}/{c['total']}", "",
+                "", "500/500", verdict(c["ok"] == c["total"] == 500)))
+    rate = a["hits"] / a["total"]
+    out.append(("session affinity hit rate", f"{rate:.1%} ({a['hits']}/{a['total']})", "", "",
+                "> 95%", verdict(rate > 0.95)))
+    share = v["ok"] / v["total"]
+    out.append((f"availability with Retry, a kill every {v['kill_every']:g} s",
+                f"{share:.3%} ({v['ok']:,}/{v['total']:,})", "", f"{v['kills']} kills",
+                ">= 99.9%", verdict(share >= 0.999)))
+    worst = max(h["seconds"])
+    out.append(("hung worker (SIGSTOP while idle) out of service", f"{ms(worst)} (worst)", "",
+                f"{worst / h['bound']:.2f}x interval + timeout", "< 5 s",
+                verdict(worst < 5.0)))
     return out
 
 
@@ -347,6 +367,8 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.extend(scale_rows(r["scale"]))
     if "startup" in r:
         out.extend(startup_rows(r["startup"]))
+    if "origin" in r:
+        out.extend(origin_rows(r["origin"]))
     if "cancel" in r:
         out.extend(cancel_rows(r["cancel"]))
     if "remote" in r:

@@ -186,7 +186,13 @@ class PoolConfig:
     breaker_threshold: int | None = attrs.field(default=None, validator=_positive_int)
     breaker_window: float = attrs.field(default=10.0, validator=_positive)
     breaker_reset: float = attrs.field(default=2.0, validator=_positive)
-    health_interval: float | None = attrs.field(default=None, validator=_positive)
+    # Idle health checks, on by default: a worker idle (neither used nor probed)
+    # for health_interval is probed; no answer within health_timeout replaces it
+    # at once. So a worker frozen while idle (stopped, deadlocked, stuck in C)
+    # is out of service within health_interval + health_timeout (4 s), and the
+    # probe holds its lease meanwhile, so no checkout is handed it. A probe is
+    # one small round trip per idle worker per interval: negligible CPU.
+    health_interval: float | None = attrs.field(default=2.0, validator=_positive)
     health_timeout: float = attrs.field(default=2.0, validator=_positive)
     max_health_failures: int = attrs.field(default=3, validator=_positive_int)
     max_calls_per_worker: int | None = attrs.field(default=None, validator=_positive_int)

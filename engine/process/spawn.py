@@ -36,9 +36,10 @@ from engine.process.channel_worker import ChannelWorker
 from engine.process.handle import ExitInfo, SpawnRequest
 from engine.process.launch import Launcher
 from engine.process.output import line_sink
+from engine.process.site_skip import skips_site
 from engine.protocol import ABANDON_SIGNAL
 from engine.workers.pickled import MAIN_VARIABLE
-from engine.workers.runtime import SYS_PATH_VARIABLE
+from engine.workers.runtime import PREFIX_VARIABLE, SYS_PATH_VARIABLE
 
 logger = logging.getLogger("engine.worker")
 
@@ -53,6 +54,10 @@ _STOP_GRACE = 2.0
 _MAX_LINE_BYTES = 65536
 # Linux refuses a single environment string longer than 128 KiB (MAX_ARG_STRLEN).
 _MAX_SYS_PATH_BYTES = 100_000
+# How a local worker runs the runtime: -c rather than -m, which would import
+# runpy (with importlib.util and contextlib) in every worker, a tenth of its
+# start-up. The command line still names the module.
+_RUN_RUNTIME = ("-c", "from engine.workers.runtime import main; main()")
 # waitid flags for a liveness check that leaves an exited child for the watcher.
 _PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
 
@@ -72,7 +77,11 @@ def build_argv(request: SpawnRequest) -> list[str]:
     if isinstance(launcher, Launcher):
         return launcher.command(worker_args, extra_env=request.env)
     python = list(request.python) or [sys.executable]
-    return [*launcher, *python, "-m", "engine.workers.runtime", *worker_args]
+    # -S: the worker skips site when the parent's sys.path and prefix give it
+    # all site would (see site_skip): a third of a pool's start-up here.
+    env = {**os.environ, **(request.env or {})}
+    no_site = ["-S"] if skips_site(request, env, parent_sys_path(request)) else []
+    return [*launcher, *python, *no_site, *_RUN_RUNTIME, *worker_args]
 
 
 def _child_env(request: SpawnRequest) -> dict[str, str]:
@@ -81,6 +90,8 @@ def _child_env(request: SpawnRequest) -> dict[str, str]:
         # The launcher (ssh needs HOME, SSH_AUTH_SOCK, ...) gets this process's
         # environment as it is; the worker's is set at the far end (build_argv).
         env.pop(SYS_PATH_VARIABLE, None)
+        env.pop(PREFIX_VARIABLE, None)
+        env.pop(MAIN_VARIABLE, None)
         return env
     if request.env:
         env.update(request.env)
@@ -90,10 +101,13 @@ def _child_env(request: SpawnRequest) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.pop(SYS_PATH_VARIABLE, None)  # never a value meant for another process
+    env.pop(PREFIX_VARIABLE, None)
     env.pop(MAIN_VARIABLE, None)
     sys_path = parent_sys_path(request)
     if sys_path is not None:
         env[SYS_PATH_VARIABLE] = sys_path
+        # A worker started without site (-S) would not find the venv's prefix.
+        env[PREFIX_VARIABLE] = json.dumps([sys.prefix, sys.exec_prefix])
         main = parent_main() if request.pickle_frame_size else None
         if main is not None:
             env[MAIN_VARIABLE] = main

@@ -121,6 +121,8 @@ MAX_TRACEBACK = 65536
 
 # The parent's sys.path, as a JSON list (see adopt_parent_sys_path).
 SYS_PATH_VARIABLE = "ENGINE_WORKER_SYS_PATH"
+# The parent's [sys.prefix, sys.exec_prefix], for a worker started without site.
+PREFIX_VARIABLE = "ENGINE_WORKER_PREFIX"
 
 USAGE = ("usage: python -m engine.workers.runtime --app MODULE[:ATTR] --worker-id ID "
          "[--max-frame-size N] [--busy-poll-us N] [--pickle-frame-size N]")
@@ -416,6 +418,31 @@ def adopt_parent_sys_path() -> None:
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise UsageError(f"{SYS_PATH_VARIABLE} must be a JSON list of strings, got {raw[:80]!r}")
     sys.path[:] = entries
+    _adopt_site(os.environ.pop(PREFIX_VARIABLE, None))
+
+
+def _adopt_site(prefix: str | None) -> None:
+    """A worker the parent started without site (``-S``, engine.process.site_skip):
+    what site would have set and a handler may use, so that the worker looks
+    like one started as usual: the venv's ``sys.prefix`` (site sets it from
+    ``pyvenv.cfg``) and the ``exit``/``quit``/``help`` builtins. Its sys.path
+    is the parent's already."""
+    if not sys.flags.no_site:
+        return
+    import json
+
+    try:
+        prefixes = json.loads(prefix) if prefix is not None else None
+    except ValueError:
+        prefixes = None
+    if isinstance(prefixes, list) and len(prefixes) == 2 \
+            and all(isinstance(p, str) for p in prefixes):
+        sys.prefix, sys.exec_prefix = prefixes
+    import site  # with -S its import runs nothing: these only define builtins
+
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
 
 
 def load_app(spec: str) -> App:

@@ -38,7 +38,8 @@ def _scale(cpu_us: float, workers: int, callers: int) -> dict[str, Any]:
 
 def results(*, pool_us: float = 15.0, contended_pool_us: float = 100.0,
             queue_ratio: float = 1.3, skip_256: bool = False,
-            cancel_s: float = 0.001) -> dict[str, Any]:
+            cancel_s: float = 0.001, affinity_hits: int = 100,
+            hung_s: float = 4.0) -> dict[str, Any]:
     latency = {name: _seq(us) for name, us in (
         ("spin", 10.0), ("spin_trio", 11.0), ("process_worker", 12.0), ("checkout", 3.0),
         ("pool", pool_us), ("pool_no_poll", 30.0), ("floor", 14.0), ("json_floor", 16.0),
@@ -70,6 +71,11 @@ def results(*, pool_us: float = 15.0, contended_pool_us: float = 100.0,
                     "pool": pool_sizes, "rss": {"bare": 10.0 * 2**20, "worker": 10.6 * 2**20}},
         "cancel": {"rounds": 20, "kill": 0.05, "cooperative": cancel_s},
         "run_sync": _run_sync(),
+        "origin": {"checkouts": {"ok": 500, "total": 500},
+                   "affinity": {"hits": affinity_hits, "total": 100},
+                   "availability": {"ok": 9990, "total": 10_000, "kills": 20,
+                                    "kill_every": 0.5},
+                   "hung": {"seconds": [3.9, hung_s], "bound": 4.0}},
     }
 
 
@@ -129,7 +135,8 @@ def test_a_skipped_pool_size_says_so_and_judges_nothing() -> None:
 
 def test_only_the_sections_that_ran_have_rows() -> None:
     r = results()
-    for section in ("throughput", "idle", "contended", "scale", "startup", "cancel"):
+    for section in ("throughput", "idle", "contended", "scale", "startup", "cancel",
+                    "origin"):
         del r[section]
     table = rows(r)
     assert table and all(not row[0].startswith("[throughput") for row in table)
@@ -211,3 +218,15 @@ def test_run_sync_throughput_bytes_and_batch_targets(figures: dict[str, float], 
     start = next(i for i, row in enumerate(table) if row[0].startswith(heading))
     judged = [row[5] for row in table[start + 1:start + 4] if row[5]]
     assert judged[0] == verdict
+
+
+@pytest.mark.parametrize(("hits", "verdict"), [(96, "PASS"), (95, "FAIL")])
+def test_affinity_hit_rate_above_95_percent(hits: int, verdict: str) -> None:
+    assert _row(rows(results(affinity_hits=hits)), "session affinity")["result"] == verdict
+
+
+@pytest.mark.parametrize(("seconds", "verdict"), [(4.99, "PASS"), (5.0, "FAIL")])
+def test_hung_worker_out_of_service_within_5_seconds(seconds: float, verdict: str) -> None:
+    row = _row(rows(results(hung_s=seconds)), "hung worker")
+    assert row["result"] == verdict
+    assert row["ratio"] == f"{seconds / 4.0:.2f}x interval + timeout"
