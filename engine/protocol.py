@@ -383,13 +383,21 @@ class FrameDecoder:
         if expected is None or len(self._buffer) < HEADER_SIZE + expected:
             return None
         end = HEADER_SIZE + expected
+        self._expected = None
+        if self._pickled:
+            if len(self._buffer) == end:
+                # The buffer holds this frame alone (a large run_sync value, as
+                # a rule): hand it over as a view instead of copying megabytes.
+                view = memoryview(self._buffer)[HEADER_SIZE:]
+                self._buffer = bytearray()
+                return decode_pickle_body(view)
+            body = self._buffer[HEADER_SIZE:end]
+            del self._buffer[:end]
+            return decode_pickle_body(body)
         body = self._buffer[HEADER_SIZE:end]  # one copy; decode_body takes a bytearray
         del self._buffer[:end]
         # The next header is checked on the next call, so a good frame is never
         # lost because garbage follows it.
-        self._expected = None
-        if self._pickled:
-            return decode_pickle_body(body)
         return decode_body(body)
 
     def messages(self) -> Iterator[dict[str, Any]]:
@@ -447,11 +455,16 @@ class Pickled:
 
 
 def encode_pickle_frame(request_id: int, kind: int, payload: bytes, session: str | None,
-                        max_size: int) -> bytes:
+                        max_size: int, payload_size: int | None = None) -> bytes:
     """A pickle frame (kind PICKLE_CALL, PICKLE_RESULT or PICKLE_RAISED); raises
-    RequestTooLarge (a ValueError) beyond ``max_size`` bytes of body."""
+    RequestTooLarge (a ValueError) beyond ``max_size`` bytes of body.
+
+    ``payload_size``: encode only the frame's start (header, envelope,
+    session) for a payload of that many bytes, which the caller writes right
+    after it (no copy of a large payload)."""
     name = b"" if session is None else session.encode("utf-8", "surrogatepass")
-    size = _PICKLE_ENVELOPE + len(name) + len(payload)
+    size = _PICKLE_ENVELOPE + len(name) + (len(payload) if payload_size is None
+                                           else payload_size)
     if size > max_size or len(name) >= _NO_SESSION:
         raise RequestTooLarge(command=PICKLE_COMMAND, size=size, max_frame_size=max_size,
                               setting="max_pickle_frame_size")
@@ -460,7 +473,7 @@ def encode_pickle_frame(request_id: int, kind: int, payload: bytes, session: str
     return b"".join((head, name, payload)) if name else head + payload
 
 
-def decode_pickle_body(body: bytes | bytearray) -> dict[str, Any]:
+def decode_pickle_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     """A pickle frame's body as a message: a request (``command`` is
     PICKLE_COMMAND, ``args`` a Pickled) or a reply (``ok``, ``result`` a
     Pickled). The payload is a view of ``body``: nothing is copied."""

@@ -860,3 +860,18 @@ def test_the_hello_announces_codecs_only_when_there_are_some() -> None:
     assert protocol.parse_hello(plain).codecs == ()
     pickled = protocol.hello_message("w", 1, "app", [], codecs=(protocol.PICKLE_CODEC,))
     assert protocol.parse_hello(pickled).codecs == (protocol.PICKLE_CODEC,)
+
+
+def test_pickle_frames_back_to_back_and_a_header_written_apart_decode_alike() -> None:
+    payload = b"p" * 70_000
+    whole = protocol.encode_pickle_frame(5, protocol.PICKLE_RESULT, payload, None, 1 << 20)
+    head = protocol.encode_pickle_frame(5, protocol.PICKLE_RESULT, b"", None, 1 << 20,
+                                        payload_size=len(payload))
+    assert head + payload == whole  # what the worker writes in two parts
+    decoder = FrameDecoder(max_pickle_frame_size=1 << 20)
+    decoder.feed(whole + whole[:10])  # the next frame's start follows: copied out
+    first = decoder.next_message()
+    decoder.feed(whole[10:])  # now the buffer holds one frame alone: handed over
+    second = decoder.next_message()
+    assert first is not None and second is not None and decoder.buffered == 0
+    assert bytes(first["result"].data) == bytes(second["result"].data) == payload

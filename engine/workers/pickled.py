@@ -51,18 +51,22 @@ if TYPE_CHECKING:
 
 PROTOCOL = 5
 MAX_TRACEBACK = 65536
+# A result this large is written after its header rather than joined to it.
+_SPLIT_AT = 1 << 16
 #: How the parent's main module is found: "path:/abs/script.py" or
 #: "module:pkg.mod" (set by the parent at spawn, removed at once here).
 MAIN_VARIABLE = "ENGINE_WORKER_MAIN"
 
 
 class ReadyFrame:
-    """A handler's reply that is a whole frame already (the runtime writes it as is)."""
+    """A handler's reply that is a whole frame already, in one or more parts
+    that the runtime writes in order (a large payload is not copied to be
+    joined to its header)."""
 
-    __slots__ = ("frame",)
+    __slots__ = ("parts",)
 
-    def __init__(self, frame: bytes) -> None:
-        self.frame = frame
+    def __init__(self, *parts: bytes) -> None:
+        self.parts = parts
 
 
 def make_handler(max_size: int,
@@ -115,8 +119,12 @@ def make_handler(max_size: int,
                   "return a value pickle can carry")
             return raised(request_id, exc)
         try:
-            return ReadyFrame(encode_pickle_frame(request_id, PICKLE_RESULT, payload, None,
-                                                  max_size))
+            if len(payload) < _SPLIT_AT:
+                return ReadyFrame(encode_pickle_frame(request_id, PICKLE_RESULT, payload,
+                                                      None, max_size))
+            head = encode_pickle_frame(request_id, PICKLE_RESULT, b"", None, max_size,
+                                       payload_size=len(payload))
+            return ReadyFrame(head, payload)
         except ValueError:
             return ReadyFrame(encode_frame(error_response(
                 request_id, "ResultTooLarge",

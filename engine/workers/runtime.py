@@ -693,7 +693,8 @@ class Worker:
             return
         channel = self.channel
         if type(result) is ReadyFrame:  # a run_sync reply, a frame already
-            channel.write(result.frame)
+            for part in result.parts:
+                channel.write(part)
             return
         # The reply, inlined (ok_response too): this is the path every call takes.
         message = {"id": request.id, "ok": True, "result": result}
