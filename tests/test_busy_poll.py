@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 
 from engine.busy_poll import (
+    BACKOFF,
     DEFAULT_BUSY_POLL,
+    DESCHEDULED,
+    MAX_BACKOFF,
     MAX_BUSY_POLL,
     MAX_BUSY_POLL_US,
     PROBE_EVERY,
@@ -48,10 +51,23 @@ def policy(typical_wait: float = 0.0, budget: float = BUDGET) -> tuple[BusyPollP
     return BusyPollPolicy(budget, typical_wait=typical_wait, clock=clock), clock
 
 
+# One pass of a poll loop on a CPU of its own: a few microseconds (exact).
+PASS = 2.0 ** -18
+
+
 def frame(p: BusyPollPolicy, clock: FakeClock, took: float) -> bool:
-    """One wait whose frame came ``took`` seconds after it began; True if it polled."""
+    """One wait whose frame came ``took`` seconds after it began; True if it polled.
+
+    A polling wait polls in passes of :data:`PASS` until the frame comes or the
+    policy says stop (never descheduled), then blocks for the rest."""
     until = p.begin_wait()
-    clock.now += took
+    arrives = clock.now + took
+    if until:
+        while clock.now + PASS < arrives:
+            clock.now += PASS
+            if not p.keep_polling(until):
+                break
+    clock.now = arrives
     p.frame_arrived()
     return bool(until)
 
@@ -93,11 +109,13 @@ def test_the_default_clock_is_perf_counter() -> None:
 def test_a_polling_wait_polls_for_the_budget_from_its_start() -> None:
     p, clock = policy()
     assert p.begin_wait() == 1000.0 + BUDGET
-    clock.now += BUDGET / 2
+    clock.now += PASS
+    assert p.keep_polling(1000.0 + BUDGET)
+    clock.now += PASS
     p.frame_arrived()
     clock.now += 5.0  # between waits: not measured
     # The deadline is the budget after *this* wait began.
-    assert p.begin_wait() == 1005.0 + BUDGET / 2 + BUDGET
+    assert p.begin_wait() == 1005.0 + 2 * PASS + BUDGET
 
 
 def test_the_starting_average_decides_the_first_wait() -> None:
@@ -193,7 +211,135 @@ def test_a_wait_that_never_begun_is_not_measured() -> None:
 def test_repr_shows_the_state() -> None:
     p, clock = policy()
     frame(p, clock, BUDGET)
-    assert repr(p) == f"BusyPollPolicy(budget={BUDGET!r}, typical_wait={BUDGET / 4!r}, waits=1)"
+    assert repr(p) == (f"BusyPollPolicy(budget={BUDGET!r}, typical_wait={BUDGET / 4!r}, "
+                       f"waits=1, contended=0, off_until=0)")
+
+
+# --- contention ---------------------------------------------------------------------------
+
+
+def descheduled_wait(p: BusyPollPolicy, clock: FakeClock, lost: float = 0.01) -> bool:
+    """A wait during which the end, polling, lost its CPU for ``lost`` seconds
+    (a pass of the poll loop took that long); True if it polled."""
+    until = p.begin_wait()
+    if until:
+        clock.now += PASS
+        assert p.keep_polling(until)
+        clock.now += lost
+        assert not p.keep_polling(until)  # stops at once
+    clock.now += PASS
+    p.frame_arrived()
+    return bool(until)
+
+
+def test_the_limits_of_contention() -> None:
+    # A pass takes microseconds; the budget is far more than one lost pass.
+    assert PASS < DESCHEDULED < DEFAULT_BUSY_POLL
+    assert BACKOFF == PROBE_EVERY < MAX_BACKOFF
+
+
+def test_a_descheduled_pass_stops_polling_at_once_and_for_backoff_waits() -> None:
+    p, clock = policy()
+    assert polled_waits(p, clock, took=PASS * 4, waits=3) == [1, 2, 3]
+    assert descheduled_wait(p, clock)  # wait 4 polled and lost its CPU
+    assert p.contended == 1 and p.off_until == 4 + BACKOFF
+    # Fast frames (the average is under the budget) and the probe on wait 8:
+    # all blocked until the backoff is over; wait 12 re-probes, and it pays.
+    assert polled_waits(p, clock, took=PASS * 4, waits=BACKOFF + 4) == list(range(12, 17))
+    assert p.backoff == BACKOFF and p.contended == 1
+
+
+def test_a_pass_of_exactly_descheduled_is_not_contention() -> None:
+    p, clock = policy()
+    until = p.begin_wait()
+    clock.now += DESCHEDULED
+    assert p.keep_polling(until)
+    clock.now += DESCHEDULED
+    p.frame_arrived()
+    assert p.contended == 0 and p.off_until == 0
+    assert p.begin_wait()
+
+
+def test_the_pass_that_finds_the_frame_is_checked_too() -> None:
+    p, clock = policy()
+    p.begin_wait()
+    clock.now += 0.01  # descheduled between the last look and the one that found it
+    p.frame_arrived()
+    assert p.contended == 1 and p.off_until == 1 + BACKOFF
+    assert not p.begin_wait()
+
+
+def test_a_blocked_wait_is_never_contention() -> None:
+    # However long an end sleeps, it did not lose a CPU it was polling on.
+    p, clock = policy(typical_wait=SLOW)
+    for _ in range(PROBE_EVERY - 1):
+        assert not descheduled_wait(p, clock, lost=10.0)
+    assert p.contended == 0 and p.off_until == 0
+
+
+def test_a_poll_that_ran_out_its_budget_is_not_contention() -> None:
+    p, clock = policy()
+    until = p.begin_wait()
+    while p.keep_polling(until):
+        clock.now += PASS
+    assert clock.now == until  # polled to the end of its budget, no further
+    clock.now += 1.0  # then blocked a long time
+    p.frame_arrived()
+    assert p.contended == 0 and p.off_until == 0
+
+
+def test_descheduled_re_probes_back_off_exponentially_up_to_a_cap() -> None:
+    p, clock = policy()
+    assert descheduled_wait(p, clock)
+    polled = []
+    expected = []
+    at, backoff = 1, BACKOFF
+    for _ in range(8):
+        at += backoff
+        expected.append(at)
+        backoff = min(2 * backoff, MAX_BACKOFF)
+    while p.waits < expected[-1]:
+        if descheduled_wait(p, clock):
+            polled.append(p.waits)
+    # Only the re-probes polled, each after twice as many waits as the last.
+    assert polled == expected
+    assert p.backoff == MAX_BACKOFF and p.contended == 9
+    assert p.off_until == expected[-1] + MAX_BACKOFF
+
+
+def test_a_re_probe_that_pays_resets_the_backoff() -> None:
+    p, clock = policy()
+    for _ in range(3):  # contention: backoff 8, then 16, then 32
+        descheduled_wait(p, clock)
+        while p.waits < p.off_until - 1:
+            assert not descheduled_wait(p, clock)
+    assert p.backoff == 4 * BACKOFF
+    # The contention is gone: the re-probe pays, and polling is back for good.
+    assert frame(p, clock, took=PASS * 4)
+    assert p.backoff == BACKOFF
+    start = p.waits
+    assert polled_waits(p, clock, took=PASS * 4, waits=20) == list(range(start + 1,
+                                                                        start + 21))
+    # The next contention backs off from the start again.
+    descheduled_wait(p, clock)
+    assert p.off_until == p.waits + BACKOFF
+
+
+def test_a_slow_re_probe_neither_resets_nor_doubles() -> None:
+    # A re-probe that polled its budget out without losing its CPU says nothing
+    # about contention; the average (now slow) decides what follows.
+    p, clock = policy()
+    descheduled_wait(p, clock)
+    while p.waits < p.off_until - 1:
+        frame(p, clock, took=FAST)
+    assert frame(p, clock, took=SLOW)  # the re-probe: no frame within the budget
+    assert p.backoff == BACKOFF and p.contended == 1
+    p.backoff = 3 * BACKOFF  # as if re-probes had been descheduled before
+    p.typical_wait = 0.0  # and frames fast again: this wait polls, not a re-probe
+    assert descheduled_wait(p, clock)
+    assert p.contended == 2
+    assert p.backoff == 3 * BACKOFF  # not a re-probe: the backoff stands
+    assert p.off_until == p.waits + 3 * BACKOFF
 
 
 # --- import weight -----------------------------------------------------------------------
