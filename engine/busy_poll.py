@@ -46,7 +46,7 @@ DESCHEDULED = 50e-6
 # polls once to see whether it pays again; each probe that is descheduled too
 # doubles the wait before the next one, up to MAX_BACKOFF.
 BACKOFF = PROBE_EVERY
-MAX_BACKOFF = 256
+MAX_BACKOFF = 1024
 _FOREVER = float("inf")
 
 
