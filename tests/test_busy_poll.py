@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from engine.busy_poll import (
-    BACKOFF,
     DEFAULT_BUSY_POLL,
     DESCHEDULED,
     MAX_BACKOFF,
@@ -132,14 +131,30 @@ def test_frames_within_the_budget_poll_on_every_wait() -> None:
     assert polled_waits(p, clock, took=BUDGET / 4, waits=20) == list(range(1, 21))
 
 
+def probes(count: int) -> list[int]:
+    """The wait numbers of the first ``count`` probes when none of them pays."""
+    at, backoff, out = PROBE_EVERY, PROBE_EVERY, []
+    for _ in range(count):
+        out.append(at)
+        backoff = min(2 * backoff, MAX_BACKOFF)
+        at += backoff
+    return out
+
+
+def test_probes_that_do_not_pay_back_off_exponentially_up_to_a_cap() -> None:
+    assert probes(10) == [8, 24, 56, 120, 248, 504, 1016, 2040, 3064, 4088]
+
+
 @pytest.mark.parametrize("typical_wait", [BUDGET, 2 * BUDGET, SLOW])
 def test_frames_at_or_over_the_budget_poll_only_on_probes(typical_wait: float) -> None:
     # Equal to the budget already counts as "not worth it"; the frames below
-    # take exactly the typical wait, so the average stays put.
+    # take exactly the typical wait, so the average stays put, and no probe
+    # pays (its frame comes when the budget is spent).
     p, clock = policy(typical_wait=typical_wait)
-    polled = polled_waits(p, clock, took=typical_wait, waits=3 * PROBE_EVERY)
-    assert polled == [PROBE_EVERY, 2 * PROBE_EVERY, 3 * PROBE_EVERY]
+    polled = polled_waits(p, clock, took=typical_wait, waits=probes(10)[-1])
+    assert polled == probes(10)
     assert p.typical_wait == typical_wait
+    assert p.backoff == MAX_BACKOFF and not p.contended
 
 
 def test_a_probe_polls_for_the_full_budget() -> None:
@@ -158,6 +173,21 @@ def test_every_wait_counts_towards_the_probe() -> None:
     frame(p, clock, FAST)
     p.typical_wait = SLOW  # replies turned slow after two waits
     assert polled_waits(p, clock, took=SLOW, waits=PROBE_EVERY) == [PROBE_EVERY]
+
+
+def test_a_probe_that_pays_brings_the_next_one_back_to_probe_every() -> None:
+    p, clock = policy(typical_wait=SLOW)
+    assert polled_waits(p, clock, took=SLOW, waits=3 * PROBE_EVERY) == [8, 24]
+    assert p.backoff == 4 * PROBE_EVERY and p.next_probe == 56
+    # The frame of the next probe comes within the budget (a blocked wait
+    # measured only the CPU's wake-up): the probes after it are 8 waits apart.
+    p.typical_wait = SLOW
+    while p.waits < 55:
+        assert not frame(p, clock, took=SLOW)
+    assert frame(p, clock, took=PASS)
+    assert p.backoff == PROBE_EVERY and p.next_probe == 56 + PROBE_EVERY
+    p.typical_wait = SLOW
+    assert polled_waits(p, clock, took=SLOW, waits=PROBE_EVERY) == [64]
 
 
 # --- the measurement ---------------------------------------------------------------------
@@ -212,7 +242,7 @@ def test_repr_shows_the_state() -> None:
     p, clock = policy()
     frame(p, clock, BUDGET)
     assert repr(p) == (f"BusyPollPolicy(budget={BUDGET!r}, typical_wait={BUDGET / 4!r}, "
-                       f"waits=1, contended=0, off_until=0)")
+                       f"waits=1, contended=False, next_probe=8)")
 
 
 # --- contention ---------------------------------------------------------------------------
@@ -235,18 +265,18 @@ def descheduled_wait(p: BusyPollPolicy, clock: FakeClock, lost: float = 0.01) ->
 def test_the_limits_of_contention() -> None:
     # A pass takes microseconds; the budget is far more than one lost pass.
     assert PASS < DESCHEDULED < DEFAULT_BUSY_POLL
-    assert BACKOFF == PROBE_EVERY < MAX_BACKOFF
+    assert PROBE_EVERY < MAX_BACKOFF
 
 
-def test_a_descheduled_pass_stops_polling_at_once_and_for_backoff_waits() -> None:
+def test_a_descheduled_pass_stops_polling_at_once_until_a_probe_pays() -> None:
     p, clock = policy()
     assert polled_waits(p, clock, took=PASS * 4, waits=3) == [1, 2, 3]
     assert descheduled_wait(p, clock)  # wait 4 polled and lost its CPU
-    assert p.contended == 1 and p.off_until == 4 + BACKOFF
-    # Fast frames (the average is under the budget) and the probe on wait 8:
-    # all blocked until the backoff is over; wait 12 re-probes, and it pays.
-    assert polled_waits(p, clock, took=PASS * 4, waits=BACKOFF + 4) == list(range(12, 17))
-    assert p.backoff == BACKOFF and p.contended == 1
+    assert p.contended and p.deschedules == 1
+    # Fast frames (the average is under the budget), yet waits 5-7 block;
+    # wait 8 probes, it pays, and polling is back.
+    assert polled_waits(p, clock, took=PASS * 4, waits=8) == [8, 9, 10, 11, 12]
+    assert not p.contended and p.backoff == PROBE_EVERY and p.deschedules == 1
 
 
 def test_a_pass_of_exactly_descheduled_is_not_contention() -> None:
@@ -256,7 +286,7 @@ def test_a_pass_of_exactly_descheduled_is_not_contention() -> None:
     assert p.keep_polling(until)
     clock.now += DESCHEDULED
     p.frame_arrived()
-    assert p.contended == 0 and p.off_until == 0
+    assert not p.contended and p.deschedules == 0
     assert p.begin_wait()
 
 
@@ -265,7 +295,7 @@ def test_the_pass_that_finds_the_frame_is_checked_too() -> None:
     p.begin_wait()
     clock.now += 0.01  # descheduled between the last look and the one that found it
     p.frame_arrived()
-    assert p.contended == 1 and p.off_until == 1 + BACKOFF
+    assert p.contended and p.deschedules == 1
     assert not p.begin_wait()
 
 
@@ -274,7 +304,7 @@ def test_a_blocked_wait_is_never_contention() -> None:
     p, clock = policy(typical_wait=SLOW)
     for _ in range(PROBE_EVERY - 1):
         assert not descheduled_wait(p, clock, lost=10.0)
-    assert p.contended == 0 and p.off_until == 0
+    assert not p.contended and p.deschedules == 0
 
 
 def test_a_poll_that_ran_out_its_budget_is_not_contention() -> None:
@@ -285,61 +315,55 @@ def test_a_poll_that_ran_out_its_budget_is_not_contention() -> None:
     assert clock.now == until  # polled to the end of its budget, no further
     clock.now += 1.0  # then blocked a long time
     p.frame_arrived()
-    assert p.contended == 0 and p.off_until == 0
+    assert not p.contended and p.deschedules == 0
+    assert p.backoff == PROBE_EVERY  # nor was it a probe
 
 
-def test_descheduled_re_probes_back_off_exponentially_up_to_a_cap() -> None:
+def test_under_lasting_contention_only_backed_off_probes_poll() -> None:
     p, clock = policy()
-    assert descheduled_wait(p, clock)
+    lost = 2 * DESCHEDULED  # a short loss: the frames stay fast on average
+    assert descheduled_wait(p, clock, lost)  # wait 1
     polled = []
-    expected = []
-    at, backoff = 1, BACKOFF
-    for _ in range(8):
-        at += backoff
-        expected.append(at)
-        backoff = min(2 * backoff, MAX_BACKOFF)
-    while p.waits < expected[-1]:
-        if descheduled_wait(p, clock):
+    while p.waits < probes(10)[-1]:
+        if descheduled_wait(p, clock, lost):
             polled.append(p.waits)
-    # Only the re-probes polled, each after twice as many waits as the last.
-    assert polled == expected
-    assert p.backoff == MAX_BACKOFF and p.contended == 9
-    assert p.off_until == expected[-1] + MAX_BACKOFF
+    # Fast frames all along (the average stays under the budget): only the
+    # probes polled, each descheduled, each after twice as many waits.
+    assert p.typical_wait < BUDGET
+    assert polled == probes(10)
+    assert p.backoff == MAX_BACKOFF and p.deschedules == 11 and p.contended
 
 
-def test_a_re_probe_that_pays_resets_the_backoff() -> None:
+def test_a_probe_that_pays_ends_contention_and_resets_the_backoff() -> None:
     p, clock = policy()
-    for _ in range(3):  # contention: backoff 8, then 16, then 32
+    descheduled_wait(p, clock)
+    while p.waits < probes(3)[-1]:  # probes 8, 24 and 56 are descheduled too
         descheduled_wait(p, clock)
-        while p.waits < p.off_until - 1:
-            assert not descheduled_wait(p, clock)
-    assert p.backoff == 4 * BACKOFF
-    # The contention is gone: the re-probe pays, and polling is back for good.
+    assert p.backoff == 8 * PROBE_EVERY and p.next_probe == 56 + 64
+    while p.waits < 56 + 63:
+        assert not frame(p, clock, took=PASS * 4)
+    # The contention is gone: the probe pays, and polling is back for good.
     assert frame(p, clock, took=PASS * 4)
-    assert p.backoff == BACKOFF
+    assert not p.contended and p.backoff == PROBE_EVERY
     start = p.waits
     assert polled_waits(p, clock, took=PASS * 4, waits=20) == list(range(start + 1,
                                                                         start + 21))
-    # The next contention backs off from the start again.
+    # The next contention starts from the shortest backoff again.
     descheduled_wait(p, clock)
-    assert p.off_until == p.waits + BACKOFF
+    assert p.contended and p.next_probe <= p.waits + PROBE_EVERY
 
 
-def test_a_slow_re_probe_neither_resets_nor_doubles() -> None:
-    # A re-probe that polled its budget out without losing its CPU says nothing
-    # about contention; the average (now slow) decides what follows.
+def test_a_probe_that_times_out_keeps_the_contention() -> None:
+    # A probe that polled its budget out without losing its CPU shows no
+    # contention, but no gain either: still off, and the next probe later.
     p, clock = policy()
     descheduled_wait(p, clock)
-    while p.waits < p.off_until - 1:
+    while p.waits < PROBE_EVERY - 1:
         frame(p, clock, took=FAST)
-    assert frame(p, clock, took=SLOW)  # the re-probe: no frame within the budget
-    assert p.backoff == BACKOFF and p.contended == 1
-    p.backoff = 3 * BACKOFF  # as if re-probes had been descheduled before
-    p.typical_wait = 0.0  # and frames fast again: this wait polls, not a re-probe
-    assert descheduled_wait(p, clock)
-    assert p.contended == 2
-    assert p.backoff == 3 * BACKOFF  # not a re-probe: the backoff stands
-    assert p.off_until == p.waits + 3 * BACKOFF
+    assert frame(p, clock, took=SLOW)  # the probe: no frame within the budget
+    assert p.contended and p.backoff == 2 * PROBE_EVERY and p.deschedules == 1
+    p.typical_wait = 0.0  # frames fast again: still only probes poll
+    assert not frame(p, clock, took=FAST)
 
 
 # --- import weight -----------------------------------------------------------------------

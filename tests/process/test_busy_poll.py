@@ -190,22 +190,23 @@ def one_request(poller: WorkerWaits, clock: FakeClock, pipe: tuple[int, int],
 
 
 @pytest.mark.layer1
-def test_busy_poller_sparse_requests_poll_only_on_every_8th_wait(
+def test_busy_poller_sparse_requests_poll_only_on_backed_off_probes(
         pipe: tuple[int, int]) -> None:
     budget = 100e-6
     clock = FakeClock()
     poller, polls = counting_poller(pipe[0], budget, clock)
     polled_on = []
-    for n in range(1, 25):
+    for n in range(1, 57):
         before = len(polls)
         one_request(poller, clock, pipe, gap=1.0)  # ten thousand budgets apart
         if len(polls) > before:
             polled_on.append(n)
     # The average gap is far above the budget: only the probes poll, each for
-    # its budget (four passes), and none of them is taken for contention.
-    assert polled_on == [8, 16, 24]
+    # its budget (four passes); none pays, so each comes twice as many waits
+    # after the one before; none of them is taken for contention.
+    assert polled_on == [8, 24, 56]
     assert polls == [0] * 12
-    assert poller.policy.contended == 0
+    assert not poller.policy.contended and poller.policy.deschedules == 0
 
 
 @pytest.mark.layer1
@@ -352,15 +353,17 @@ async def test_pipe_transport_stops_spinning_for_slow_replies(pipe: tuple[int, i
         assert got == [b"late"]
         return clock.reads - reads_before
 
-    reads = [await slow_reply() for _ in range(16)]
+    reads = [await slow_reply() for _ in range(24)]
     spun = [n for n, r in enumerate(reads, 1) if r > 2]
     # The first wait spins (nothing known yet), finds replies slow, and stops;
-    # only the probes on every 8th wait spin after that.
-    assert spun == [1, 8, 16]
-    assert policy.typical_wait > budget and policy.waits == 16
+    # only the probes spin after that (wait 8, then 16 waits later: the first
+    # did not pay).
+    assert spun == [1, 8, 24]
+    assert policy.typical_wait > budget and policy.waits == 24
     # A spinning read looks at the clock once per pass: it spun for its budget.
-    assert reads[0] == reads[7] == reads[15] > 2
-    assert {reads[n] for n in range(16) if n + 1 not in spun} == {2}
+    assert reads[0] == reads[7] == reads[23] > 2
+    assert {reads[n] for n in range(24) if n + 1 not in spun} == {2}
+    assert not policy.contended
 
 
 # --- layer 2: time_out and the pool timer over fake workers -----------------------------
