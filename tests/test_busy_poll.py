@@ -8,6 +8,7 @@ observation) and its import weight (the worker imports it at start-up).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
@@ -369,6 +370,8 @@ def test_a_probe_that_times_out_keeps_the_contention() -> None:
 # --- import weight -----------------------------------------------------------------------
 
 
+@pytest.mark.skipif("MUTANT_UNDER_TEST" in os.environ,
+                    reason="mutmut's instrumented copy of the module imports typing itself")
 def test_the_policy_imports_nothing_heavy() -> None:
     # The worker imports this module at start-up (spawn-to-hello is benchmarked).
     script = (
