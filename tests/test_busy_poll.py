@@ -282,12 +282,15 @@ def test_a_descheduled_pass_stops_polling_at_once_until_a_probe_pays() -> None:
 
 def test_a_pass_of_exactly_descheduled_is_not_contention() -> None:
     p, clock = policy()
+    clock.now = 0.0  # from 0, sums of DESCHEDULED (not a binary fraction) stay exact
     until = p.begin_wait()
     clock.now += DESCHEDULED
+    assert clock.now - 0.0 == DESCHEDULED
     assert p.keep_polling(until)
     clock.now += DESCHEDULED
+    assert clock.now - DESCHEDULED == DESCHEDULED
     p.frame_arrived()
-    assert not p.contended and p.deschedules == 0
+    assert p.contended is False and p.deschedules == 0
     assert p.begin_wait()
 
 
@@ -298,6 +301,14 @@ def test_the_pass_that_finds_the_frame_is_checked_too() -> None:
     p.frame_arrived()
     assert p.contended and p.deschedules == 1
     assert not p.begin_wait()
+    p.frame_arrived()
+    # Each time it counts: the probe (wait 8) is descheduled the same way.
+    while p.waits < PROBE_EVERY - 1:
+        frame(p, clock, took=FAST)
+    assert p.begin_wait()
+    clock.now += 0.01
+    p.frame_arrived()
+    assert p.contended and p.deschedules == 2
 
 
 def test_a_blocked_wait_is_never_contention() -> None:
@@ -345,7 +356,7 @@ def test_a_probe_that_pays_ends_contention_and_resets_the_backoff() -> None:
         assert not frame(p, clock, took=PASS * 4)
     # The contention is gone: the probe pays, and polling is back for good.
     assert frame(p, clock, took=PASS * 4)
-    assert not p.contended and p.backoff == PROBE_EVERY
+    assert p.contended is False and p.backoff == PROBE_EVERY
     start = p.waits
     assert polled_waits(p, clock, took=PASS * 4, waits=20) == list(range(start + 1,
                                                                         start + 21))
