@@ -143,20 +143,21 @@ class BusyPoller:
     the parent (which may share it) is not held up.
     """
 
-    __slots__ = ("_clock", "_poll")
+    __slots__ = ("_keep_polling", "_poll")
 
-    def __init__(self, fd: int, clock: Callable[[], float]) -> None:
+    def __init__(self, fd: int, keep_polling: Callable[[float], bool]) -> None:
         import select
 
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         self._poll = poller.poll
-        self._clock = clock  # the policy's: deadlines are readings of it
+        self._keep_polling = keep_polling  # the policy's: the budget, and contention
 
     def poll_until(self, until: float) -> None:
-        """Return once a request is readable or the clock reached ``until``."""
-        poll, clock, yield_cpu = self._poll, self._clock, os.sched_yield
-        while not poll(0) and clock() < until:
+        """Return once a request is readable, or when the policy says to stop
+        (the clock reached ``until``, or this process lost its CPU meanwhile)."""
+        poll, keep_polling, yield_cpu = self._poll, self._keep_polling, os.sched_yield
+        while not poll(0) and keep_polling(until):
             yield_cpu()
 
 
@@ -544,7 +545,7 @@ class Worker:
         if budget > 0:
             # Nothing is known of the requests to come: the first wait does not poll.
             policy = BusyPollPolicy(budget, typical_wait=budget)
-            poll_until = BusyPoller(stdin_fd, policy.clock).poll_until
+            poll_until = BusyPoller(stdin_fd, policy.keep_polling).poll_until
         while True:
             if self.stashed:
                 # The abandon signal's handler read stdin while a handler ran:
