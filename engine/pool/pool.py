@@ -265,6 +265,17 @@ class Pool:
     def metrics(self) -> telemetry.MetricsSnapshot:
         return self._metrics.snapshot()
 
+    def expect_death(self, worker_id: str) -> None:
+        """Say that the caller is about to kill (or crash) ``worker_id`` on
+        purpose: a chaos runner, a campaign, a test.
+
+        Its death is handled as any crash (replacement, telemetry,
+        ``worker_crashes``), but it is counted in the ``expected_deaths``
+        metric and logged at DEBUG instead of one WARNING line per death,
+        so that hundreds of planned kills do not bury an unexpected crash.
+        """
+        self._failures.expect_death(worker_id)
+
     def worker_pids(self) -> list[int]:
         """OS pids of the live worker processes (for tests and chaos): the
         processes this pool spawned, so for a remote worker its local launcher

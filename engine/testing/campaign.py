@@ -67,6 +67,9 @@ class CampaignResult:
     failure: str | None = None
     #: Outcomes of app-command calls: ``{command: {"ok" or error type: count}}``.
     app_calls: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    #: Worker deaths the campaign caused on purpose (kills, crash calls): the
+    #: pool counted them instead of logging each (``Pool.expect_death``).
+    expected_deaths: int = 0
 
 
 def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = None,
@@ -126,7 +129,8 @@ def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = 
             result = CampaignResult(app, False, machine.totals["examples"],
                                     machine.totals["steps"], batches,
                                     time.monotonic() - started, base, report,
-                                    _by_command(machine.app_calls))
+                                    _by_command(machine.app_calls),
+                                    machine.totals["expected_deaths"])
             out(f"FAILED after {result.examples} examples ({result.steps} steps) in "
                 f"{result.seconds:.0f}s; rerun with --seed {base + batches - 1} to "
                 "reproduce the batch")
@@ -136,12 +140,13 @@ def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = 
     finding = app_call_finding(calls)
     result = CampaignResult(app, finding is None, machine.totals["examples"],
                             machine.totals["steps"], batches, time.monotonic() - started,
-                            base, finding, calls)
+                            base, finding, calls, machine.totals["expected_deaths"])
     if calls:
         out("app commands: " + "; ".join(f"{name} {_counts(outcomes)}"
                                          for name, outcomes in calls.items()))
     summary = (f"{result.examples} examples, {result.steps} steps, {batches} batch(es) in "
-               f"{result.seconds:.0f}s")
+               f"{result.seconds:.0f}s, {result.expected_deaths} worker deaths "
+               "caused on purpose (kills, crash calls)")
     if finding is not None:
         out(finding)
         out(f"FAILED (finding) after {summary}")

@@ -302,6 +302,10 @@ class PoolMachine(RuleBasedStateMachine):
                 telemetry.detach(self.telemetry_id)
             if self.driver is not None:
                 self.driver.close()
+            if self.pool is not None:
+                # Deaths this example caused on purpose, for the campaign's summary.
+                type(self).totals["expected_deaths"] += \
+                    self.pool.metrics().counters.get("expected_deaths", 0)
         if self.factory is not None:
             left = [w.worker_id for w in self.factory.unreaped]
             assert not left, f"fake workers never reaped after close: {left}"
@@ -786,6 +790,7 @@ class PoolMachine(RuleBasedStateMachine):
         record.timeout = 0.5 if how == "timeout" else 10_000.0
         if stubborn:
             record.abandon = "stubborn"
+            self.expect_grace_kill(c)
         ops = c.ops
         assert ops is not None
         c.phase = "calling"
@@ -857,6 +862,8 @@ class PoolMachine(RuleBasedStateMachine):
             args = {"data": "xxxx"}  # reads as a frame length far above the limit
         elif command == "crash":
             args = {"code": 3}
+            if c.worker_id is not None:
+                self.pool.expect_death(c.worker_id)
         elif command == "fail":
             args = {"message": f"planned failure {arg}"}
         elif command == "create_program":
@@ -871,8 +878,16 @@ class PoolMachine(RuleBasedStateMachine):
         if command == "hang" or script.faults.get(command, script.reply_mode) == "hang" \
                 or script.on_abandon == "never":
             record.abandon = "stubborn"
+            self.expect_grace_kill(c)
         c.calls.append(record)
         return record
+
+    def expect_grace_kill(self, c: Checkout) -> None:
+        """A stubborn call: once given up, its worker is killed after
+        cancel_grace, a death this machine caused on purpose (counted, not
+        logged as a crash, when the lease's own next call finds it)."""
+        if c.worker_id is not None:
+            self.pool.expect_death(c.worker_id)
 
     # --- rules: deaths ----------------------------------------------------------------
 
@@ -887,6 +902,8 @@ class PoolMachine(RuleBasedStateMachine):
         for c in self.active:
             if c.phase == "calling" and c.worker_id == worker.worker_id:
                 c.calls[-1].killed_during = True
+        # Counted by the pool (the campaign's summary), not logged per kill.
+        self.pool.expect_death(worker.worker_id)
         # A real process takes a moment to die after SIGKILL: wait until it is
         # dead, or settle() could find everything quiet before the death.
         self.driver.run_sync(kill_and_settle, worker, 2.0)

@@ -4,6 +4,7 @@ remote error is a finding, not a pass."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -71,3 +72,24 @@ def test_random_arguments_for_commands_that_refuse_them_are_a_finding(
         counts = [int(n) for n in re.findall(r"(?:TypeError|KeyError) (\d+)", errors)]
         assert sum(counts) * 2 > int(total) and int(ok) + sum(counts) == int(total), errors
     assert "FAILED (finding)" in out and "passed:" not in out
+
+
+@pytest.mark.layer3
+def test_the_kills_a_campaign_causes_are_counted_in_its_summary_not_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="engine.pool")
+    for seed in range(21, 21 + ATTEMPTS):
+        lines: list[str] = []
+        result = run_campaign("engine.workers.programs", minutes=0.04, size=2, seed=seed,
+                              batch=10, steps=20, out=lines.append)
+        assert result.passed, "\n".join(lines)
+        if result.expected_deaths:
+            break
+    assert result.expected_deaths > 0, "the campaign killed no worker"
+    crashes = [r.getMessage() for r in caplog.records
+               if r.levelno >= logging.WARNING and "crashed" in r.getMessage()]
+    assert crashes == []  # not one "worker ... crashed: signal 9" line per kill
+    assert f"{result.expected_deaths} worker deaths caused on purpose" in lines[-1]
+    # every one of them was a death the pool was told of and logged quietly
+    quiet = [r for r in caplog.records if "(expected)" in r.getMessage()]
+    assert len(quiet) >= result.expected_deaths
