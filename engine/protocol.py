@@ -447,24 +447,31 @@ class Response:
 class Hello:
     """The worker's first message. ``host`` is the node name of the machine it
     runs on (``os.uname().nodename`` there), None from a worker that does not
-    say; its ``pid`` is a process of that machine."""
+    say; its ``pid`` is a process of that machine. ``schemas`` maps a command to
+    the shape of its arguments as the app declared it
+    (:mod:`engine.workers.schema`); empty when none is declared, and absent
+    from the hellos of workers that predate it."""
 
-    __slots__ = ("app", "commands", "host", "pid", "protocol", "worker_id")
+    __slots__ = ("app", "commands", "host", "pid", "protocol", "schemas", "worker_id")
 
     def __init__(self, protocol: int, worker_id: str, pid: int, app: str,
-                 commands: list[str], host: str | None = None) -> None:
+                 commands: list[str], host: str | None = None,
+                 schemas: dict[str, Any] | None = None) -> None:
         self.protocol = protocol
         self.worker_id = worker_id
         self.pid = pid
         self.app = app
         self.commands = commands
         self.host = host
+        self.schemas: dict[str, Any] = schemas or {}
 
     def to_result(self) -> dict[str, Any]:
         result = {"protocol": self.protocol, "worker_id": self.worker_id, "pid": self.pid,
                   "app": self.app, "commands": list(self.commands)}
         if self.host is not None:
             result["host"] = self.host
+        if self.schemas:
+            result["schemas"] = dict(self.schemas)
         return result
 
 
@@ -492,9 +499,10 @@ def error_response(id: int, type: str, message: str, traceback: str | None = Non
 
 
 def hello_message(worker_id: str, pid: int, app: str, commands: list[str],
-                  host: str | None = None) -> dict[str, Any]:
+                  host: str | None = None,
+                  schemas: dict[str, Any] | None = None) -> dict[str, Any]:
     return ok_response(HELLO_ID, Hello(PROTOCOL_VERSION, worker_id, pid, app,
-                                       commands, host).to_result())
+                                       commands, host, schemas).to_result())
 
 
 def parse_request(message: Any) -> Request:
@@ -591,4 +599,14 @@ def parse_hello(message: Any) -> Hello:
     host = result.get("host")
     if host is not None and not isinstance(host, str):
         raise ProtocolError("hello 'host' must be a string when present")
-    return Hello(protocol, worker_id, pid, app, commands, host)
+    schemas = result.get("schemas", {})
+    # Only the envelope is checked here: the worker checked the vocabulary
+    # when the app registered it, and the test kit checks it again on use.
+    if not isinstance(schemas, dict) or not all(
+            isinstance(name, str) and isinstance(shape, dict) for name, shape in schemas.items()):
+        raise ProtocolError("hello 'schemas' must map command names to schema objects")
+    undeclared = sorted(set(schemas) - set(commands))
+    if undeclared:
+        raise ProtocolError(f"hello 'schemas' describes {undeclared}, which are not in its "
+                            "'commands'")
+    return Hello(protocol, worker_id, pid, app, commands, host, schemas)

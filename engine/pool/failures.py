@@ -19,6 +19,9 @@ from engine.process.handle import WorkerHandle
 
 logger = logging.getLogger("engine.pool")
 
+#: Pending expected deaths kept per pool (a chaos runner claims one per kill).
+_MAX_EXPECTED = 1024
+
 
 class FailureTracker:
     """Start failures, crashes and the breaker's view of them."""
@@ -29,8 +32,16 @@ class FailureTracker:
         self._metrics = metrics
         self._failing_slots: set[int] = set()  # slots whose last start failed
         self._defect_reported = False
+        # Workers someone is killing on purpose (Pool.expect_death), oldest
+        # first; bounded, since a worker that dies another way is never removed.
+        self._expected: dict[str, None] = {}
         #: The most recent start failure (wait_ready names its reason).
         self.last_start_error: WorkerStartError | None = None
+
+    def expect_death(self, worker_id: str) -> None:
+        self._expected[worker_id] = None
+        if len(self._expected) > _MAX_EXPECTED:
+            del self._expected[next(iter(self._expected))]
 
     def worker_ready(self, slot: int) -> None:
         self._failing_slots.discard(slot)
@@ -38,6 +49,12 @@ class FailureTracker:
 
     def worker_crashed(self, slot: int, worker: WorkerHandle, reason: str) -> None:
         self._metrics.increment("worker_crashes")
+        if self._expected.pop(worker.worker_id, False) is None:
+            # Planned by the caller: counted (its summary reports it), not shouted.
+            self._metrics.increment("expected_deaths")
+            logger.debug("worker %s (pid %s) %s (expected)", worker.worker_id, worker.pid,
+                         reason)
+            return
         logger.warning("worker %s (pid %s) %s", worker.worker_id, worker.pid, reason)
 
     def start_failed(self, slot: int, error: WorkerStartError, consecutive: int) -> None:

@@ -265,6 +265,17 @@ class Pool:
     def metrics(self) -> telemetry.MetricsSnapshot:
         return self._metrics.snapshot()
 
+    def expect_death(self, worker_id: str) -> None:
+        """Say that the caller is about to kill (or crash) ``worker_id`` on
+        purpose: a chaos runner, a campaign, a test.
+
+        Its death is handled as any crash (replacement, telemetry,
+        ``worker_crashes``), but it is counted in the ``expected_deaths``
+        metric and logged at DEBUG instead of one WARNING line per death,
+        so that hundreds of planned kills do not bury an unexpected crash.
+        """
+        self._failures.expect_death(worker_id)
+
     def worker_pids(self) -> list[int]:
         """OS pids of the live worker processes (for tests and chaos): the
         processes this pool spawned, so for a remote worker its local launcher
@@ -644,22 +655,30 @@ async def open_pool(config: PoolConfig | None = None, **overrides: Any) -> Async
         # required method (a programming error, raised once), so a group
         # holding just that or the body's own exception is unwrapped: users
         # see what they (or their worker_factory) got wrong, not a group.
+        # Trio may re-derive a group the body raised (its own nursery's)
+        # while it passes through our scopes, so it is recognised by its
+        # leaves: when they are exactly the body's, the body's exception
+        # comes out as itself, not wrapped in ours.
         leaves = _leaves(group)
-        if len(leaves) == 1:
-            sole = leaves[0]
-            if sole is body_error or isinstance(sole, IncompleteWorkerHandle):
-                # from its own cause: a RemoteError keeps its remote traceback
-                raise sole from sole.__cause__
+        if body_error is not None and _same_leaves(leaves, _leaves(body_error)):
+            # from its own cause: a RemoteError keeps its remote traceback
+            raise body_error from body_error.__cause__
+        if len(leaves) == 1 and isinstance(leaves[0], IncompleteWorkerHandle):
+            raise leaves[0] from leaves[0].__cause__
         raise
 
 
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+def _leaves(error: BaseException) -> list[BaseException]:
     """The exceptions in a (possibly nested: the background tasks have a
-    nursery of their own) group."""
-    leaves: list[BaseException] = []
-    for error in group.exceptions:
-        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
-    return leaves
+    nursery of their own) group; a plain exception is its own leaf."""
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+
+
+def _same_leaves(ours: list[BaseException], body: list[BaseException]) -> bool:
+    return len(ours) == len(body) and all(
+        any(leaf is other for other in body) for leaf in ours)
 
 
 __all__ = ["EngineError", "Lease", "Pool", "PoolStatistics", "PoolView", "open_pool", "set_fault"]

@@ -9,7 +9,10 @@ and drives it with synchronous rules:
   the ``checkouts`` bundle, so any of them can be cancelled at any point;
 * calls on held leases (``ping``, ``echo``, and, when the app has them,
   ``sleep``, ``fail``, ``garbage``, ``crash``, ``hang``, ``create_program``,
-  ``list_programs``), checked against what the command must return;
+  ``list_programs``), checked against what the command must return; and
+  calls of *app commands* (named ones the machine does not know, or those
+  whose argument shape the hello declares) with arguments drawn from that
+  shape, any answer accepted and counted in ``app_calls``;
 * deaths: kill a worker (idle, leased, or in the middle of a call), kill the
   worker selected for a hand-off before its check, or after the grant and
   before the waiter takes it (fault injection), cancel a checkout between
@@ -90,6 +93,8 @@ from engine.process.procfs import pid_alive
 from engine.testing.driver import ContextHandle, DriverTimeout, TaskHandle, TrioDriver
 from engine.testing.fakes import FakeWorkerFactory, Script
 from engine.testing.faults import FaultRecord, inject_fault, kill_and_settle
+from engine.testing.strategies import from_schema
+from engine.workers.app import BUILTIN_COMMANDS
 
 __all__ = ["Checkout", "PoolMachine", "pool_machine"]
 
@@ -171,7 +176,7 @@ class Checkout:
     broken: bool = False
     cancel_at_handoff: bool = False
     settled: bool = False
-    one_call: tuple[str, int] | None = None  # make this call, then release
+    one_call: tuple[str, int, Any] | None = None  # make this call, then release
     #: The last call was abandoned in flight ("yields"/"stubborn"): the worker
     #: drains it before the next call, or in the background after release.
     pending_abandon: str | None = None
@@ -195,7 +200,15 @@ class PoolMachine(RuleBasedStateMachine):
     #: while a reported bug awaits its fix: "dead_worker_after_grant".
     tolerate: ClassVar[frozenset[str]] = frozenset()
     #: App commands the machine may call (None: all of the app's; ping always).
+    #: Named commands the machine does not know are *app commands*: called
+    #: with arguments of their declared shape (random JSON if undeclared), any
+    #: answer accepted, each outcome counted in :attr:`app_calls`.
     allowed_commands: ClassVar[frozenset[str] | None] = None
+    #: Also call, as app commands, every command whose shape the hello declares.
+    call_declared: ClassVar[bool] = False
+    #: Outcomes of app-command calls on healthy workers over every example:
+    #: ``(command, "ok")`` or ``(command, <remote error type>)``.
+    app_calls: ClassVar[collections.Counter[tuple[str, str]]]
     #: Totals over every example run by this class (the campaign reports them).
     totals: ClassVar[collections.Counter[str]]
 
@@ -213,6 +226,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.active: list[Checkout] = []
         self.violations: list[str] = []
         self.commands: set[str] = {"ping"}
+        self.app_commands: list[str] = []
+        self.app_args: dict[str, st.SearchStrategy[Any]] = {}
         self.closed = False
         self.fault_cm: Any = None
         self.fault: FaultRecord | None = None
@@ -261,13 +276,23 @@ class PoolMachine(RuleBasedStateMachine):
                          lambda event, measurements, metadata: self.drain_events.append(
                              dict(metadata)) if metadata["pool"] == label else None)
         self.settle()
+        schemas: dict[str, Any] = {}
         for slot in self.pool.inspect().slots:
             if slot.worker is not None:
                 self.commands = set(slot.worker.hello.commands)
+                schemas = slot.worker.hello.schemas
                 break
+        named: set[str] = set()
         if self.allowed_commands is not None:
             self.commands &= self.allowed_commands
-        self.commands.add("ping")
+            named = set(self.allowed_commands)
+        if self.call_declared:
+            named |= set(schemas)
+        # Called even when the app lacks them: the UnknownCommand answers are
+        # counted, so a campaign naming a wrong command is a finding.
+        self.app_commands = sorted(named - KNOWN_COMMANDS - set(BUILTIN_COMMANDS))
+        self.commands |= {"ping", *self.app_commands}
+        self.app_args = {name: from_schema(schemas.get(name, {})) for name in self.app_commands}
 
     def teardown(self) -> None:
         try:
@@ -277,6 +302,10 @@ class PoolMachine(RuleBasedStateMachine):
                 telemetry.detach(self.telemetry_id)
             if self.driver is not None:
                 self.driver.close()
+            if self.pool is not None:
+                # Deaths this example caused on purpose, for the campaign's summary.
+                type(self).totals["expected_deaths"] += \
+                    self.pool.metrics().counters.get("expected_deaths", 0)
         if self.factory is not None:
             left = [w.worker_id for w in self.factory.unreaped]
             assert not left, f"fake workers never reaped after close: {left}"
@@ -530,6 +559,13 @@ class PoolMachine(RuleBasedStateMachine):
             return
         if record.after_abandon is not None and self.check_after_abandon(c, record, what):
             return
+        if command in self.app_args:
+            # An app command on a healthy worker: whatever it answers is the
+            # app's business, but a campaign reports commands that mostly fail.
+            if error is None or isinstance(error, RemoteError):
+                outcome = "ok" if error is None else error.type
+                type(self).app_calls[(command, outcome)] += 1
+                return
         expected = self.expected_error(record)
         if expected is not None:
             if not isinstance(error, expected):
@@ -672,14 +708,14 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(lambda self: not self.fake or len(self.active) < self.max_checkouts)
     @rule(target=checkouts, session=SESSIONS, timeout_pick=st.integers(0, 1),
           then=st.sampled_from(["hold", "call", "call"]), command=COMMANDS,
-          arg=st.integers(0, 3))
+          arg=st.integers(0, 3), data=st.data())
     def checkout(self, session: str | None, timeout_pick: int, then: str, command: str,
-                 arg: int) -> Checkout:
+                 arg: int, data: st.DataObject) -> Checkout:
         """Start a checkout: it holds its lease until a rule releases or cancels it
         (``hold``), or makes one call and releases (``call``, what pool.call does)."""
         timeout = self.checkout_timeouts[timeout_pick % len(self.checkout_timeouts)]
-        c = Checkout(next(self.numbers), session, timeout,
-                     one_call=(command, arg) if then == "call" else None)
+        planned = self.plan_call(command, arg, data) if then == "call" else None
+        c = Checkout(next(self.numbers), session, timeout, one_call=planned)
         if len(self.active) >= self.max_checkouts:
             return self.skipped(c)
         self.active.append(c)
@@ -713,11 +749,23 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(pick=SLOT_PICKS, command=COMMANDS, arg=st.integers(0, 3))
     def call(self, pick: int, command: str, arg: int) -> None:
         """One call on a held lease (the command is skipped if the app lacks it)."""
+        self.call_on_held(pick, self.plan_call(command, arg, None))
+
+    # Its own rule, enabled only for an app with app commands (a fact of its
+    # hello, so replays agree): an st.data() argument on ``call`` itself
+    # changed which rules Hypothesis draws for every machine.
+    @precondition(lambda self: bool(self.app_commands))
+    @rule(pick=SLOT_PICKS, arg=st.integers(0, 3), data=st.data())
+    def call_app_command(self, pick: int, arg: int, data: st.DataObject) -> None:
+        """One call of an app command on a held lease, with drawn arguments."""
+        self.call_on_held(pick, self.plan_call(self.app_commands[0], arg, data))
+
+    def call_on_held(self, pick: int, planned: tuple[str, int, Any]) -> None:
         holding = [c for c in self.active if c.phase == "holding"]
         if not holding:
             return
         c = holding[pick % len(holding)]
-        record = self.new_call(c, command, arg)
+        record = self.new_call(c, *planned)
         ops = c.ops
         assert ops is not None
         c.phase = "calling"  # what the task will be doing once it reads the op
@@ -742,6 +790,7 @@ class PoolMachine(RuleBasedStateMachine):
         record.timeout = 0.5 if how == "timeout" else 10_000.0
         if stubborn:
             record.abandon = "stubborn"
+            self.expect_grace_kill(c)
         ops = c.ops
         assert ops is not None
         c.phase = "calling"
@@ -776,12 +825,30 @@ class PoolMachine(RuleBasedStateMachine):
         if self.violations:
             raise AssertionError("; ".join(self.violations))
 
-    def new_call(self, c: Checkout, command: str, arg: int) -> CallRecord:
+    def plan_call(self, command: str, arg: int,
+                  data: st.DataObject | None) -> tuple[str, int, Any]:
+        """The command to call (one the app has: the machine's own, or, given
+        ``data``, an app command) and, for an app command, its drawn arguments."""
+        if data is None:
+            if command not in self.commands or command in self.app_args:
+                # The app lacks it: use one the machine knows that the app has.
+                known = sorted(self.commands & KNOWN_COMMANDS) or ["ping"]
+                command = known[(arg + len(command)) % len(known)]
+            return command, arg, None
+        if self.app_commands:
+            # Mostly the app's own commands: they are what a campaign is about.
+            chosen = data.draw(st.sampled_from([*self.app_commands, None]), label="app command")
+            command = command if chosen is None else chosen
         if command not in self.commands:
             # The app lacks it: use one the machine knows that the app has.
-            known = sorted(self.commands & KNOWN_COMMANDS) or ["ping"]
+            known = sorted(self.commands & KNOWN_COMMANDS) + self.app_commands or ["ping"]
             command = known[(arg + len(command)) % len(known)]
-        args: Any = None
+        args = data.draw(self.app_args[command], label=f"{command} args") \
+            if command in self.app_args else None
+        return command, arg, args
+
+    def new_call(self, c: Checkout, command: str, arg: int, app_args: Any = None) -> CallRecord:
+        args: Any = app_args
         timeout: float | None = None
         if command == "echo":
             args = [arg, {"n": arg, "s": "x" * arg}]
@@ -795,6 +862,8 @@ class PoolMachine(RuleBasedStateMachine):
             args = {"data": "xxxx"}  # reads as a frame length far above the limit
         elif command == "crash":
             args = {"code": 3}
+            if c.worker_id is not None:
+                self.pool.expect_death(c.worker_id)
         elif command == "fail":
             args = {"message": f"planned failure {arg}"}
         elif command == "create_program":
@@ -809,8 +878,16 @@ class PoolMachine(RuleBasedStateMachine):
         if command == "hang" or script.faults.get(command, script.reply_mode) == "hang" \
                 or script.on_abandon == "never":
             record.abandon = "stubborn"
+            self.expect_grace_kill(c)
         c.calls.append(record)
         return record
+
+    def expect_grace_kill(self, c: Checkout) -> None:
+        """A stubborn call: once given up, its worker is killed after
+        cancel_grace, a death this machine caused on purpose (counted, not
+        logged as a crash, when the lease's own next call finds it)."""
+        if c.worker_id is not None:
+            self.pool.expect_death(c.worker_id)
 
     # --- rules: deaths ----------------------------------------------------------------
 
@@ -825,6 +902,8 @@ class PoolMachine(RuleBasedStateMachine):
         for c in self.active:
             if c.phase == "calling" and c.worker_id == worker.worker_id:
                 c.calls[-1].killed_during = True
+        # Counted by the pool (the campaign's summary), not logged per kill.
+        self.pool.expect_death(worker.worker_id)
         # A real process takes a moment to die after SIGKILL: wait until it is
         # dead, or settle() could find everything quiet before the death.
         self.driver.run_sync(kill_and_settle, worker, 2.0)
@@ -1144,13 +1223,16 @@ def _process_running(worker: Any) -> bool:
 def pool_machine(*, workers: Literal["fake", "real"] = "fake",
                  app: str = "engine.workers.programs", sizes: tuple[int, ...] | None = None,
                  commands: frozenset[str] | None = None, name: str | None = None,
-                 **config: Any) -> type[PoolMachine]:
+                 call_declared: bool = False, **config: Any) -> type[PoolMachine]:
     """A :class:`PoolMachine` subclass for fake or real workers running ``app``.
 
     ``sizes``: the pool sizes examples choose from (default 1-3 for fakes, 1-2
     for real workers). ``commands``: the app commands calls may use (default:
-    every command the app's hello lists that the machine knows; ``ping`` always).
-    Extra keywords are PoolConfig fields for every pool.
+    every command the app's hello lists that the machine knows; ``ping`` always);
+    a named command the machine does not know is called with arguments of the
+    shape the hello declares for it (any JSON if none), its outcomes counted
+    in ``app_calls``. ``call_declared``: call every command with a declared
+    shape that way too. Extra keywords are PoolConfig fields for every pool.
     """
     if workers not in ("fake", "real"):
         raise ValueError(f"workers must be 'fake' or 'real', got {workers!r}")
@@ -1158,7 +1240,9 @@ def pool_machine(*, workers: Literal["fake", "real"] = "fake",
     attributes: dict[str, Any] = {
         "workers": workers, "app": app, "sizes": chosen, "extra_config": dict(config),
         "allowed_commands": None if commands is None else frozenset(commands),
+        "call_declared": call_declared,
         "totals": collections.Counter(),
+        "app_calls": collections.Counter(),
         "__doc__": f"PoolMachine over {workers} workers running {app!r}.",
     }
     if workers == "real":
@@ -1168,3 +1252,4 @@ def pool_machine(*, workers: Literal["fake", "real"] = "fake",
 
 
 PoolMachine.totals = collections.Counter()
+PoolMachine.app_calls = collections.Counter()

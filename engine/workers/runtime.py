@@ -520,11 +520,11 @@ class Worker:
     def commands(self) -> list[str]:
         return [*BUILTIN_COMMANDS, *self.app.commands()]
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self, schemas: bool = True) -> dict[str, Any]:
         # The node name says where the worker runs when a launcher put it on
         # another host (its pid is that host's); os.uname costs no import.
         return hello_message(self.worker_id, os.getpid(), self.app.name, self.commands(),
-                             os.uname().nodename)
+                             os.uname().nodename, self.app.schemas() if schemas else None)
 
     # -- the loop
 
@@ -889,8 +889,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
     watchdog.probe = worker.probe_abandon
     try:
         hello = encode_frame(worker.hello(), channel.max_frame_size)
-    except ProtocolError as exc:
-        _start_failure(channel, exc, f"cannot send the hello: {exc}", EXIT_START_FAILED)
+    except ProtocolError as too_big:
+        # The argument shapes are optional (only the test kit reads them):
+        # a small max_frame_size must not stop a worker that could serve.
+        try:
+            hello = encode_frame(worker.hello(schemas=False), channel.max_frame_size)
+        except ProtocolError as exc:
+            _start_failure(channel, exc, f"cannot send the hello: {exc}", EXIT_START_FAILED)
+        sys.stderr.write(f"engine worker: hello sent without its argument shapes: {too_big}\n")
     channel.write(hello)
     code = worker.serve()
     _serve_returned = True
