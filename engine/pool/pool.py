@@ -48,7 +48,7 @@ import trio
 import trio_util
 
 from engine import telemetry
-from engine.errors import EngineError, PoolClosed, PoolTimeout, PoolUnavailable
+from engine.errors import EngineError, PoolClosed, PoolTimeout, PoolUnavailable, SessionLost
 from engine.pool.config import PoolConfig, make_config
 from engine.pool.contract import (
     CheckinOutcome,
@@ -187,16 +187,27 @@ class Pool:
             raise ValueError(f"wait_ready(n={want}) must be between 0 and size={self.config.size}")
         limit = self.config.start_timeout * 2 if timeout is None else timeout
         with trio.move_on_after(limit):
-            await trio_util.wait_any(
-                lambda: self._live.wait_value(lambda v: v >= want), self._closing.wait)
-            if self._closing.is_set():
-                raise PoolClosed(pool=self.label)
-            return
-        why = f"only {self._live.value} of {want} workers ready"
+            while True:
+                if self._closing.is_set():
+                    raise PoolClosed(pool=self.label)
+                if self._live.value >= want and self._alive_count() >= want:
+                    await trio.lowlevel.checkpoint()
+                    return
+                await trio_util.wait_any(self._live.wait_transition, self._closing.wait)
+        why = f"only {self._alive_count()} of {want} workers ready"
         last = self._failures.last_start_error
         if last is not None:
             why += f"; last start failure: {last.reason}"
         raise PoolTimeout(timeout=limit, pool=self.label, reason=why)
+
+    def _alive_count(self) -> int:
+        """Live workers whose process is alive now: one killed a moment ago
+        still counts in the core until its slot task notices the death, and
+        ``wait_ready`` must not count it (its slot then moves, waking us)."""
+        live = (WorkerState.READY, WorkerState.BUSY, WorkerState.DEGRADED)
+        return sum(1 for slot in self._core.slots if slot.state in live
+                   and (worker := self._rows[slot.index].worker) is not None
+                   and worker.is_alive())
 
     @asynccontextmanager
     async def checkout(self, session: str | None = None,
@@ -251,6 +262,10 @@ class Pool:
         try:
             async with self.checkout(session=session) as lease:
                 await lease.call("cleanup_session", {"session": session})
+        except SessionLost:
+            # Its worker died before the pool noticed (found at hand-off or by
+            # the cleanup call itself): the state the caller wanted gone is gone.
+            return False
         finally:
             core.unbind(session)
         telemetry.emit(telemetry.SESSION_END, {}, {"pool": self.label, "session": session})
