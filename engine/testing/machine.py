@@ -888,7 +888,22 @@ class PoolMachine(RuleBasedStateMachine):
         its own read. ``wait_dead``: a real process is dead for sure first
         (blocking wait, still no checkpoint), so the hand-off finds it.
         Contract: that call gets SessionLost, and the session's loss is never
-        reported again (its next use starts a fresh state)."""
+        reported again (its next use starts a fresh state). A session not
+        bound yet is bound first (one call), so that the rule always applies."""
+        if self.closed or any(c.session == session for c in self.active):
+            self.settle()
+            return
+        view = self.pool.inspect()
+        if session not in view.bindings:
+            if view.queue or not any(slot.state is S.READY and slot.lease is None
+                                     for slot in view.slots):
+                self.settle()
+                return  # no worker free to bind it to
+            bind = self.driver.spawn(self.bind_session, session, name="bind_session")
+            self.settle(until=lambda: bind.done)
+            if not bind.done:  # the free worker went meanwhile: give up the binding
+                bind.cancel()
+                self.settle(until=lambda: bind.done)
         view = self.pool.inspect()
         binding = view.bindings.get(session)
         slot = view.slots[binding.slot] if binding is not None else None
@@ -931,6 +946,16 @@ class PoolMachine(RuleBasedStateMachine):
         self.programs.pop((worker.worker_id, session), None)
         if self.violations:
             raise AssertionError("; ".join(self.violations))
+
+    async def bind_session(self, session: str) -> None:
+        """Bind ``session`` to a worker with one call (any failure: not bound)."""
+        try:
+            result = await self.pool.call("ping", session=session)
+        except EngineError:
+            return
+        if isinstance(result, dict) and isinstance(result.get("worker_id"), str):
+            self.bound[session] = result["worker_id"]
+            self.reported_lost.pop(session, None)
 
     @precondition(lambda self: not self.closed and (not self.fake or self.fault is None))
     @rule()
