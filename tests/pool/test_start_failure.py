@@ -28,8 +28,10 @@ def slot_of(request: SpawnRequest) -> int:
 async def test_a_call_to_a_pool_that_cannot_start_fails_at_once(
         autojump_clock: trio.testing.MockClock) -> None:
     factory = FakeWorkerFactory(FAILS)
+    # Retries after 1 s or more: a checkout that waited for one would show it.
     async with engine.open_pool(size=2, worker_factory=factory, app="fake_app",
-                                checkout_timeout=CHECKOUT) as pool:
+                                checkout_timeout=CHECKOUT,
+                                restart_backoff=(1.0, 2.0, 0.0)) as pool:
         began = trio.current_time()
         with pytest.raises(AppStartFailed) as info:
             await pool.call("ping")
