@@ -42,7 +42,9 @@ async def test_a_call_to_a_pool_that_cannot_start_fails_at_once(
         # The message begins with the cause, then the app and what to check.
         assert str(error).startswith(error.__cause__.reason)
         assert "'fake_app'" in str(error) and "check the launcher" in str(error)
-        # New checkouts fail at once too, while the pool keeps retrying.
+        # New checkouts fail at once too, while the pool keeps retrying (the
+        # first retry is immediate, the next ones come 1 s or more apart).
+        await trio.sleep(0.1)
         began = trio.current_time()
         with pytest.raises(AppStartFailed):
             async with pool.checkout():
