@@ -29,8 +29,9 @@ async def test_a_call_to_a_pool_that_cannot_start_fails_at_once(
         autojump_clock: trio.testing.MockClock) -> None:
     factory = FakeWorkerFactory(FAILS)
     # Retries after 1 s or more: a checkout that waited for one would show it.
+    # (No breaker: its open state is tested in test_chaos.)
     async with engine.open_pool(size=2, worker_factory=factory, app="fake_app",
-                                checkout_timeout=CHECKOUT,
+                                checkout_timeout=CHECKOUT, breaker_threshold=1000,
                                 restart_backoff=(1.0, 2.0, 0.0)) as pool:
         began = trio.current_time()
         with pytest.raises(AppStartFailed) as info:
