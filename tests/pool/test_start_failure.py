@@ -12,6 +12,7 @@ import trio.testing
 
 import engine
 from engine.errors import AppStartFailed, PoolTimeout, WorkerStartError
+from engine.pool.core import PoolCore, WaiterStatus, Wake
 from engine.process.handle import SpawnRequest
 from engine.testing.fakes import FakeWorkerFactory, Script
 
@@ -22,6 +23,22 @@ FAILS = Script(crash_before_hello=3)
 
 def slot_of(request: SpawnRequest) -> int:
     return int(request.worker_id.rsplit("-", 1)[1].split(".", 1)[0])
+
+
+@pytest.mark.layer1
+def test_the_core_fails_every_queued_checkout_with_its_own_error() -> None:
+    core = PoolCore(2, clock=lambda: 0.0)
+    core.start()
+    queued = [core.request(timeout=5.0), core.request("s", timeout=5.0)]
+    core.take_actions()
+    core.fail_queued(lambda: AppStartFailed(last=WorkerStartError("boom"), app="a",
+                                            failures=1))
+    assert all(w.status is WaiterStatus.FAILED for w in queued)
+    assert isinstance(queued[0].error, AppStartFailed)
+    assert queued[0].error is not queued[1].error  # each raise owns its traceback
+    assert core.take_actions() == [Wake(queued[0].id), Wake(queued[1].id)]
+    assert not core.queue
+    core.check_invariants()
 
 
 @pytest.mark.layer2
