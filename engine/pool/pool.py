@@ -63,6 +63,7 @@ from engine.pool.contract import (
     DefaultPolicy,
     Ok,
     Remove,
+    Skip,
     Verdict,
     WorkerInfo,
     vet_checkin,
@@ -407,6 +408,12 @@ class Pool:
                 assert error is not None
                 if type(error) is PoolTimeout:
                     error = self._explained(error)
+                elif type(error) is SessionLost and session is not None:
+                    binding = core.bindings.get(session)
+                    if binding is not None and binding.lost is None \
+                            and binding.worker_id == error.worker_id:
+                        core.unbind(session)  # reported now (_lost_at_handoff): once
+                        self._flush()
                 raise error
             assert waiter.slot is not None
             worker = self._rows[waiter.slot].worker
@@ -453,6 +460,19 @@ class Pool:
             if entry is not None:
                 Deadlines.remove(entry)
 
+    def _lost_at_handoff(self, slot: Slot, session: str) -> SessionLost | None:
+        """``affinity="hint"``: the session's own worker is found dead at
+        hand-off. Its state is gone, and this call is the first to observe it:
+        SessionLost now (the shell then unbinds the session), rather than
+        running silently elsewhere and the next call hearing of the loss.
+        (``strict`` waits for the slot task, which reports it the same way.)"""
+        binding = self._core.bindings.get(session)
+        if binding is None or binding.lost is not None or binding.slot != slot.index \
+                or binding.generation != slot.generation:
+            return None
+        return SessionLost(session=session, worker_id=binding.worker_id, pid=slot.pid,
+                           reason="died (found when the session was next used)")
+
     def _fail_unstartable(self) -> None:
         """No worker can start (FailureTracker): fail the queued checkouts now."""
         unstartable = self._failures.unstartable
@@ -481,6 +501,10 @@ class Pool:
         if worker is None:
             return Verdict(Remove("not_ready: no worker"), by_policy=False)
         if not worker.is_alive():
+            if waiter.session is not None and self.config.affinity == "hint":
+                lost = self._lost_at_handoff(slot, waiter.session)
+                if lost is not None:
+                    return Verdict(Skip(lost), by_policy=False)
             return Verdict(Remove("process_dead"), by_policy=False)
         if worker.dirty:
             return Verdict(Remove("pipe_closed"), by_policy=False)

@@ -114,3 +114,21 @@ async def test_wait_ready_right_after_a_kill_does_not_count_the_dead_worker() ->
             workers = [row.worker for row in pool.inspect().slots]
             assert all(w is not None and w.is_alive() for w in workers), workers
             assert victim not in workers
+
+
+async def test_hint_affinity_reports_a_dead_session_worker_at_once() -> None:
+    # "hint" may run a session elsewhere when its worker is busy, but a dead
+    # worker's state is gone: the call that finds it says so, not the next one.
+    factory = FakeWorkerFactory(Script())
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=2, worker_factory=factory, affinity="hint") as pool:
+            await pool.wait_ready(2)
+            victim = await bound_worker(pool, factory, "s")
+            victim.kill()
+            with pytest.raises(SessionLost):
+                await pool.call("list_programs", {}, session="s")
+            assert await programs(pool, "s") == 0
+            await pool.wait_until(lambda view: victim.worker_id not in
+                                  {slot.worker_id for slot in view.slots})
+            assert await programs(pool, "s") == 0  # not reported twice
+            pool.check_invariants()
