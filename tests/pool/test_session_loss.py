@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 import engine
-from engine.errors import SessionLost, WorkerCrashed
+from engine.errors import CallTimeout, SessionLost, WorkerCrashed
 from engine.pool.pool import Pool
 from engine.testing.fakes import FakeWorker, FakeWorkerFactory, Script
 
@@ -132,3 +132,28 @@ async def test_hint_affinity_reports_a_dead_session_worker_at_once() -> None:
                                   {slot.worker_id for slot in view.slots})
             assert await programs(pool, "s") == 0  # not reported twice
             pool.check_invariants()
+
+
+async def test_a_timeout_that_kills_the_session_worker_is_session_lost_once() -> None:
+    factory = FakeWorkerFactory(Script())
+    with trio.fail_after(HANG_GUARD):
+        # cancel_grace=0: a timed-out call's worker is killed, and its sessions with it.
+        async with engine.open_pool(size=1, worker_factory=factory, cancel_grace=0) as pool:
+            await pool.wait_ready(1)
+            await bound_worker(pool, factory, "s")
+            with pytest.raises(SessionLost) as info:
+                await pool.call("sleep", {"seconds": 5}, session="s", timeout=0.05)
+            assert isinstance(info.value.__cause__, CallTimeout)
+            assert await programs(pool, "s") == 0
+
+
+async def test_a_timeout_the_worker_gives_back_keeps_the_session() -> None:
+    factory = FakeWorkerFactory(Script())
+    with trio.fail_after(HANG_GUARD):
+        # Cooperative cancellation: the worker is drained, its sessions live on.
+        async with engine.open_pool(size=1, worker_factory=factory, cancel_grace=1.0) as pool:
+            await pool.wait_ready(1)
+            await bound_worker(pool, factory, "s")
+            with pytest.raises(CallTimeout):
+                await pool.call("sleep", {"seconds": 5}, session="s", timeout=0.05)
+            assert await programs(pool, "s") == 1
