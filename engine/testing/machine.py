@@ -13,7 +13,10 @@ and drives it with synchronous rules:
 * deaths: kill a worker (idle, leased, or in the middle of a call), kill the
   worker selected for a hand-off before its check, or after the grant and
   before the waiter takes it (fault injection), cancel a checkout between
-  selection and receipt;
+  selection and receipt; and the detection window: kill the worker holding a
+  session's state and use the session at once, before the pool has noticed
+  (``kill_and_use_session``: that call must get SessionLost, and the loss is
+  never reported again);
 * fake workers only: scripted next starts (slow, crash before or after the
   hello, bad hello, garbage or mis-numbered replies, fragmented replies, legacy
   list answers), killing a worker while it starts, and virtual time;
@@ -30,8 +33,11 @@ and drives it with synchronous rules:
 
 After every step it checks the invariants of design section 12: busy + ready +
 starting <= size; every waiter queued or served, never both; no worker leased
-twice; no dead worker handed over; sessions bound only to live workers and
-never lost silently; no waiter kept waiting beside an idle worker; every call
+twice; no dead worker handed over; sessions bound only to live workers, never
+lost silently, and each loss reported exactly once (a session call that cost
+its worker raises SessionLost from the crash, not the bare crash; a second
+SessionLost for the same death is a double report); ``end_session`` never
+raises for a worker's death; no waiter kept waiting beside an idle worker; every call
 ended with a result or a typed error, and with its own result (every ``sleep``
 answers its own, unique, seconds: a stale reply of an abandoned request
 reaching a later caller is caught); after close, no process left.
