@@ -578,7 +578,8 @@ def parse_hello(message: Any) -> Hello:
     if not response.ok:
         assert response.error is not None
         raise ProtocolError(
-            f"worker reported a start failure: {response.error.type}: {response.error.message}"
+            f"worker reported a start failure: {response.error.type}: {response.error.message}",
+            remote_type=response.error.type, remote_message=response.error.message,
         )
     result = response.result
     if not isinstance(result, dict):

@@ -16,7 +16,10 @@ and drives it with synchronous rules:
 * deaths: kill a worker (idle, leased, or in the middle of a call), kill the
   worker selected for a hand-off before its check, or after the grant and
   before the waiter takes it (fault injection), cancel a checkout between
-  selection and receipt;
+  selection and receipt; and the detection window: kill the worker holding a
+  session's state and use the session at once, before the pool has noticed
+  (``kill_and_use_session``: that call must get SessionLost, and the loss is
+  never reported again);
 * fake workers only: scripted next starts (slow, crash before or after the
   hello, bad hello, garbage or mis-numbered replies, fragmented replies, legacy
   list answers), killing a worker while it starts, and virtual time;
@@ -33,8 +36,11 @@ and drives it with synchronous rules:
 
 After every step it checks the invariants of design section 12: busy + ready +
 starting <= size; every waiter queued or served, never both; no worker leased
-twice; no dead worker handed over; sessions bound only to live workers and
-never lost silently; no waiter kept waiting beside an idle worker; every call
+twice; no dead worker handed over; sessions bound only to live workers, never
+lost silently, and each loss reported exactly once (a session call that cost
+its worker raises SessionLost from the crash, not the bare crash; a second
+SessionLost for the same death is a double report); ``end_session`` never
+raises for a worker's death; no waiter kept waiting beside an idle worker; every call
 ended with a result or a typed error, and with its own result (every ``sleep``
 answers its own, unique, seconds: a stale reply of an abandoned request
 reaching a later caller is caught); after close, no process left.
@@ -59,6 +65,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import time
 from typing import Any, ClassVar, Literal
 
@@ -243,6 +250,10 @@ class PoolMachine(RuleBasedStateMachine):
         self.drains: list[DrainExpected] = []
         self.drain_events: list[dict[str, Any]] = []
         self.killed_ids: set[str] = set()  # workers a rule killed
+        #: Session -> the worker whose death was reported as its loss, until the
+        #: session is bound again: a second SessionLost naming that worker is a
+        #: double report.
+        self.reported_lost: dict[str, str | None] = {}
         self.sleep_ids = itertools.count(1)
         self.telemetry_id: str | None = None
 
@@ -370,6 +381,7 @@ class PoolMachine(RuleBasedStateMachine):
             if binding.lost is None and binding.worker_id is not None \
                     and self.alive(binding.worker_id):
                 self.bound.setdefault(session, binding.worker_id)
+                self.reported_lost.pop(session, None)
         for c in list(self.active):
             for record in c.calls:
                 if record.done and not record.checked:
@@ -449,6 +461,10 @@ class PoolMachine(RuleBasedStateMachine):
         took a fresh worker: that one left an unreported loss, which this pays.
         """
         assert c.session is not None
+        lost_worker = getattr(c.error, "worker_id", None)
+        if c.session in self.reported_lost and self.reported_lost[c.session] == lost_worker:
+            self.violations.append(f"{c!r}: the loss of session {c.session!r} was reported "
+                                   "twice")
         if self.unreported[c.session] > 0:
             self.unreported[c.session] -= 1
             return
@@ -484,6 +500,7 @@ class PoolMachine(RuleBasedStateMachine):
                     and other.worker_id == lease.worker_id and not other.broken:
                 self.violations.append(f"worker {lease.worker_id} leased to {other!r} and {c!r}")
         if c.session is not None:
+            self.reported_lost.pop(c.session, None)  # bound afresh
             binding = view.bindings.get(c.session)
             if binding is None or binding.slot != lease.slot:
                 self.violations.append(f"{c!r} for session {c.session!r} not routed to "
@@ -520,8 +537,10 @@ class PoolMachine(RuleBasedStateMachine):
             record.done = True
             worker = c.worker
             if worker is not None and getattr(worker, "abandoned", False):
-                # Cancelled or timed out with its request in flight.
-                c.pending_abandon = record.abandon
+                # Cancelled or timed out with its request in flight; or while it
+                # still waited for a stubborn request, which stays the one owed.
+                c.pending_abandon = "stubborn" if record.after_abandon == "stubborn" \
+                    else record.abandon
 
     # --- call expectations --------------------------------------------------------
 
@@ -540,6 +559,7 @@ class PoolMachine(RuleBasedStateMachine):
         if error is not None and not isinstance(error, EngineError | trio.ClosedResourceError):
             self.violations.append(f"{what} ended with untyped {error!r}")
             return
+        error = self.session_loss_of_call(record, what)
         if isinstance(error, _DEATH) and not (
                 isinstance(error, CallTimeout) and self.pool.config.cancel_grace > 0):
             c.broken = True  # (a timed-out call's worker is drained, not killed)
@@ -577,6 +597,37 @@ class PoolMachine(RuleBasedStateMachine):
             return
         self.check_result(c, record, what)
 
+    def session_loss_of_call(self, record: CallRecord, what: str) -> BaseException | None:
+        """A session's call that cost its worker reports the loss itself, once:
+        SessionLost with the crash, timeout or protocol error as its cause (the
+        error judged below), unless the loss was already reported (then the
+        bare error). Returns the error to judge."""
+        error, session = record.error, record.session
+        if isinstance(error, SessionLost):
+            if session is None or not isinstance(error.__cause__, _DEATH):
+                self.violations.append(f"{what}: SessionLost without a death to report: "
+                                       f"{error!r} (cause {error.__cause__!r})")
+                return error
+            self.loss_reported(session)
+            rebound = self.pool.inspect().bindings.get(session)
+            if rebound is None or rebound.lost is not None:  # not bound afresh since
+                self.reported_lost[session] = error.worker_id
+            return error.__cause__
+        kept = isinstance(error, CallTimeout) and self.pool.config.cancel_grace > 0
+        if session is not None and isinstance(error, WorkerCrashed | ProtocolError | CallTimeout) \
+                and not kept and self.bound.get(session) == record.worker_id \
+                and self.unreported[session] == 0 and session not in self.reported_lost:
+            self.violations.append(f"{what}: session {session!r} lost its state in this call "
+                                   f"but got {error!r}, not SessionLost")
+        return error
+
+    def loss_reported(self, session: str) -> None:
+        """A caller was told that ``session``'s state is gone (model upkeep)."""
+        if self.unreported[session] > 0:
+            self.unreported[session] -= 1
+            return
+        self.bound.pop(session, None)
+
     def check_after_abandon(self, c: Checkout, record: CallRecord, what: str) -> bool:
         """A call after an abandoned one on the same lease drained it first.
         True if that decided the outcome (the drain failed: WorkerCrashed)."""
@@ -591,6 +642,11 @@ class PoolMachine(RuleBasedStateMachine):
                 self.violations.append(f"{what}: a cooperative handler's abandoned request "
                                        f"was not drained: {error!r}")
             c.broken = True
+            return True
+        if stubborn and isinstance(error, CallTimeout) and record.timeout is not None \
+                and record.timeout < self.pool.config.cancel_grace:
+            # Its own deadline covers the wait for the stubborn request, which
+            # never comes back: it passed first (the drain goes on after it).
             return True
         if stubborn and self.fake and error is None and self.plain(record.worker_id):
             self.violations.append(f"{what}: a stubborn handler's abandoned request was "
@@ -909,6 +965,83 @@ class PoolMachine(RuleBasedStateMachine):
         self.driver.run_sync(kill_and_settle, worker, 2.0)
         self.settle()
 
+    @rule(session=st.sampled_from(["s1", "s2"]), wait_dead=st.booleans())
+    def kill_and_use_session(self, session: str, wait_dead: bool) -> None:
+        """Kill the worker holding a session's state and use the session at once,
+        before the pool has noticed the death (the detection window): with no
+        checkpoint in between, the call finds the death at hand-off or through
+        its own read. ``wait_dead``: a real process is dead for sure first
+        (blocking wait, still no checkpoint), so the hand-off finds it.
+        Contract: that call gets SessionLost, and the session's loss is never
+        reported again (its next use starts a fresh state). A session not
+        bound yet is bound first (one call), so that the rule always applies."""
+        if self.closed or any(c.session == session for c in self.active):
+            self.settle()
+            return
+        view = self.pool.inspect()
+        if session not in view.bindings:
+            if view.queue or not any(slot.state is S.READY and slot.lease is None
+                                     for slot in view.slots):
+                self.settle()
+                return  # no worker free to bind it to
+            bind = self.driver.spawn(self.bind_session, session, name="bind_session")
+            self.settle(until=lambda: bind.done)
+            if not bind.done:  # the free worker went meanwhile: give up the binding
+                bind.cancel()
+                self.settle(until=lambda: bind.done)
+        view = self.pool.inspect()
+        binding = view.bindings.get(session)
+        slot = view.slots[binding.slot] if binding is not None else None
+        worker = slot.worker if slot is not None else None
+        if self.closed or binding is None or binding.lost is not None or slot is None \
+                or worker is None or slot.state is not S.READY or slot.lease is not None \
+                or not worker.is_alive() or self.pool.config.affinity != "strict" \
+                or any(c.session == session for c in self.active):
+            self.settle()
+            return
+        self.remember(worker)
+        self.killed_ids.add(worker.worker_id)
+        outcome: list[BaseException | None] = []
+
+        async def kill_then_call() -> None:
+            worker.kill()
+            if wait_dead and not self.fake:
+                wait_until_dead(worker)
+            try:
+                await self.pool.call("ping", session=session)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        task = self.driver.spawn(kill_then_call, name="kill_and_use_session")
+        self.settle(until=lambda: task.done)
+        type(self).totals["kill_and_use_session"] += 1
+        if not outcome:
+            self.violations.append(f"the use of session {session!r} right after its worker "
+                                   "died never ended")
+        elif not isinstance(outcome[0], SessionLost):
+            self.violations.append(f"session {session!r} used right after its worker "
+                                   f"{worker.worker_id} was killed: got {outcome[0]!r}, "
+                                   "not SessionLost")
+        else:
+            type(self).totals[f"lost_found_{'in_call' if outcome[0].__cause__ else 'at_handoff'}"] \
+                += 1
+            self.bound.pop(session, None)
+            self.reported_lost[session] = worker.worker_id
+        self.programs.pop((worker.worker_id, session), None)
+        if self.violations:
+            raise AssertionError("; ".join(self.violations))
+
+    async def bind_session(self, session: str) -> None:
+        """Bind ``session`` to a worker with one call (any failure: not bound)."""
+        try:
+            result = await self.pool.call("ping", session=session)
+        except EngineError:
+            return
+        if isinstance(result, dict) and isinstance(result.get("worker_id"), str):
+            self.bound[session] = result["worker_id"]
+            self.reported_lost.pop(session, None)
+
     @precondition(lambda self: not self.closed and (not self.fake or self.fault is None))
     @rule()
     def kill_at_next_handoff(self) -> None:
@@ -1045,8 +1178,12 @@ class PoolMachine(RuleBasedStateMachine):
             self.violations.append(f"end_session({session!r}) did not complete")
         elif task.exception is not None and not isinstance(task.exception, EngineError):
             self.violations.append(f"end_session raised untyped {task.exception!r}")
+        if isinstance(task.exception, SessionLost | WorkerCrashed):
+            self.violations.append(f"end_session({session!r}) raised {task.exception!r} for "
+                                   "a worker's death (the state it ends is gone: no error)")
         self.bound.pop(session, None)
         self.unreported.pop(session, None)
+        self.reported_lost.pop(session, None)
         if worker_id is not None:
             self.programs.pop((worker_id, session), None)
         if self.violations:
@@ -1210,6 +1347,17 @@ class PoolMachine(RuleBasedStateMachine):
                 usable = [s for s in free if s.index == binding.slot]
             assert not usable, f"a waiter is queued while slot(s) " \
                                f"{[s.index for s in usable]} sit idle"
+
+
+def wait_until_dead(worker: Any) -> None:
+    """Block until the worker's process (a child of this one) has died, without
+    reaping it and without a Trio checkpoint: the pool cannot have noticed."""
+    pid = getattr(worker, "os_pid", None)
+    if pid is not None:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass  # reaped already
 
 
 def _process_running(worker: Any) -> bool:
