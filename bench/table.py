@@ -91,6 +91,15 @@ def latency_rows(seq: dict[str, Any]) -> list[Row]:
     checkout = seq["checkout"]
     out.append(("  pool checkout + checkin alone, no call", value("checkout"),
                 cpu(checkout["cpu"], workers=False), "", "", ""))
+    if "instant" in seq:
+        instant = seq["instant"]
+        out.append(("  pool.call on an instant in-process worker: the pool's own cost",
+                    value("instant"), cpu(instant["cpu"], workers=False),
+                    f"{instant['median'] / spin:.2f}x spin", "", ""))
+    if "json" in seq:
+        json_seconds = seq["json"]["seconds"]
+        out.append(("  JSON of one call, both ends, in-process (in every row above)",
+                    us(json_seconds), "", f"{json_seconds / spin:.2f}x spin", "", ""))
     pr = pool / spin
     out.append(row("pool.call: checkout + call + checkin", "pool", step("pool", "process_worker"),
                    "<= 1.5x spin", verdict(pr <= 1.5)))

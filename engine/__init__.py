@@ -58,7 +58,8 @@ _LAZY: dict[str, str] = {
 
 _ERRORS = {
     "EngineError", "PoolClosed", "PoolTimeout", "PoolSaturated", "PoolUnavailable",
-    "WorkerError", "WorkerCrashed", "WorkerStartError", "CallTimeout", "ProtocolError",
+    "WorkerError", "WorkerCrashed", "WorkerStartError", "AppStartFailed", "CallTimeout",
+    "ProtocolError",
     "WorkerBusy", "SessionLost", "LeaseReleased", "RemoteError", "ContractViolation",
     "BridgeUnavailable", "ResponseShapeError", "RetriesExhausted", "ArgumentError",
     "ArgumentTypeError", "ArgumentValueError", "RequestTooLarge", "RemoteTraceback",

@@ -559,12 +559,16 @@ class Response:
 class Hello:
     """The worker's first message. ``host`` is the node name of the machine it
     runs on (``os.uname().nodename`` there), None from a worker that does not
-    say; its ``pid`` is a process of that machine."""
+    say; its ``pid`` is a process of that machine. ``schemas`` maps a command to
+    the shape of its arguments as the app declared it
+    (:mod:`engine.workers.schema`); empty when none is declared, and absent
+    from the hellos of workers that predate it."""
 
-    __slots__ = ("app", "codecs", "commands", "host", "pid", "protocol", "worker_id")
+    __slots__ = ("app", "codecs", "commands", "host", "pid", "protocol", "schemas", "worker_id")
 
     def __init__(self, protocol: int, worker_id: str, pid: int, app: str,
                  commands: list[str], host: str | None = None,
+                 schemas: dict[str, Any] | None = None,
                  codecs: tuple[str, ...] = ()) -> None:
         self.protocol = protocol
         self.worker_id = worker_id
@@ -572,6 +576,7 @@ class Hello:
         self.app = app
         self.commands = commands
         self.host = host
+        self.schemas: dict[str, Any] = schemas or {}
         #: Codecs besides JSON the worker accepts (PICKLE_CODEC: run_sync).
         self.codecs = codecs
 
@@ -580,6 +585,8 @@ class Hello:
                   "app": self.app, "commands": list(self.commands)}
         if self.host is not None:
             result["host"] = self.host
+        if self.schemas:
+            result["schemas"] = dict(self.schemas)
         if self.codecs:
             result["codecs"] = list(self.codecs)
         return result
@@ -609,9 +616,11 @@ def error_response(id: int, type: str, message: str, traceback: str | None = Non
 
 
 def hello_message(worker_id: str, pid: int, app: str, commands: list[str],
-                  host: str | None = None, codecs: tuple[str, ...] = ()) -> dict[str, Any]:
+                  host: str | None = None,
+                  schemas: dict[str, Any] | None = None,
+                  codecs: tuple[str, ...] = ()) -> dict[str, Any]:
     return ok_response(HELLO_ID, Hello(PROTOCOL_VERSION, worker_id, pid, app,
-                                       commands, host, codecs).to_result())
+                                       commands, host, schemas, codecs).to_result())
 
 
 def parse_request(message: Any) -> Request:
@@ -687,7 +696,8 @@ def parse_hello(message: Any) -> Hello:
     if not response.ok:
         assert response.error is not None
         raise ProtocolError(
-            f"worker reported a start failure: {response.error.type}: {response.error.message}"
+            f"worker reported a start failure: {response.error.type}: {response.error.message}",
+            remote_type=response.error.type, remote_message=response.error.message,
         )
     result = response.result
     if not isinstance(result, dict):
@@ -708,7 +718,17 @@ def parse_hello(message: Any) -> Hello:
     host = result.get("host")
     if host is not None and not isinstance(host, str):
         raise ProtocolError("hello 'host' must be a string when present")
+    schemas = result.get("schemas", {})
+    # Only the envelope is checked here: the worker checked the vocabulary
+    # when the app registered it, and the test kit checks it again on use.
+    if not isinstance(schemas, dict) or not all(
+            isinstance(name, str) and isinstance(shape, dict) for name, shape in schemas.items()):
+        raise ProtocolError("hello 'schemas' must map command names to schema objects")
+    undeclared = sorted(set(schemas) - set(commands))
+    if undeclared:
+        raise ProtocolError(f"hello 'schemas' describes {undeclared}, which are not in its "
+                            "'commands'")
     codecs = result.get("codecs", [])
     if not isinstance(codecs, list) or not all(isinstance(c, str) for c in codecs):
         raise ProtocolError("hello 'codecs' must be a list of strings when present")
-    return Hello(protocol, worker_id, pid, app, commands, host, tuple(codecs))
+    return Hello(protocol, worker_id, pid, app, commands, host, schemas, tuple(codecs))

@@ -295,6 +295,15 @@ def test_hello_host_is_optional() -> None:
     assert parse_hello(message).host is None
 
 
+def test_hello_schemas_are_optional() -> None:
+    shape = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    message = hello_message("w1", 7, "app", ["ping", "incr"], schemas={"incr": shape})
+    assert parse_hello(decode_all(encode_frame(message))[0]).schemas == {"incr": shape}
+    older = hello_message("w1", 7, "app", ["ping", "incr"])
+    assert "schemas" not in older["result"]  # what a worker before schemas sent
+    assert parse_hello(older).schemas == {}
+
+
 def _hello_with(**changes: Any) -> dict[str, Any]:
     message = hello_message("w1", 1234, "programs", ["ping"])
     message["result"].update(changes)
@@ -314,6 +323,9 @@ def _hello_with(**changes: Any) -> dict[str, Any]:
     (_hello_with(commands="ping"), "'commands' must be a list of strings"),
     (_hello_with(commands=["ping", 3]), "'commands' must be a list of strings"),
     (_hello_with(host=5), "'host' must be a string"),
+    (_hello_with(schemas=["ping"]), "'schemas' must map command names to schema objects"),
+    (_hello_with(schemas={"ping": "int"}), "'schemas' must map command names"),
+    (_hello_with(schemas={"incr": {}}), "describes \\['incr'\\], which are not in"),
     ({"id": 0, "ok": True}, "lacks 'result'"),
 ])
 def test_bad_hello(message: Any, match: str) -> None:

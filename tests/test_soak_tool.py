@@ -62,11 +62,12 @@ def test_a_missing_report_reads_as_nothing(tmp_path: Path) -> None:
 
 
 def test_a_red_run_is_reported_with_its_test_id_and_fails_the_soak(tmp_path: Path) -> None:
-    # A suite of its own, outside the repository (no conftest): one pass, one fail.
+    # A suite of its own, outside the repository (no conftest): one pass, one fail;
+    # "-n 0" (after soak-ci's own "-n auto") keeps xdist from starting workers for it.
     (tmp_path / "test_soaked.py").write_text(
         "def test_green():\n    pass\n\ndef test_red():\n    assert 1 == 2, 'boom'\n")
     done = subprocess.run([sys.executable, str(TOOL), "2", "--python", sys.executable,
-                           str(tmp_path / "test_soaked.py")],
+                           str(tmp_path / "test_soaked.py"), "-n", "0"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.count("FAILED test_soaked::test_red  failure: AssertionError: boom") == 2
@@ -79,7 +80,7 @@ def test_a_red_run_is_reported_with_its_test_id_and_fails_the_soak(tmp_path: Pat
 def test_green_runs_exit_zero(tmp_path: Path) -> None:
     (tmp_path / "test_soaked.py").write_text("def test_green():\n    pass\n")
     done = subprocess.run([sys.executable, str(TOOL), "1", "--python", sys.executable,
-                           str(tmp_path / "test_soaked.py")],
+                           str(tmp_path / "test_soaked.py"), "-n", "0"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "soak: 1 runs, 1 green, 0 red" in done.stdout

@@ -21,7 +21,14 @@ import attrs
 import trio
 
 from engine import telemetry
-from engine.errors import CallTimeout, EngineError, PoolClosed, ProtocolError, WorkerCrashed
+from engine.errors import (
+    CallTimeout,
+    EngineError,
+    PoolClosed,
+    ProtocolError,
+    SessionLost,
+    WorkerCrashed,
+)
 from engine.pool.core import PoolCore
 from engine.pool.deadlines import Deadlines
 from engine.pool.timer import Expirable
@@ -177,6 +184,12 @@ class Lease:
                 if self._forced:
                     # Shutdown killed this worker after shutdown_grace.
                     raise PoolClosed(pool=context.label) from exc
+                if self._session is not None and not _kept(context, self._worker, exc):
+                    # This call may be the first to observe that the session's
+                    # state is gone: then it reports the loss (see session_lost).
+                    lost = session_lost(self, command, exc)
+                    if lost is not None:
+                        raise lost from exc
             raise
         finally:
             self._in_call = False
@@ -188,6 +201,44 @@ class Lease:
     def deadline_passed(self) -> None:
         """Called by the pool's timer: the call in flight is overdue."""
         self._worker.time_out(self._timeout)
+
+
+def _kept(context: LeaseContext, worker: WorkerHandle, failure: BaseException) -> bool:
+    """Does the worker survive this failed call (with its sessions)? Only a timed-out
+    call that the worker can give back (cooperative cancellation: see
+    :func:`release`) leaves it alive; a crash or a protocol error costs it."""
+    return type(failure) is CallTimeout and context.cancel_grace > 0 \
+        and worker.exit_info is None and getattr(worker, "abandoned", False) is True
+
+
+def session_lost(lease: Lease, command: str, failure: BaseException) -> SessionLost | None:
+    """The SessionLost a session's call raises when its worker died under it,
+    or None when the loss was already reported.
+
+    The session is unbound here, in the same step, so that the loss is reported
+    exactly once: the death, when the slot task notices it, finds no session to
+    mark lost, and the next call of the session starts a fresh state. (Without
+    this, the call saw WorkerCrashed and the next one SessionLost.) When the
+    session is no longer bound to this lease's worker (an earlier call on the
+    same lease reported the loss), the call's own error stands."""
+    session = lease._session
+    assert session is not None
+    core = lease._context.core
+    binding = core.bindings.get(session)
+    waiter = core.waiters.get(lease._token)
+    if binding is None or waiter is None or binding.slot != lease._slot \
+            or binding.generation != waiter.generation:
+        return None
+    core.unbind(session)
+    lease._context.flush()
+    if isinstance(failure, CallTimeout):
+        reason = f"was killed: {command!r} got no reply within {failure.timeout:g}s"
+    elif isinstance(failure, ProtocolError):
+        reason = f"broke the protocol during {command!r} and is replaced"
+    else:
+        reason = f"died during {command!r}"
+    return SessionLost(session=session, worker_id=lease._worker.worker_id,
+                       pid=lease._worker.pid, reason=reason)
 
 
 def release(lease: Lease, error: BaseException | None, *, kill: bool = False) -> None:

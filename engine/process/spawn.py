@@ -2,9 +2,16 @@
 
 ``open_process_worker(request)`` spawns ``python -m engine.workers.runtime`` (after
 an optional local wrapper prefix, or through a remote
-:class:`~engine.process.launch.Launcher` such as ssh) in a new session, so the
-process we spawn and anything it spawns form one process group that we can
-signal as a whole. It waits for the hello under ``start_timeout``, and on exit
+:class:`~engine.process.launch.Launcher` such as ssh) in a new process group, so
+the process we spawn and anything it spawns can be signalled as a whole (and a
+Ctrl-C at the terminal reaches the pool, not its workers). Not a new session:
+with the kernel's autogroup scheduling (on by default in desktop and many
+server distributions) every session is a CPU-scheduling group of its own, and
+a worker in a session of its own would compete with the whole application as
+an equal: under load the parent, left in a group with everything else the
+application runs, waits for a CPU while its workers idle (issue 19: 2-8x less
+throughput with a busy loop per core, against peers whose workers stay in the
+caller's session). It waits for the hello under ``start_timeout``, and on exit
 always stops the process and waits for it: no zombie, no orphan.
 
 A remote worker is signalled only through the local launcher process (its own
@@ -350,7 +357,7 @@ async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWor
     try:
         process = await trio.lowlevel.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, env=_child_env(request),
+            process_group=0, env=_child_env(request),
         )
     except OSError as exc:
         remote = request.remote

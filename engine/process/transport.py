@@ -241,7 +241,10 @@ class PipeTransport:
                         spin_until = policy.begin_wait()
                         spinning = spin_until > 0.0  # the budget is ahead
                     else:
-                        spinning = spin_until > 0.0 and policy.clock() < spin_until
+                        # Within the budget, and this end was not descheduled.
+                        spinning = spin_until > 0.0 and policy.keep_polling(spin_until)
+                        if not spinning:
+                            spin_until = 0.0  # blocked from now on: ask no more
                     if spinning:
                         # A reply that usually comes within microseconds: look
                         # again after one pass through the scheduler (other tasks

@@ -149,20 +149,21 @@ class BusyPoller:
     the parent (which may share it) is not held up.
     """
 
-    __slots__ = ("_clock", "_poll")
+    __slots__ = ("_keep_polling", "_poll")
 
-    def __init__(self, fd: int, clock: Callable[[], float]) -> None:
+    def __init__(self, fd: int, keep_polling: Callable[[float], bool]) -> None:
         import select
 
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         self._poll = poller.poll
-        self._clock = clock  # the policy's: deadlines are readings of it
+        self._keep_polling = keep_polling  # the policy's: the budget, and contention
 
     def poll_until(self, until: float) -> None:
-        """Return once a request is readable or the clock reached ``until``."""
-        poll, clock, yield_cpu = self._poll, self._clock, os.sched_yield
-        while not poll(0) and clock() < until:
+        """Return once a request is readable, or when the policy says to stop
+        (the clock reached ``until``, or this process lost its CPU meanwhile)."""
+        poll, keep_polling, yield_cpu = self._poll, self._keep_polling, os.sched_yield
+        while not poll(0) and keep_polling(until):
             yield_cpu()
 
 
@@ -549,12 +550,13 @@ class Worker:
     def commands(self) -> list[str]:
         return [*BUILTIN_COMMANDS, *self.app.commands()]
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self, schemas: bool = True) -> dict[str, Any]:
         # The node name says where the worker runs when a launcher put it on
         # another host (its pid is that host's); os.uname costs no import.
         codecs = (PICKLE_CODEC,) if self.channel.max_pickle_frame_size else ()
         return hello_message(self.worker_id, os.getpid(), self.app.name, self.commands(),
-                             os.uname().nodename, codecs)
+                             os.uname().nodename, self.app.schemas() if schemas else None,
+                             codecs)
 
     # -- the loop
 
@@ -576,7 +578,7 @@ class Worker:
         if budget > 0:
             # Nothing is known of the requests to come: the first wait does not poll.
             policy = BusyPollPolicy(budget, typical_wait=budget)
-            poll_until = BusyPoller(stdin_fd, policy.clock).poll_until
+            poll_until = BusyPoller(stdin_fd, policy.keep_polling).poll_until
         while True:
             if self.stashed:
                 # The abandon signal's handler read stdin while a handler ran:
@@ -932,8 +934,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
     watchdog.probe = worker.probe_abandon
     try:
         hello = encode_frame(worker.hello(), channel.max_frame_size)
-    except ProtocolError as exc:
-        _start_failure(channel, exc, f"cannot send the hello: {exc}", EXIT_START_FAILED)
+    except ProtocolError as too_big:
+        # The argument shapes are optional (only the test kit reads them):
+        # a small max_frame_size must not stop a worker that could serve.
+        try:
+            hello = encode_frame(worker.hello(schemas=False), channel.max_frame_size)
+        except ProtocolError as exc:
+            _start_failure(channel, exc, f"cannot send the hello: {exc}", EXIT_START_FAILED)
+        sys.stderr.write(f"engine worker: hello sent without its argument shapes: {too_big}\n")
     channel.write(hello)
     code = worker.serve()
     _serve_returned = True

@@ -43,7 +43,9 @@ def results(*, pool_us: float = 15.0, contended_pool_us: float = 100.0,
     latency = {name: _seq(us) for name, us in (
         ("spin", 10.0), ("spin_trio", 11.0), ("process_worker", 12.0), ("checkout", 3.0),
         ("pool", pool_us), ("pool_no_poll", 30.0), ("floor", 14.0), ("json_floor", 16.0),
-        ("anyio", 50.0), ("trio_parallel", 60.0), ("process_pool_executor", 150.0))}
+        ("anyio", 50.0), ("trio_parallel", 60.0), ("process_pool_executor", 150.0),
+        ("instant", 4.0))}
+    latency["json"] = {"seconds": 2.5 * US}
     tp = {name: _window(rate) for name, rate in (
         ("pool", 20_000.0), ("pool_no_poll", 15_000.0), ("anyio", 10_000.0),
         ("trio_parallel", 12_000.0), ("process_pool_executor", 3_000.0))}
@@ -103,6 +105,19 @@ def test_every_row_with_a_target_has_a_verdict_and_no_other_row_has_one() -> Non
 def test_pool_call_within_one_and_a_half_spin_floors(pool_us: float, verdict: str) -> None:
     row = _row(rows(results(pool_us=pool_us)), "pool.call: checkout")
     assert row["target"] == "<= 1.5x spin" and row["result"] == verdict
+
+
+def test_the_breakdown_shows_the_pools_own_cost_and_the_json() -> None:
+    table = rows(results())
+    instant = _row(table, "  pool.call on an instant in-process worker")
+    assert (instant["value"], instant["ratio"]) == ("4.0 µs (p90 4.8 µs)", "0.40x spin")
+    json_row = _row(table, "  JSON of one call")
+    assert (json_row["value"], json_row["ratio"]) == ("2.5 µs", "0.25x spin")
+    # Older result files have neither row.
+    old = results()
+    del old["latency"]["instant"], old["latency"]["json"]
+    labels = [row[0] for row in rows(old)]
+    assert not any("instant" in label or "JSON of one call" in label for label in labels)
 
 
 @pytest.mark.parametrize(("pool_us", "verdict"), [(100.0, "PASS"), (100.5, "FAIL")])

@@ -577,6 +577,24 @@ def test_oversized_request_rejected_before_its_body(spawn: Any) -> None:
     assert w.wait_exit() == runtime.EXIT_PROTOCOL_ERROR
 
 
+def test_the_hello_carries_the_declared_argument_shapes(spawn: Any) -> None:
+    w = spawn()
+    hello = w.hello()
+    assert hello["schemas"]["sleep"]["required"] == ["seconds"]
+    assert set(hello["schemas"]) <= set(hello["commands"])
+
+
+def test_a_hello_too_big_for_its_shapes_is_sent_without_them(spawn: Any) -> None:
+    # The default app's shapes take more than 1 KiB: the worker still starts.
+    w = spawn("--max-frame-size", "1024")
+    hello = w.hello()
+    assert "schemas" not in hello and "sleep" in hello["commands"]
+    assert w.call("echo", [1]) == [1]
+    w.close_stdin()
+    assert w.wait_exit() == 0
+    assert "hello sent without its argument shapes" in w.stderr_text()
+
+
 def test_garbage_corrupts_the_frame_channel(worker: WorkerProcess) -> None:
     start = len(worker.raw)  # just after the hello
     worker.decoding = False
