@@ -1001,6 +1001,7 @@ class PoolMachine(RuleBasedStateMachine):
             return
         self.remember(worker)
         self.killed_ids.add(worker.worker_id)
+        self.pool.expect_death(worker.worker_id)  # counted, not logged per kill
         outcome: list[BaseException | None] = []
 
         async def kill_then_call() -> None:
