@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -212,8 +214,14 @@ class Pool:
                 if unstartable is not None:
                     await trio.lowlevel.checkpoint()
                     raise unstartable
-                await trio_util.wait_any(self._live.wait_transition, self._closing.wait,
-                                         failures.outcomes.wait_transition)
+                # Wait for a change since the check above: wait_any starts its
+                # waits in child tasks, so a transition in between would be
+                # missed by wait_transition (a lost wake-up under load).
+                live, outcomes = self._live.value, failures.outcomes.value
+                await trio_util.wait_any(
+                    partial(self._live.wait_value, partial(operator.ne, live)),
+                    self._closing.wait,
+                    partial(failures.outcomes.wait_value, partial(operator.ne, outcomes)))
         raise self._explained(PoolTimeout(
             timeout=limit, pool=self.label,
             reason=f"only {self._alive_count()} of {want} workers ready"))
@@ -380,10 +388,14 @@ class Pool:
             view = self.inspect()
             if condition(view):
                 return view
+            # A change since this view, not the next transition: wait_any starts
+            # its waits in child tasks, and a transition in between would be lost.
+            live = self._live.value
+            changed = partial(self._live.wait_value, partial(operator.ne, live))
             if self._closing.is_set():
-                await self._live.wait_transition()
+                await changed()
             else:
-                await trio_util.wait_any(self._live.wait_transition, self._closing.wait)
+                await trio_util.wait_any(changed, self._closing.wait)
 
     async def aclose(self) -> None:
         """Stop new checkouts, let leases finish for ``shutdown_grace``, then stop
