@@ -13,6 +13,11 @@ see: who holds which slot (never two waiters), that every served or failed
 waiter is woken, that a dead worker or a waiter past its deadline is never
 granted, that a queued waiter never waits while a worker it may use sits idle,
 that session state is never lost silently, and that nothing starts after close.
+
+It also models the waiting line and checks the order of service (the pool's
+promise, see ``served_in_order``): a waiter's place is its arrival number, kept
+when a grant is taken back; whenever a waiter is granted a worker, no waiter
+that arrived before it and could have taken that same worker is still waiting.
 """
 
 from __future__ import annotations
@@ -99,9 +104,14 @@ class CoreMachine(RuleBasedStateMachine):
         """Call the core, then act on its actions and check what it decided."""
         before = {w.id: (w.status, w.slot, w.generation) for w in self.core.waiters.values()}
         result = fn(*args, **kwargs)
-        if isinstance(result, Waiter):
-            before.setdefault(result.id, (W.QUEUED, None, None))
+        # Waiters created by this step (request(), or a burst of them): one
+        # granted inside request() is not woken, its caller reads its status.
+        created = {w.id: w for w in (result if isinstance(result, list) else [result])
+                   if isinstance(w, Waiter)}
+        for waiter_id in created:
+            before.setdefault(waiter_id, (W.QUEUED, None, None))
         woken = set()
+        granted_now: list[Waiter] = []
         for action in self.core.take_actions():
             if isinstance(action, Wake):
                 woken.add(action.waiter)
@@ -123,20 +133,59 @@ class CoreMachine(RuleBasedStateMachine):
             else:
                 assert isinstance(action, Emit) and action.event[0] == "engine"
         for waiter_id, old in before.items():  # old: (status, slot, generation)
-            waiter = self.core.waiters.get(waiter_id)
-            if waiter is None and isinstance(result, Waiter) and result.id == waiter_id:
-                waiter = result
+            waiter = self.core.waiters.get(waiter_id) or created.get(waiter_id)
             if waiter is None:
                 continue
             now = (waiter.status, waiter.slot, waiter.generation)
             if waiter.status is W.GRANTED and now != old:
                 # A waiter granted by request() itself is not woken (its caller
                 # reads the status); any later grant must wake its sleeper.
-                in_request = isinstance(result, Waiter) and result.id == waiter_id
+                in_request = waiter_id in created
                 self.granted(waiter, woken, fresh=old[0] is not W.GRANTED and not in_request)
+                granted_now.append(waiter)
             if waiter.status is W.FAILED and old[0] is not W.FAILED:
                 self.failed(waiter, woken)
+        if granted_now:
+            self.served_in_order(granted_now)
         return result
+
+    def eligible_slot(self, waiter: Waiter) -> int | None:
+        """The one slot a queued call waiter may take (its session's worker, strict
+        or fail_fast affinity), -1 for any slot, None for none."""
+        if waiter.session is None or self.core.affinity == "hint":
+            return -1
+        binding = self.core.bindings.get(waiter.session)
+        if binding is None:
+            return -1
+        return None if binding.lost is not None else binding.slot
+
+    def served_in_order(self, granted: list[Waiter]) -> None:
+        """The pool's promise on order, checked after every step that granted:
+        a waiter granted worker W arrived before every call waiter still queued
+        that may take W (any queued anonymous waiter, any session waiter whose
+        session has no worker yet or affinity='hint', any waiter whose session
+        is bound to W). Arrival is the request's order; a waiter whose grant was
+        taken back (its worker died before it took it) keeps its arrival, so it
+        is served before everyone who came after it. Health probes take one
+        given worker now or never, and are outside this order."""
+        first_any: int | None = None
+        first_on: dict[int, int] = {}
+        for waiter in self.requested.values():
+            if waiter.status is not W.QUEUED or waiter.purpose != "call":
+                continue
+            where = self.eligible_slot(waiter)
+            if where == -1:
+                first_any = waiter.id if first_any is None else min(first_any, waiter.id)
+            elif where is not None:
+                first_on[where] = min(first_on.get(where, waiter.id), waiter.id)
+        for waiter in granted:
+            if waiter.purpose != "call":
+                continue
+            assert waiter.slot is not None
+            for ahead in (first_any, first_on.get(waiter.slot)):
+                assert ahead is None or ahead > waiter.id, \
+                    f"waiter {waiter.id} served slot {waiter.slot} before waiter {ahead}, " \
+                    f"which arrived first and may take it"
 
     def granted(self, waiter: Waiter, woken: set[int], fresh: bool) -> None:
         assert waiter.slot is not None
@@ -210,6 +259,24 @@ class CoreMachine(RuleBasedStateMachine):
             if then == "cycle":
                 self._checkin(waiter, clean=True, remove=False, calls=1)
         return waiter
+
+    @rule(pick=st.integers(0, 7))
+    def reject_at_receipt(self, pick: int) -> None:
+        """A granted waiter finds its worker dead when it runs (the shell's
+        re-check at receipt): the core stops that worker and puts the waiter
+        back in its place."""
+        waiter = self._pick(W.GRANTED, pick)
+        if waiter is None or waiter.purpose != "call":
+            return
+        assert waiter.slot is not None
+        index = waiter.slot
+        slot = self.core.slots[index]
+        self.release_model(waiter)
+        live = slot.lease == waiter.id
+        self.step(self.core.reject_grant, waiter.id, "process_dead at receipt")
+        if live:
+            assert slot.state in (S.STOPPING, S.STOPPED), slot.state
+        assert waiter.status is not W.GRANTED or waiter.slot != index
 
     def _pick(self, status: WaiterStatus, pick: int) -> Waiter | None:
         found = [w for w in self.requested.values() if w.status is status]
@@ -539,3 +606,119 @@ def test_retire_while_leased_stops_after_checkin() -> None:
     assert waiting.status is W.QUEUED
     stops = [a for a in core.take_actions() if isinstance(a, StopWorker)]
     assert [(a.slot, a.reason, a.graceful) for a in stops] == [(0, "rss above max_rss_mb", True)]
+
+
+class ScaleCoreMachine(CoreMachine):
+    """The same machine and model at scale: hundreds of slots, thousands of
+    waiters (bursts of requests, mass check-ins, cancellations and crashes), so
+    that the core's incremental structures (the waiting line's heaps, the free
+    slots, the counts; see PoolCore.check_invariants) are proven where a scan
+    and a heap would disagree. Invariants only: nothing here measures time."""
+
+    @initialize(size=st.integers(100, 300),
+                affinity=st.sampled_from(["strict", "fail_fast", "hint"]),
+                lazy=st.sampled_from([False, True]), max_calls=st.none() | st.integers(1, 3))
+    def setup(self, size: int, affinity: str, lazy: bool,  # type: ignore[override]
+              max_calls: int | None) -> None:
+        self.core = PoolCore(size, clock=self.clock, affinity=affinity, max_waiters=5000,
+                             lazy=lazy, max_calls_per_worker=max_calls, max_health_failures=2,
+                             vet=self.vet, strict=True, name="core-scale")
+        self.step(self.core.start)
+        while self.starts:
+            self.start_and_ready(0)
+
+    @rule(count=st.integers(100, 2000), sessions=st.integers(0, 400),
+          timeout=st.sampled_from([None, 1.0, 5.0]))
+    def burst(self, count: int, sessions: int, timeout: float | None) -> None:
+        """Many callers at once; ``sessions``: how many distinct sessions share
+        them (each caller picks one, or none, by its number)."""
+        def requests() -> list[Waiter]:
+            return [self.core.request(
+                None if not sessions or i % 3 == 0 else f"s{i % sessions}", timeout)
+                for i in range(count)]
+        for waiter in self.step(requests):
+            self.requested[waiter.id] = waiter
+
+    @rule(share=st.sampled_from([2, 3, 10]))
+    def receive_many(self, share: int) -> None:
+        granted = [w for w in self.requested.values() if w.status is W.GRANTED]
+        taken = granted[::share]
+        self.step(lambda: [self.core.receive(w.id) for w in taken])
+        assert all(w.status is W.HELD for w in taken)
+
+    @rule(share=st.sampled_from([1, 2, 3]), clean=st.booleans())
+    def checkin_many(self, share: int, clean: bool) -> None:
+        held = [w for w in self.requested.values() if w.status is W.HELD][::share]
+        for waiter in held:
+            del self.requested[waiter.id]
+            self.release_model(waiter)
+        self.step(lambda: [self.core.checkin(w.id, clean=clean, calls=1) for w in held])
+
+    @rule(share=st.sampled_from([2, 5]))
+    def cancel_many(self, share: int) -> None:
+        queued = [w for w in self.requested.values() if w.status is W.QUEUED][::share]
+        for waiter in queued:
+            del self.requested[waiter.id]
+        self.step(lambda: [self.core.cancel(w.id) for w in queued])
+        assert not any(w.id in self.core.queue for w in queued)
+
+    @rule(first=st.integers(0, 299), count=st.integers(1, 50), crash=st.booleans())
+    def exit_many(self, first: int, count: int, crash: bool) -> None:
+        for index in range(first, first + count):
+            self.worker_exited(index, crash)
+
+    @rule()
+    def start_all(self) -> None:
+        while self.starts:
+            self.start_and_ready(0)
+
+
+ScaleCoreMachine.TestCase.settings = scaled(max_examples=50, stateful_step_count=20)
+TestScaleCoreMachine = ScaleCoreMachine.TestCase
+
+
+def _ready_core(size: int, **kwargs: object) -> PoolCore:
+    core = PoolCore(size, clock=Clock(), strict=True, **kwargs)  # type: ignore[arg-type]
+    core.start()
+    for index in range(size):
+        core.worker_starting(index)
+        core.worker_ready(index, f"w{index}", index)
+    core.take_actions()
+    return core
+
+
+def test_requeued_waiter_keeps_its_place() -> None:
+    """A waiter whose grant is taken back (its worker died before it took it)
+    is served before the waiters that arrived after it."""
+    core = _ready_core(2)
+    held = core.request(None)
+    core.receive(held.id)
+    first = core.request(None)  # granted slot 1, not taken yet
+    assert first.status is W.GRANTED
+    second, third = core.request(None), core.request(None)
+    assert second.status is third.status is W.QUEUED
+    core.reject_grant(first.id, "process_dead at receipt")  # slot 1 stops
+    assert first.status is W.QUEUED
+    core.checkin(held.id, clean=True)  # slot 0 free: it goes to `first`, not `second`
+    assert first.status is W.GRANTED and first.slot == 0
+    assert [w.id for w in core.queued_in_order()] == [second.id, third.id]
+
+
+def test_session_waiter_ahead_of_later_anonymous_ones() -> None:
+    """FIFO among waiters eligible for the same worker: a session waiter queued
+    for its (busy) worker is served before anonymous waiters that arrived later,
+    and does not hold back anonymous waiters when another worker frees."""
+    core = _ready_core(2)
+    bound = core.request("s")
+    core.receive(bound.id)
+    other = core.request(None)
+    core.receive(other.id)
+    session_waiter = core.request("s")  # waits for slot `bound.slot`
+    anonymous = core.request(None)
+    assert bound.slot is not None and other.slot is not None
+    core.checkin(other.id, clean=True)  # not the session's worker: the anonymous one
+    assert anonymous.status is W.GRANTED and session_waiter.status is W.QUEUED
+    later = core.request(None)
+    core.checkin(bound.id, clean=True)  # the session's worker: its waiter first
+    assert session_waiter.status is W.GRANTED and session_waiter.slot == bound.slot
+    assert later.status is W.QUEUED
