@@ -673,7 +673,7 @@ class ScaleCoreMachine(CoreMachine):
             self.start_and_ready(0)
 
 
-ScaleCoreMachine.TestCase.settings = scaled(max_examples=50, stateful_step_count=20)
+ScaleCoreMachine.TestCase.settings = scaled(max_examples=30, stateful_step_count=20)
 TestScaleCoreMachine = ScaleCoreMachine.TestCase
 
 
