@@ -155,6 +155,10 @@ class Pool:
         self._live = trio_util.AsyncValue(0)  # workers ready, busy or degraded
         self._stopped = trio_util.AsyncValue(config.size)
         self._live_count = 0
+        # Counts every change of _live: wait_until waits for the count to move
+        # past what it saw, so a change (even 1 -> 0 -> 1) made before its
+        # waiting task is registered is not missed.
+        self._live_changes = trio_util.AsyncValue(0)
         self._stopped_count = config.size
         supervision = SupervisorContext(
             config=config, label=self.label, core=self._core, flush=self._flush,
@@ -290,13 +294,18 @@ class Pool:
         wrap it in one.
         """
         while True:
+            seen = self._live_changes.value
             view = self.inspect()
             if condition(view):
                 return view
+
+            async def changed() -> None:
+                await self._live_changes.wait_value(lambda v: v != seen)
+
             if self._closing.is_set():
-                await self._live.wait_transition()
+                await changed()
             else:
-                await trio_util.wait_any(self._live.wait_transition, self._closing.wait)
+                await trio_util.wait_any(changed, self._closing.wait)
 
     async def aclose(self) -> None:
         """Stop new checkouts, let leases finish for ``shutdown_grace``, then stop
@@ -488,6 +497,7 @@ class Pool:
         # (compared against plain ints: its property getter is not free).
         if self._live_count != live:
             self._live_count = self._live.value = live
+            self._live_changes.value += 1
         if self._stopped_count != stopped:
             self._stopped_count = self._stopped.value = stopped
 
