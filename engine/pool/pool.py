@@ -37,8 +37,10 @@ to use a pool):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import operator
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
@@ -299,9 +301,8 @@ class Pool:
             if condition(view):
                 return view
 
-            async def changed() -> None:
-                await self._live_changes.wait_value(lambda v: v != seen)
-
+            changed = functools.partial(self._live_changes.wait_value,
+                                        functools.partial(operator.ne, seen))
             if self._closing.is_set():
                 await changed()
             else:

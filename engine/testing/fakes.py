@@ -580,6 +580,12 @@ class FakeWorker(ChannelWorker):
         flight gets ``WorkerCrashed``. Call it from inside the Trio run."""
         self._died(ExitInfo(exit_code=None, signal=int(sig), reason="killed"))
 
+    def exit_now(self, code: int = 1) -> None:
+        """Make the fake process exit on its own now (not a kill): ``is_alive()``
+        is False at once, while its channel stays clean until the parent reads
+        the EOF (a real process seen dead by ``poll()`` before its pipe breaks)."""
+        self._peer.exit(code)
+
     async def stop(self, grace: float) -> ExitInfo:
         """Like ProcessWorker.stop: shutdown + stdin EOF, wait ``grace``, then kill."""
         if self.ready and self.can_stop_gracefully:
