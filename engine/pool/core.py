@@ -424,6 +424,11 @@ class PoolCore:
         if slot.lease == waiter.id and slot.generation == waiter.generation:
             self._set_lease(slot, None)
             self._stop(slot, reason, graceful=False)
+        if self.closing:
+            # As in worker_exited: a closed pool's queue takes nobody back.
+            waiter.slot = waiter.generation = None
+            self._fail(waiter, PoolClosed(pool=self.name))
+            return
         self._requeue(waiter)
         self._dispatch()
 

@@ -89,6 +89,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.closed = False
         self.requested: dict[int, Waiter] = {}  # call waiters not yet checked in/cancelled
         self.draining: dict[int, int] = {}  # slot -> generation the core asked to drain
+        # The model's own arrival numbers (not the core's ids: a core that
+        # renumbered a waiter would fool a model that trusted them).
+        self.arrival: dict[Waiter, int] = {}
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -108,8 +111,9 @@ class CoreMachine(RuleBasedStateMachine):
         # granted inside request() is not woken, its caller reads its status.
         created = {w.id: w for w in (result if isinstance(result, list) else [result])
                    if isinstance(w, Waiter)}
-        for waiter_id in created:
+        for waiter_id, waiter in created.items():
             before.setdefault(waiter_id, (W.QUEUED, None, None))
+            self.arrival[waiter] = len(self.arrival)
         woken = set()
         granted_now: list[Waiter] = []
         for action in self.core.take_actions():
@@ -174,18 +178,20 @@ class CoreMachine(RuleBasedStateMachine):
             if waiter.status is not W.QUEUED or waiter.purpose != "call":
                 continue
             where = self.eligible_slot(waiter)
+            came = self.arrival[waiter]
             if where == -1:
-                first_any = waiter.id if first_any is None else min(first_any, waiter.id)
+                first_any = came if first_any is None else min(first_any, came)
             elif where is not None:
-                first_on[where] = min(first_on.get(where, waiter.id), waiter.id)
+                first_on[where] = min(first_on.get(where, came), came)
         for waiter in granted:
             if waiter.purpose != "call":
                 continue
             assert waiter.slot is not None
+            came = self.arrival[waiter]
             for ahead in (first_any, first_on.get(waiter.slot)):
-                assert ahead is None or ahead > waiter.id, \
-                    f"waiter {waiter.id} served slot {waiter.slot} before waiter {ahead}, " \
-                    f"which arrived first and may take it"
+                assert ahead is None or ahead > came, \
+                    f"arrival #{came} served slot {waiter.slot} before arrival #{ahead}, " \
+                    f"which came first and may take it"
 
     def granted(self, waiter: Waiter, woken: set[int], fresh: bool) -> None:
         assert waiter.slot is not None
@@ -722,3 +728,16 @@ def test_session_waiter_ahead_of_later_anonymous_ones() -> None:
     core.checkin(bound.id, clean=True)  # the session's worker: its waiter first
     assert session_waiter.status is W.GRANTED and session_waiter.slot == bound.slot
     assert later.status is W.QUEUED
+
+
+def test_reject_at_receipt_after_close_fails_the_waiter() -> None:
+    """A grant found dead at receipt after close: the waiter gets PoolClosed at
+    once; a closed pool's queue must not take it back (found by the machine's
+    reject_at_receipt rule)."""
+    core = _ready_core(1)
+    waiter = core.request(None)
+    assert waiter.status is W.GRANTED
+    core.close()
+    core.reject_grant(waiter.id, "process_dead at receipt")
+    assert waiter.status is W.FAILED and isinstance(waiter.error, PoolClosed)
+    assert not core.queue
