@@ -284,6 +284,29 @@ class CoreMachine(RuleBasedStateMachine):
             assert slot.state in (S.STOPPING, S.STOPPED), slot.state
         assert waiter.status is not W.GRANTED or waiter.slot != index
 
+    @rule(session=SESSIONS)
+    def hold_every_worker(self, session: str | None) -> None:
+        """Callers take every free worker (a session's first: one of them), so
+        that the next requests queue: the waiting line, where order matters."""
+        for _ in range(self.core.size):
+            if self.core.closing or not any(
+                    s.state is S.READY and s.lease is None for s in self.core.slots):
+                return
+            waiter = self.step(self.core.request, session)
+            self.requested[waiter.id] = waiter
+            if waiter.status is not W.GRANTED:
+                return
+            assert self.step(self.core.receive, waiter.id)
+            session = None
+
+    @rule(sessions=st.lists(SESSIONS, min_size=2, max_size=4))
+    def queue_several(self, sessions: list[str | None]) -> None:
+        """Callers arrive one after the other (each waits if no worker is free):
+        anonymous and session waiters interleaved in the line."""
+        for session in sessions:
+            waiter = self.step(self.core.request, session, 5.0)
+            self.requested[waiter.id] = waiter
+
     def _pick(self, status: WaiterStatus, pick: int) -> Waiter | None:
         found = [w for w in self.requested.values() if w.status is status]
         return found[pick % len(found)] if found else None
@@ -614,6 +637,40 @@ def test_retire_while_leased_stops_after_checkin() -> None:
     assert [(a.slot, a.reason, a.graceful) for a in stops] == [(0, "rss above max_rss_mb", True)]
 
 
+class LineMachine(CoreMachine):
+    """The same machine and model, narrowed to the waiting line: only the rules
+    that queue, serve, take back and re-serve waiters, so that the orders that
+    matter (an anonymous waiter and a session's, both eligible for the worker
+    that frees; a grant taken back, then another worker freeing) come up in a
+    few steps instead of among twenty other rules."""
+
+    @initialize(size=st.integers(1, 2), max_waiters=st.integers(3, 8))
+    def setup(self, size: int, max_waiters: int) -> None:  # type: ignore[override]
+        # Strict affinity: the only one where a waiter may take one worker only
+        # (fail_fast refuses instead of queueing, hint takes any worker).
+        CoreMachine.setup(self, size, "strict", False, max_waiters, None, True)
+
+    # Overridden without @rule: not rules here.
+    def receive_any(self, waiter: Waiter) -> None: ...
+    def checkin_abandoned(self, pick: int, remove: bool) -> None: ...
+    def drained(self, pick: int, ok: bool) -> None: ...
+    def worker_starting(self, pick: int) -> None:  # still used by start_and_ready
+        CoreMachine.worker_starting(self, pick)
+    def worker_ready(self, pick: int) -> None:  # still used by start_and_ready
+        CoreMachine.worker_ready(self, pick)
+    def policy_skips_next(self, dice: int) -> None: ...
+    def retire(self, pick: int, dice: int) -> None: ...
+    def health_probe(self, pick: int) -> Waiter:  # type: ignore[override]
+        raise AssertionError("not a rule here")
+    def health_result(self, probe: Waiter, ok: bool) -> None: ...
+    def close(self, dice: int) -> None: ...
+    def worker_dies_unnoticed(self, pick: int) -> None: ...
+
+
+LineMachine.TestCase.settings = scaled(max_examples=300, stateful_step_count=25)
+TestLineMachine = LineMachine.TestCase
+
+
 class ScaleCoreMachine(CoreMachine):
     """The same machine and model at scale: hundreds of slots, thousands of
     waiters (bursts of requests, mass check-ins, cancellations and crashes), so
@@ -741,3 +798,16 @@ def test_reject_at_receipt_after_close_fails_the_waiter() -> None:
     core.reject_grant(waiter.id, "process_dead at receipt")
     assert waiter.status is W.FAILED and isinstance(waiter.error, PoolClosed)
     assert not core.queue
+
+
+def test_anonymous_waiter_ahead_of_later_session_waiter() -> None:
+    """FIFO among waiters eligible for the same worker, the other way round: an
+    anonymous waiter that arrived first takes the session's worker when it
+    frees, before the session's own later waiter."""
+    core = _ready_core(1)
+    bound = core.request("s")
+    core.receive(bound.id)
+    anonymous = core.request(None, 5.0)
+    session_waiter = core.request("s", 5.0)
+    core.checkin(bound.id, clean=True)
+    assert anonymous.status is W.GRANTED and session_waiter.status is W.QUEUED
