@@ -11,7 +11,10 @@ moves forward by random steps, sometimes not at all):
 * ``wake_at`` is never later than the earliest live deadline (the timer can't
   oversleep one), and the earlier-deadline hook fires exactly when it moves;
 * the heap stays proportional to the most entries ever live (removed ones
-  are dropped).
+  are dropped), and exactly as the module says: an add that takes the heap past
+  its threshold (64 at first) drops the removed entries if they are the
+  majority, the threshold becoming twice the live ones (at least 64); if not,
+  nothing is dropped and the threshold becomes twice the heap.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def test_each_deadline_fires_once_on_time_and_removed_ones_never(
     now = 0.0
     last_fired: tuple[float, int] = (-math.inf, -1)
     peak = 0
+    prune_at = 64  # the model's threshold
 
     def live() -> list[Item]:
         return [i for i in items if not i.removed and i.fired_at is None]
@@ -68,11 +72,21 @@ def test_each_deadline_fires_once_on_time_and_removed_ones_never(
     for op, value in ops:
         if op == "add":
             before = deadlines.wake_at
+            size, alive = len(deadlines) + 1, deadlines.live() + 1
+            moved = len(moves)
             item = Item(len(items), now + value)
             items.append(item)
             entries.append(deadlines.add(item.deadline, item))
+            assert (len(moves) > moved) == (item.deadline < before), \
+                "the alarm hook must be told exactly when the earliest deadline moves"
             if item.deadline < before:
                 assert moves[-1] == item.deadline == deadlines.wake_at
+            if size > prune_at:
+                if 2 * alive >= size:
+                    prune_at = 2 * size
+                else:
+                    size, prune_at = alive, max(64, 2 * alive)
+            assert len(deadlines) == size, f"heap of {len(deadlines)}, expected {size}"
         elif op == "remove" and items:
             index = value % len(items)
             deadlines.remove(entries[index])
