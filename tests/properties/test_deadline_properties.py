@@ -57,6 +57,35 @@ class Item:
 @given(ops=OPS)
 def test_each_deadline_fires_once_on_time_and_removed_ones_never(
         ops: list[tuple[str, Any]]) -> None:
+    check_ops(ops)
+
+
+def _add_then_remove(times: int, first: int) -> list[tuple[str, Any]]:
+    """``times`` calls that end in time: each added, then removed (by index)."""
+    ops: list[tuple[str, Any]] = []
+    for n in range(first, first + times):
+        ops += [("add", 10.0), ("remove", n)]
+    return ops
+
+
+@pytest.mark.parametrize("ops", [
+    # 30 in flight, then ended calls until the heap passes 64: mostly removed,
+    # dropped; then again from the smaller threshold.
+    [("add", 10.0)] * 30 + _add_then_remove(35, 30) + _add_then_remove(34, 65),
+    # 60 in flight, a few ended: mostly live at the threshold, nothing dropped,
+    # the threshold doubles.
+    [("add", 10.0)] * 60 + _add_then_remove(5, 60) + [("add", 10.0)] * 70,
+    # The same, then ended calls: the doubled threshold holds until it is passed.
+    [("add", 10.0)] * 60 + _add_then_remove(5, 60) + _add_then_remove(70, 65),
+    # 20 in flight: the heap reaches the threshold exactly, then passes it.
+    [("add", 10.0)] * 20 + _add_then_remove(44, 20) + [("add", 10.0)] * 3,
+], ids=["ended-majority", "live-majority", "live-majority-then-ended", "at-threshold"])
+def test_pruning_follows_the_documented_policy(ops: list[tuple[str, Any]]) -> None:
+    """The thresholds themselves (random interleavings rarely reach them)."""
+    check_ops(ops)
+
+
+def check_ops(ops: list[tuple[str, Any]]) -> None:
     moves: list[float] = []
     deadlines: Deadlines[Item] = Deadlines(on_earlier=moves.append)
     items: list[Item] = []
