@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 _SLACK = 64  # stale entries tolerated before a rebuild (small heaps never rebuild)
@@ -65,13 +65,6 @@ class WaiterLine:
                 return heap[0][2]
             heapq.heappop(heap)
         return None
-
-    def __iter__(self) -> Iterator[Any]:
-        """The live waiters, in no particular order."""
-        return (e[2] for e in list(self._heap) if self._valid(e))
-
-    def __len__(self) -> int:
-        return self.live
 
     def check(self, expected: Sequence[Queued]) -> None:
         """Assert the line holds exactly ``expected``, each once, live count right."""
