@@ -76,7 +76,7 @@ def _add_then_remove(times: int, first: int) -> list[tuple[str, Any]]:
     # the threshold doubles.
     [("add", 10.0)] * 60 + _add_then_remove(5, 60) + [("add", 10.0)] * 70,
     # The same, then ended calls: the doubled threshold holds until it is passed.
-    [("add", 10.0)] * 60 + _add_then_remove(5, 60) + _add_then_remove(70, 65),
+    [("add", 10.0)] * 60 + _add_then_remove(5, 60) + _add_then_remove(140, 65),
     # 20 in flight: the heap reaches the threshold exactly, then passes it.
     [("add", 10.0)] * 20 + _add_then_remove(44, 20) + [("add", 10.0)] * 3,
 ], ids=["ended-majority", "live-majority", "live-majority-then-ended", "at-threshold"])
