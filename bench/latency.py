@@ -9,8 +9,10 @@ with the median CPU. Contenders:
 * ``floor`` / ``json_floor``: the Trio pipe echo whose ends sleep
   (:mod:`bench.floor`), issue 3's floor, now a yardstick;
 * ``process_worker``: the raw worker (``open_process_worker``), ``echo``;
-* ``checkout``: ``pool.checkout()`` + checkin with no call, the pool's own
-  bookkeeping alone;
+* ``checkout``: ``pool.checkout()`` + checkin with no call;
+* ``instant``: ``pool.call`` on an in-process worker that answers at once
+  (:mod:`bench.instant`): the pool's own cost per call, core and Trio shell;
+* ``json`` (not a contender): both ends' JSON work per call, in-process;
 * ``pool``, ``pool_no_poll``: ``pool.call`` with default and no busy-polling;
 * the peers (:mod:`bench.contenders`).
 """
@@ -27,6 +29,7 @@ from bench.common import PAYLOAD, Window, cpu_split, median, p90, time_calls
 from bench.contenders import Contender, open_contender
 from bench.cpu import CpuMeter
 from bench.floor import open_floor
+from bench.instant import json_cost, open_instant_pool
 from bench.spin import open_spin_floor
 from engine.process.handle import SpawnRequest
 from engine.process.spawn import open_process_worker
@@ -64,6 +67,8 @@ async def _open_all(stack: AsyncExitStack) -> list[Contender]:
             pass
 
     out.append(Contender("checkout", checkout_only, pool.worker_pids))
+    instant = await stack.enter_async_context(open_instant_pool())
+    out.append(Contender("instant", lambda: instant.call("echo", PAYLOAD), list))
     out.append(Contender("pool", lambda: pool.call("echo", PAYLOAD), pool.worker_pids))
     for name in PEERS:
         out.append(await stack.enter_async_context(open_contender(name, 1)))
@@ -120,4 +125,6 @@ def summarize(rounds: list[list[float]], windows: list[Window]) -> dict[str, Any
 
 def measure(quick: bool) -> dict[str, Any]:
     rounds, per_round = (3, 200) if quick else (20, 300)
-    return trio.run(sequential, rounds, per_round)
+    out: dict[str, Any] = trio.run(sequential, rounds, per_round)
+    out["json"] = {"seconds": json_cost(PAYLOAD, calls=5_000 if quick else 20_000)}
+    return out

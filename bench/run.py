@@ -16,11 +16,17 @@ no peer's process cache leaks into another's figures):
   fake workers (:mod:`bench.scale`);
 * startup: bare interpreter, spawn-to-hello, crash to replacement, pool start
   and close for 1, 4, 64 and 256 workers, RSS (:mod:`bench.startup`);
+* origin: the origin's success metrics with the default configuration
+  (issue 17): checkout success, session affinity, availability with Retry
+  under repeated kills, hung-worker detection (:mod:`bench.origin`);
 * cancel: a call cancelled mid-way, to its worker ready again (cooperative)
   against to its replacement ready (``cancel_grace=0``) (:mod:`bench.cancel`);
 * remote: workers through ssh on a loopback sshd against local ones: round
   trip, spawn-to-hello, how long a busy remote worker outlives its ssh client
-  or its pool's process (:mod:`bench.remote`; skipped without sshd).
+  or its pool's process (:mod:`bench.remote`; skipped without sshd);
+* run_sync: ``engine.run_sync`` against ``trio_parallel.run_sync`` and
+  ``anyio.to_process.run_sync``: latency, throughput, 10 MB round trip,
+  CPU-bound batch (:mod:`bench.run_sync`).
 
 Options: ``--quick`` (fewer samples, for a smoke run), ``--sections``,
 ``--json PATH`` (every figure), ``--markdown`` (print the table as Markdown),
@@ -46,7 +52,17 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
 import trio
 
 import engine
-from bench import cancel, contended, latency, remote, scale, startup, throughput
+from bench import (
+    cancel,
+    contended,
+    latency,
+    origin,
+    remote,
+    run_sync,
+    scale,
+    startup,
+    throughput,
+)
 from bench.table import COLUMNS, markdown, print_table, rows
 
 Log = Callable[[str], None]
@@ -64,8 +80,10 @@ SECTIONS: dict[str, Callable[[bool, Log], Any]] = {
     "contended": contended.measure,
     "scale": scale.measure,
     "startup": startup.measure,
+    "origin": origin.measure,
     "cancel": cancel.measure,
     "remote": remote.measure,
+    "run_sync": run_sync.measure,
 }
 
 

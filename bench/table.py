@@ -91,6 +91,15 @@ def latency_rows(seq: dict[str, Any]) -> list[Row]:
     checkout = seq["checkout"]
     out.append(("  pool checkout + checkin alone, no call", value("checkout"),
                 cpu(checkout["cpu"], workers=False), "", "", ""))
+    if "instant" in seq:
+        instant = seq["instant"]
+        out.append(("  pool.call on an instant in-process worker: the pool's own cost",
+                    value("instant"), cpu(instant["cpu"], workers=False),
+                    f"{instant['median'] / spin:.2f}x spin", "", ""))
+    if "json" in seq:
+        json_seconds = seq["json"]["seconds"]
+        out.append(("  JSON of one call, both ends, in-process (in every row above)",
+                    us(json_seconds), "", f"{json_seconds / spin:.2f}x spin", "", ""))
     pr = pool / spin
     out.append(row("pool.call: checkout + call + checkin", "pool", step("pool", "process_worker"),
                    "<= 1.5x spin", verdict(pr <= 1.5)))
@@ -223,7 +232,8 @@ def startup_rows(s: dict[str, Any]) -> list[Row]:
         start = p["start"] / p["ideal_start"]
         if workers == "4":
             out.append((f"pool start, {workers} workers", ms(p["start"]), "",
-                        f"{p['start'] / hello:.2f}x hello", "< 100 ms (issue 17)",
+                        f"{p['start'] / hello:.2f}x hello, {p['start'] / bare:.2f}x bare",
+                        "< 100 ms (issue 17)",
                         verdict(p["start"] < 0.1)))
         else:
             out.append((f"pool start, {workers} worker{plural}", ms(p["start"]), "",
@@ -241,6 +251,25 @@ def startup_rows(s: dict[str, Any]) -> list[Row]:
     return out
 
 
+def origin_rows(o: dict[str, Any]) -> list[Row]:
+    out = [_heading("the origin's success metrics, default PoolConfig (issue 17)")]
+    c, a, v, h = o["checkouts"], o["affinity"], o["availability"], o["hung"]
+    out.append((f"checkout success, {c['total']} checkouts", f"{c['ok']}/{c['total']}", "",
+                "", "500/500", verdict(c["ok"] == c["total"] == 500)))
+    rate = a["hits"] / a["total"]
+    out.append(("session affinity hit rate", f"{rate:.1%} ({a['hits']}/{a['total']})", "", "",
+                "> 95%", verdict(rate > 0.95)))
+    share = v["ok"] / v["total"]
+    out.append((f"availability with Retry, a kill every {v['kill_every']:g} s",
+                f"{share:.3%} ({v['ok']:,}/{v['total']:,})", "", f"{v['kills']} kills",
+                ">= 99.9%", verdict(share >= 0.999)))
+    worst = max(h["seconds"])
+    out.append(("hung worker (SIGSTOP while idle) out of service", f"{ms(worst)} (worst)", "",
+                f"{worst / h['bound']:.2f}x interval + timeout", "< 5 s",
+                verdict(worst < 5.0)))
+    return out
+
+
 def cancel_rows(c: dict[str, Any]) -> list[Row]:
     out = [_heading(f"a call cancelled mid-way, 1 worker: medians of {c['rounds']} "
                     "interleaved rounds")]
@@ -250,6 +279,57 @@ def cancel_rows(c: dict[str, Any]) -> list[Row]:
     ratio = kill / coop
     out.append(("cancel to the same worker ready (cooperative, sessions kept)", ms(coop), "",
                 f"{ratio:.1f}x sooner", "sooner than a kill", verdict(ratio > 1)))
+    return out
+
+
+def run_sync_rows(r: dict[str, Any]) -> list[Row]:
+    """engine.run_sync against trio_parallel.run_sync and anyio.to_process.run_sync."""
+    labels = {"engine": "engine.run_sync", "trio_parallel": "trio_parallel.run_sync",
+              "anyio": "anyio.to_process.run_sync (Trio backend)"}
+    lat, big = r["latency"], r["big"]
+    mine = lat["engine"]["median"]
+    out = [_heading(f"run_sync: operator.add(1, 2), 1 worker: best of "
+                    f"{lat['engine']['rounds']} round medians x {r['per_round']} calls")]
+    out.append((labels["engine"], us(mine), cpu(lat["engine"]["cpu"]), "1.00x", "", ""))
+    for name, need in (("trio_parallel", 1.5), ("anyio", 1.2)):
+        speedup = lat[name]["median"] / mine
+        out.append((labels[name], us(lat[name]["median"]), cpu(lat[name]["cpu"]),
+                    versus(speedup, "faster", "slower", "engine"),
+                    f"engine >= {need}x faster", verdict(speedup >= need)))
+    tp, setup = r["throughput"], r["throughput_setup"]
+    out.append(_heading(f"run_sync: throughput, {setup['workers']} workers, {setup['callers']} "
+                        f"callers: best of {setup['runs']} x {setup['seconds']:.1f} s"))
+    rate = tp["engine"]["rate"]
+    out.append((labels["engine"], f"{rate:,.0f} calls/s", window_cpu(tp["engine"]), "1.00x",
+                "", ""))
+    for name in ("trio_parallel", "anyio"):
+        ahead = rate / tp[name]["rate"]
+        out.append((labels[name], f"{tp[name]['rate']:,.0f} calls/s", window_cpu(tp[name]),
+                    versus(ahead, "ahead", "behind", "engine"), "engine >= 1.3x ahead",
+                    verdict(ahead >= 1.3)))
+    size = r["bytes"] / 1e6
+    out.append(_heading(f"run_sync: bytes(value) of {size:.0f} MB ({size:.0f} MB each way), "
+                        f"1 worker: best of {big['engine']['rounds']} round medians"))
+    mine = big["engine"]["median"]
+    out.append((labels["engine"], ms(mine), cpu(big["engine"]["cpu"]), "1.00x", "", ""))
+    for name in ("trio_parallel", "anyio"):
+        speedup = big[name]["median"] / mine
+        target = "engine no slower" if name == "trio_parallel" else ""
+        out.append((labels[name], ms(big[name]["median"]), cpu(big[name]["cpu"]),
+                    versus(speedup, "faster", "slower", "engine"), target,
+                    verdict(speedup >= 1.0) if target else ""))
+    batch = r["batch"]
+    first = batch["engine"]
+    out.append(_heading(f"run_sync: CPU-bound batch, {first['tasks']} tasks on "
+                        f"{first['cores']} workers ({first['cores']} cores)"))
+    for name in ("engine", "trio_parallel", "anyio"):
+        b = batch[name]
+        ideal = b["speedup"] / b["cores"]
+        target = "within 10% of ideal" if name == "engine" else ""
+        out.append((f"{labels[name]}: {ms(b['batch'])} (one task alone {ms(b['alone'])})",
+                    f"{b['speedup']:.2f}x speed-up", cpu(b["cpu"]),
+                    f"{ideal:.0%} of ideal ({b['cores']}x)", target,
+                    verdict(ideal >= 0.9) if target else ""))
     return out
 
 
@@ -296,10 +376,14 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.extend(scale_rows(r["scale"]))
     if "startup" in r:
         out.extend(startup_rows(r["startup"]))
+    if "origin" in r:
+        out.extend(origin_rows(r["origin"]))
     if "cancel" in r:
         out.extend(cancel_rows(r["cancel"]))
     if "remote" in r:
         out.extend(remote_rows(r["remote"]))
+    if "run_sync" in r:
+        out.extend(run_sync_rows(r["run_sync"]))
     return out
 
 

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from engine.pool.contract import Ok as Ok
     from engine.pool.contract import Remove as Remove
     from engine.pool.contract import Skip as Skip
+    from engine.pool.default import configure_default_pool as configure_default_pool
+    from engine.pool.default import current_default_pool as current_default_pool
+    from engine.pool.default import run_sync as run_sync
     from engine.pool.introspection import PoolStatistics as PoolStatistics
     from engine.pool.lease import Lease as Lease
     from engine.pool.lease import LeaseReleased as LeaseReleased
@@ -48,14 +51,19 @@ _LAZY: dict[str, str] = {
     "Retry": "engine.pool.resilience",
     "CircuitBreaker": "engine.pool.resilience",
     "Launcher": "engine.process.launch",
+    "run_sync": "engine.pool.default",
+    "configure_default_pool": "engine.pool.default",
+    "current_default_pool": "engine.pool.default",
 }
 
 _ERRORS = {
     "EngineError", "PoolClosed", "PoolTimeout", "PoolSaturated", "PoolUnavailable",
-    "WorkerError", "WorkerCrashed", "WorkerStartError", "CallTimeout", "ProtocolError",
+    "WorkerError", "WorkerCrashed", "WorkerStartError", "AppStartFailed", "CallTimeout",
+    "ProtocolError",
     "WorkerBusy", "SessionLost", "LeaseReleased", "RemoteError", "ContractViolation",
     "BridgeUnavailable", "ResponseShapeError", "RetriesExhausted", "ArgumentError",
     "ArgumentTypeError", "ArgumentValueError", "RequestTooLarge", "RemoteTraceback",
+    "PickleNotAllowed",
 }
 
 _SUBMODULES = {"errors", "protocol", "shapes", "client", "discovery", "telemetry", "process",
@@ -64,7 +72,10 @@ _SUBMODULES = {"errors", "protocol", "shapes", "client", "discovery", "telemetry
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # Kept: the next ``engine.run_sync`` is a plain attribute, not this call.
+        globals()[name] = value
+        return value
     if name in _ERRORS:
         return getattr(importlib.import_module("engine.errors"), name)
     if name in _SUBMODULES:

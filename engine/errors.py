@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "AppStartFailed",
     "ArgumentError",
     "ArgumentTypeError",
     "ArgumentValueError",
@@ -28,6 +29,7 @@ __all__ = [
     "ContractViolation",
     "EngineError",
     "LeaseReleased",  # noqa: F822 - provided lazily by __getattr__ below
+    "PickleNotAllowed",
     "PoolClosed",
     "PoolSaturated",
     "PoolTimeout",
@@ -91,19 +93,30 @@ class PoolTimeout(EngineError):
 
     def __init__(
         self, *, timeout: float, session: str | None = None, pool: str | None = None,
-        waiting: int = 0, reason: str = "",
+        waiting: int = 0, reason: str = "", busy: int | None = None,
+        last_start_failure: str | None = None,
     ) -> None:
         self.timeout = timeout
         self.session = session
         self.pool = pool
         self.waiting = waiting
         self.reason = reason
+        #: Workers busy with calls when it timed out (None: not known).
+        self.busy = busy
+        #: The cause of the pool's last failed worker start, if any.
+        self.last_start_failure = last_start_failure
         what = f"for session {session!r} " if session is not None else ""
         extra = f" ({reason})" if reason else ""
-        super().__init__(
-            f"no worker became available {what}within {timeout:g}s{extra}; "
-            "raise checkout_timeout or size, or shorten the calls holding workers"
-        )
+        failed = f"; last start failure: {last_start_failure}" if last_start_failure else ""
+        if busy == 0:
+            # Nobody holds a worker: the workers are not started (yet).
+            advice = ("no worker is busy, so the workers are starting or failing to: "
+                      "check the app and the last start failure, or raise start_timeout "
+                      "and checkout_timeout if the workers start slowly")
+        else:
+            advice = "raise checkout_timeout or size, or shorten the calls holding workers"
+        super().__init__(f"no worker became available {what}within {timeout:g}s{extra}"
+                         f"{failed}; {advice}")
 
 
 class PoolSaturated(EngineError):
@@ -209,13 +222,16 @@ class WorkerStartError(WorkerError):
     """A worker failed to start: it exited, stayed silent, or sent a bad hello.
 
     ``pid`` is the process spawned here (for a remote worker, its launcher's,
-    named by ``launcher``)."""
+    named by ``launcher``). When the worker itself reported why (an error
+    hello: its app did not import, an ``on_start`` hook raised),
+    ``remote_type`` and ``remote_message`` are what it said."""
 
     def __init__(
         self, reason: str, *, worker_id: str | None = None, pid: int | None = None,
         exit_code: int | None = None, signal: int | None = None,
         stderr_tail: tuple[str, ...] = (), argv: tuple[str, ...] = (),
-        launcher: str | None = None,
+        launcher: str | None = None, remote_type: str | None = None,
+        remote_message: str | None = None,
     ) -> None:
         self.reason = reason
         self.exit_code = exit_code
@@ -223,6 +239,8 @@ class WorkerStartError(WorkerError):
         self.stderr_tail = tuple(stderr_tail)
         self.argv = tuple(argv)
         self.launcher = launcher
+        self.remote_type = remote_type
+        self.remote_message = remote_message
         tail = f"; last stderr: {self.stderr_tail[-1]!r}" if self.stderr_tail else ""
         remote = f" (a remote worker started through {launcher!r})" if launcher else ""
         super().__init__(
@@ -230,6 +248,65 @@ class WorkerStartError(WorkerError):
             "module, the launcher and start_timeout",
             worker_id=worker_id, pid=pid,
         )
+
+
+class AppStartFailed(WorkerStartError):
+    """No worker of the pool can start: checkouts fail at once with the cause.
+
+    Raised by ``pool.call``, ``pool.checkout`` and ``pool.wait_ready`` when the
+    pool has no live worker and the last start of each of its slots failed
+    (started ones only, in a lazy pool). The message begins with the cause the
+    worker reported (``ModuleNotFoundError: No module named 'x'``); ``app``,
+    ``failures`` (failed starts so far) and the last start's fields are
+    attributes, and that :class:`WorkerStartError` is the ``__cause__``. The
+    pool keeps restarting its slots with backoff and serves again as soon as a
+    worker starts. A :class:`WorkerStartError`, so existing handlers catch it;
+    not retried by :class:`~engine.resilience.Retry`'s default."""
+
+    def __init__(self, *, last: WorkerStartError, app: str, failures: int,
+                 pool: str | None = None) -> None:
+        self.app = app
+        self.failures = failures
+        self.pool = pool
+        self.last = last
+        cause, stage = start_cause(last)
+        where = f" ({stage})" if stage else ""
+        count = "1 failed start" if failures == 1 else f"{failures} failed starts"
+        super().__init__(
+            last.reason, worker_id=last.worker_id, pid=last.pid, exit_code=last.exit_code,
+            signal=last.signal, stderr_tail=last.stderr_tail, argv=last.argv,
+            launcher=last.launcher, remote_type=last.remote_type,
+            remote_message=last.remote_message)
+        if stage.startswith("cannot load app"):
+            check = (f"that {app!r} is the right module name and importable by the workers "
+                     "(they get the parent's sys.path) and that its import succeeds")
+        elif stage.startswith("on_start"):
+            check = f"the on_start hooks of app {app!r}"
+        elif last.remote_type:
+            check = f"app {app!r} and the worker's command line"
+        else:  # no word from the worker itself: it never got as far as the app
+            check = ("the launcher, the Python interpreter, start_timeout and the worker's "
+                     f"last stderr lines (in this error's cause), then app {app!r}")
+        self.message = (
+            f"{cause}{where}: no worker of pool {pool or '<unnamed>'} can start app {app!r} "
+            f"({count}, the last by worker {last.worker_id}); check {check}. The pool keeps "
+            "retrying and serves again once a worker starts")
+        self.args = (self.message,)
+
+
+def start_cause(error: WorkerStartError) -> tuple[str, str]:
+    """``(cause, stage)`` of a failed start: the exception the worker reported
+    (``"ModuleNotFoundError: No module named 'x'"``) and where it happened
+    (``"cannot load app 'x'"``), or the parent's own reason and ``""``."""
+    kind, said = error.remote_type, error.remote_message
+    if not kind:
+        return error.reason, ""
+    said = said or ""
+    # The worker's message ends with "<type>: <message>" after its stage.
+    at = said.find(f"{kind}: ")
+    if at < 0:
+        return f"{kind}: {said}", ""
+    return said[at:], said[:at].rstrip(": ")
 
 
 class CallTimeout(WorkerError):
@@ -249,10 +326,16 @@ class CallTimeout(WorkerError):
 
 
 class ProtocolError(WorkerError):
-    """A frame or envelope broke the wire protocol; the worker is replaced."""
+    """A frame or envelope broke the wire protocol; the worker is replaced.
+
+    An error hello (the worker could not start) is one too: ``remote_type`` and
+    ``remote_message`` then hold what the worker reported."""
 
     def __init__(self, message: str, *, worker_id: str | None = None,
-                 pid: int | None = None, command: str | None = None) -> None:
+                 pid: int | None = None, command: str | None = None,
+                 remote_type: str | None = None, remote_message: str | None = None) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
         super().__init__(message, worker_id=worker_id, pid=pid, command=command)
 
 
@@ -477,16 +560,32 @@ class ArgumentValueError(ArgumentError, ValueError):
 
 
 class RequestTooLarge(ArgumentValueError):
-    """The request frame would exceed ``max_frame_size``."""
+    """The request frame would exceed ``max_frame_size`` (``max_pickle_frame_size``
+    for a pickle frame: ``setting`` names the one)."""
 
-    def __init__(self, *, command: str | None, size: int, max_frame_size: int) -> None:
+    def __init__(self, *, command: str | None, size: int, max_frame_size: int,
+                 setting: str = "max_frame_size") -> None:
         self.size = size
         self.max_frame_size = max_frame_size
         super().__init__(
-            f"the request frame would have {size} bytes, more than max_frame_size="
-            f"{max_frame_size}; send less data per call or raise max_frame_size",
+            f"the request frame would have {size} bytes, more than {setting}="
+            f"{max_frame_size}; send less data per call or raise {setting}",
             command=command,
         )
+
+
+class PickleNotAllowed(EngineError):
+    """``run_sync`` got a worker that takes JSON frames only: pickle is off for
+    it (a worker started through a remote Launcher, unless ``allow_pickle=True``:
+    unpickling runs code, so the parent must trust the worker). Nothing was sent."""
+
+    def __init__(self, *, worker_id: str | None = None, pool: str | None = None) -> None:
+        self.worker_id = worker_id
+        self.pool = pool
+        super().__init__(
+            f"worker {worker_id} of pool {pool} takes JSON commands only, so run_sync cannot "
+            "use it; pickle is off by default for workers started through a remote "
+            "Launcher: set allow_pickle=True in the pool's config if you trust that host")
 
 
 class ContractViolation(EngineError):

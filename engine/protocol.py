@@ -1,7 +1,12 @@
 """Frame codec and message envelopes (design section 3). Pure: no I/O.
 
 A frame is a 4-byte big-endian unsigned length followed by that many bytes of
-UTF-8 JSON holding one object. Both sides use this module; it imports only the
+UTF-8 JSON holding one object. A *pickle frame* (``run_sync``, design: the
+binary codec) sets the length word's top bit (:data:`PICKLE_FLAG`); its body is
+a fixed envelope (request id, kind, session) and a pickle (protocol 5)
+payload. Only a side that announced the ``pickle5`` codec (the worker's hello)
+or asked for it (the parent's command line) accepts one: to every other decoder
+the flagged length is too large, a ProtocolError. Both sides use this module; it imports only the
 standard library (json, signal, struct) so a worker starts at the speed of a bare
 interpreter.
 
@@ -27,6 +32,23 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 HEADER_SIZE = 4
 _HEADER = struct.Struct(">I")
 HELLO_ID = 0
+
+#: The length word's top bit: the frame is a pickle frame, not JSON.
+PICKLE_FLAG = 1 << 31
+#: The codec name a worker that accepts pickle frames announces in its hello.
+PICKLE_CODEC = "pickle5"
+#: The command a pickle request stands for (an app may not register it).
+PICKLE_COMMAND = "engine.run_sync"
+#: Large enough for a 100 MB ``bytes`` value each way (and below PICKLE_FLAG).
+DEFAULT_MAX_PICKLE_FRAME_SIZE = 1 << 30
+# A pickle frame's first bytes, packed at once: the length word (with the
+# flag), the request id, the kind and the session's length in bytes
+# (NO_SESSION: None).
+_PICKLE_HEAD = struct.Struct(">IQBH")
+_PICKLE_BODY = struct.Struct(">QBH")  # the same envelope, read from a frame's body
+_PICKLE_ENVELOPE = _PICKLE_BODY.size
+PICKLE_CALL, PICKLE_RESULT, PICKLE_RAISED = 0, 1, 2
+_NO_SESSION = 0xFFFF
 
 #: The error type a worker answers an abandoned request with (design section 8).
 CANCELLED = "Cancelled"
@@ -302,14 +324,18 @@ class FrameDecoder:
     us allocate.
     """
 
-    __slots__ = ("_buffer", "_expected", "max_frame_size")
+    __slots__ = ("_buffer", "_expected", "_pickled", "max_frame_size", "max_pickle_frame_size")
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                 max_pickle_frame_size: int = 0) -> None:
+        """``max_pickle_frame_size``: 0 refuses pickle frames (a ProtocolError)."""
         if max_frame_size < 2:
             raise ValueError("max_frame_size must be at least 2 bytes")
         self.max_frame_size = max_frame_size
+        self.max_pickle_frame_size = max_pickle_frame_size
         self._buffer = bytearray()
         self._expected: int | None = None
+        self._pickled = False
 
     @property
     def buffered(self) -> int:
@@ -323,11 +349,26 @@ class FrameDecoder:
     def _check_header(self) -> None:
         if self._expected is None and len(self._buffer) >= HEADER_SIZE:
             (length,) = _HEADER.unpack_from(self._buffer, 0)
+            self._pickled = False
+            limit = self.max_pickle_frame_size
+            if length & PICKLE_FLAG and limit:
+                length ^= PICKLE_FLAG
+                if length > limit or length < _PICKLE_ENVELOPE:
+                    self._buffer.clear()
+                    raise ProtocolError(
+                        f"pickle frame length {length} is outside {_PICKLE_ENVELOPE}.."
+                        f"{limit} (max_pickle_frame_size); send less data per call or "
+                        "raise max_pickle_frame_size")
+                self._pickled = True
+                self._expected = length
+                return
             if length > self.max_frame_size:
                 self._buffer.clear()
+                hint = " (or a pickle frame, which this side does not accept)" \
+                    if length & PICKLE_FLAG else ""
                 raise ProtocolError(
                     f"frame length {length} exceeds max_frame_size={self.max_frame_size}; "
-                    "the peer sent an oversized frame or garbage"
+                    f"the peer sent an oversized frame or garbage{hint}"
                 )
             if length == 0:
                 self._buffer.clear()
@@ -342,11 +383,21 @@ class FrameDecoder:
         if expected is None or len(self._buffer) < HEADER_SIZE + expected:
             return None
         end = HEADER_SIZE + expected
+        self._expected = None
+        if self._pickled:
+            if len(self._buffer) == end:
+                # The buffer holds this frame alone (a large run_sync value, as
+                # a rule): hand it over as a view instead of copying megabytes.
+                view = memoryview(self._buffer)[HEADER_SIZE:]
+                self._buffer = bytearray()
+                return decode_pickle_body(view)
+            body = self._buffer[HEADER_SIZE:end]
+            del self._buffer[:end]
+            return decode_pickle_body(body)
         body = self._buffer[HEADER_SIZE:end]  # one copy; decode_body takes a bytearray
         del self._buffer[:end]
         # The next header is checked on the next call, so a good frame is never
         # lost because garbage follows it.
-        self._expected = None
         return decode_body(body)
 
     def messages(self) -> Iterator[dict[str, Any]]:
@@ -381,6 +432,67 @@ def _decode_or_explain(text: str) -> Any:
     except (ValueError, RecursionError) as exc:
         snippet = text[:60]
         raise ProtocolError(f"frame body is not valid JSON ({exc}): {snippet!r}") from None
+
+
+# --- pickle frames (run_sync) --------------------------------------------------
+
+
+class Pickled:
+    """A pickle frame's payload, not unpickled yet: unpickling runs code, so the
+    reader decides when (and catches what it raises). As a request's ``args``
+    it is a call to run; as a reply's ``result``, the call's value, or what it
+    raised when ``raised`` is set. JSON never decodes to one, so a handler can
+    tell a pickle request from a JSON one naming the same command."""
+
+    __slots__ = ("data", "raised")
+
+    def __init__(self, data: bytes | bytearray | memoryview, raised: bool = False) -> None:
+        self.data = data
+        self.raised = raised
+
+    def __repr__(self) -> str:
+        return f"Pickled({len(self.data)} bytes{', raised' if self.raised else ''})"
+
+
+def encode_pickle_frame(request_id: int, kind: int, payload: bytes, session: str | None,
+                        max_size: int, payload_size: int | None = None) -> bytes:
+    """A pickle frame (kind PICKLE_CALL, PICKLE_RESULT or PICKLE_RAISED); raises
+    RequestTooLarge (a ValueError) beyond ``max_size`` bytes of body.
+
+    ``payload_size``: encode only the frame's start (header, envelope,
+    session) for a payload of that many bytes, which the caller writes right
+    after it (no copy of a large payload)."""
+    name = b"" if session is None else session.encode("utf-8", "surrogatepass")
+    size = _PICKLE_ENVELOPE + len(name) + (len(payload) if payload_size is None
+                                           else payload_size)
+    if size > max_size or len(name) >= _NO_SESSION:
+        raise RequestTooLarge(command=PICKLE_COMMAND, size=size, max_frame_size=max_size,
+                              setting="max_pickle_frame_size")
+    head = _PICKLE_HEAD.pack(size | PICKLE_FLAG, request_id, kind,
+                             _NO_SESSION if session is None else len(name))
+    return b"".join((head, name, payload)) if name else head + payload
+
+
+def decode_pickle_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """A pickle frame's body as a message: a request (``command`` is
+    PICKLE_COMMAND, ``args`` a Pickled) or a reply (``ok``, ``result`` a
+    Pickled). The payload is a view of ``body``: nothing is copied."""
+    if len(body) < _PICKLE_ENVELOPE:
+        raise ProtocolError(f"pickle frame of {len(body)} bytes is shorter than its envelope")
+    rid, kind, name_size = _PICKLE_BODY.unpack_from(body, 0)
+    start = _PICKLE_ENVELOPE + (0 if name_size == _NO_SESSION else name_size)
+    if rid < 1 or kind > PICKLE_RAISED or start > len(body):
+        raise ProtocolError(f"malformed pickle frame envelope (id {rid}, kind {kind})")
+    payload = memoryview(body)[start:]
+    if kind != PICKLE_CALL:
+        return {"id": rid, "ok": True, "result": Pickled(payload, kind == PICKLE_RAISED)}
+    session = None
+    if name_size != _NO_SESSION:
+        try:
+            session = bytes(body[_PICKLE_ENVELOPE:start]).decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise ProtocolError("pickle frame session is not UTF-8") from None
+    return {"id": rid, "command": PICKLE_COMMAND, "args": Pickled(payload), "session": session}
 
 
 # --- envelopes ---------------------------------------------------------------
@@ -447,24 +559,36 @@ class Response:
 class Hello:
     """The worker's first message. ``host`` is the node name of the machine it
     runs on (``os.uname().nodename`` there), None from a worker that does not
-    say; its ``pid`` is a process of that machine."""
+    say; its ``pid`` is a process of that machine. ``schemas`` maps a command to
+    the shape of its arguments as the app declared it
+    (:mod:`engine.workers.schema`); empty when none is declared, and absent
+    from the hellos of workers that predate it."""
 
-    __slots__ = ("app", "commands", "host", "pid", "protocol", "worker_id")
+    __slots__ = ("app", "codecs", "commands", "host", "pid", "protocol", "schemas", "worker_id")
 
     def __init__(self, protocol: int, worker_id: str, pid: int, app: str,
-                 commands: list[str], host: str | None = None) -> None:
+                 commands: list[str], host: str | None = None,
+                 schemas: dict[str, Any] | None = None,
+                 codecs: tuple[str, ...] = ()) -> None:
         self.protocol = protocol
         self.worker_id = worker_id
         self.pid = pid
         self.app = app
         self.commands = commands
         self.host = host
+        self.schemas: dict[str, Any] = schemas or {}
+        #: Codecs besides JSON the worker accepts (PICKLE_CODEC: run_sync).
+        self.codecs = codecs
 
     def to_result(self) -> dict[str, Any]:
         result = {"protocol": self.protocol, "worker_id": self.worker_id, "pid": self.pid,
                   "app": self.app, "commands": list(self.commands)}
         if self.host is not None:
             result["host"] = self.host
+        if self.schemas:
+            result["schemas"] = dict(self.schemas)
+        if self.codecs:
+            result["codecs"] = list(self.codecs)
         return result
 
 
@@ -492,9 +616,11 @@ def error_response(id: int, type: str, message: str, traceback: str | None = Non
 
 
 def hello_message(worker_id: str, pid: int, app: str, commands: list[str],
-                  host: str | None = None) -> dict[str, Any]:
+                  host: str | None = None,
+                  schemas: dict[str, Any] | None = None,
+                  codecs: tuple[str, ...] = ()) -> dict[str, Any]:
     return ok_response(HELLO_ID, Hello(PROTOCOL_VERSION, worker_id, pid, app,
-                                       commands, host).to_result())
+                                       commands, host, schemas, codecs).to_result())
 
 
 def parse_request(message: Any) -> Request:
@@ -570,7 +696,8 @@ def parse_hello(message: Any) -> Hello:
     if not response.ok:
         assert response.error is not None
         raise ProtocolError(
-            f"worker reported a start failure: {response.error.type}: {response.error.message}"
+            f"worker reported a start failure: {response.error.type}: {response.error.message}",
+            remote_type=response.error.type, remote_message=response.error.message,
         )
     result = response.result
     if not isinstance(result, dict):
@@ -591,4 +718,17 @@ def parse_hello(message: Any) -> Hello:
     host = result.get("host")
     if host is not None and not isinstance(host, str):
         raise ProtocolError("hello 'host' must be a string when present")
-    return Hello(protocol, worker_id, pid, app, commands, host)
+    schemas = result.get("schemas", {})
+    # Only the envelope is checked here: the worker checked the vocabulary
+    # when the app registered it, and the test kit checks it again on use.
+    if not isinstance(schemas, dict) or not all(
+            isinstance(name, str) and isinstance(shape, dict) for name, shape in schemas.items()):
+        raise ProtocolError("hello 'schemas' must map command names to schema objects")
+    undeclared = sorted(set(schemas) - set(commands))
+    if undeclared:
+        raise ProtocolError(f"hello 'schemas' describes {undeclared}, which are not in its "
+                            "'commands'")
+    codecs = result.get("codecs", [])
+    if not isinstance(codecs, list) or not all(isinstance(c, str) for c in codecs):
+        raise ProtocolError("hello 'codecs' must be a list of strings when present")
+    return Hello(protocol, worker_id, pid, app, commands, host, schemas, tuple(codecs))

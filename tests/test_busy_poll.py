@@ -8,6 +8,7 @@ observation) and its import weight (the worker imports it at start-up).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
@@ -16,6 +17,8 @@ import pytest
 
 from engine.busy_poll import (
     DEFAULT_BUSY_POLL,
+    DESCHEDULED,
+    MAX_BACKOFF,
     MAX_BUSY_POLL,
     MAX_BUSY_POLL_US,
     PROBE_EVERY,
@@ -48,10 +51,23 @@ def policy(typical_wait: float = 0.0, budget: float = BUDGET) -> tuple[BusyPollP
     return BusyPollPolicy(budget, typical_wait=typical_wait, clock=clock), clock
 
 
+# One pass of a poll loop on a CPU of its own: a few microseconds (exact).
+PASS = 2.0 ** -18
+
+
 def frame(p: BusyPollPolicy, clock: FakeClock, took: float) -> bool:
-    """One wait whose frame came ``took`` seconds after it began; True if it polled."""
+    """One wait whose frame came ``took`` seconds after it began; True if it polled.
+
+    A polling wait polls in passes of :data:`PASS` until the frame comes or the
+    policy says stop (never descheduled), then blocks for the rest."""
     until = p.begin_wait()
-    clock.now += took
+    arrives = clock.now + took
+    if until:
+        while clock.now + PASS < arrives:
+            clock.now += PASS
+            if not p.keep_polling(until):
+                break
+    clock.now = arrives
     p.frame_arrived()
     return bool(until)
 
@@ -93,11 +109,13 @@ def test_the_default_clock_is_perf_counter() -> None:
 def test_a_polling_wait_polls_for_the_budget_from_its_start() -> None:
     p, clock = policy()
     assert p.begin_wait() == 1000.0 + BUDGET
-    clock.now += BUDGET / 2
+    clock.now += PASS
+    assert p.keep_polling(1000.0 + BUDGET)
+    clock.now += PASS
     p.frame_arrived()
     clock.now += 5.0  # between waits: not measured
     # The deadline is the budget after *this* wait began.
-    assert p.begin_wait() == 1005.0 + BUDGET / 2 + BUDGET
+    assert p.begin_wait() == 1005.0 + 2 * PASS + BUDGET
 
 
 def test_the_starting_average_decides_the_first_wait() -> None:
@@ -114,14 +132,30 @@ def test_frames_within_the_budget_poll_on_every_wait() -> None:
     assert polled_waits(p, clock, took=BUDGET / 4, waits=20) == list(range(1, 21))
 
 
+def probes(count: int) -> list[int]:
+    """The wait numbers of the first ``count`` probes when none of them pays."""
+    at, backoff, out = PROBE_EVERY, PROBE_EVERY, []
+    for _ in range(count):
+        out.append(at)
+        backoff = min(2 * backoff, MAX_BACKOFF)
+        at += backoff
+    return out
+
+
+def test_probes_that_do_not_pay_back_off_exponentially_up_to_a_cap() -> None:
+    assert probes(10) == [8, 24, 56, 120, 248, 504, 1016, 2040, 3064, 4088]
+
+
 @pytest.mark.parametrize("typical_wait", [BUDGET, 2 * BUDGET, SLOW])
 def test_frames_at_or_over_the_budget_poll_only_on_probes(typical_wait: float) -> None:
     # Equal to the budget already counts as "not worth it"; the frames below
-    # take exactly the typical wait, so the average stays put.
+    # take exactly the typical wait, so the average stays put, and no probe
+    # pays (its frame comes when the budget is spent).
     p, clock = policy(typical_wait=typical_wait)
-    polled = polled_waits(p, clock, took=typical_wait, waits=3 * PROBE_EVERY)
-    assert polled == [PROBE_EVERY, 2 * PROBE_EVERY, 3 * PROBE_EVERY]
+    polled = polled_waits(p, clock, took=typical_wait, waits=probes(10)[-1])
+    assert polled == probes(10)
     assert p.typical_wait == typical_wait
+    assert p.backoff == MAX_BACKOFF and not p.contended
 
 
 def test_a_probe_polls_for_the_full_budget() -> None:
@@ -140,6 +174,21 @@ def test_every_wait_counts_towards_the_probe() -> None:
     frame(p, clock, FAST)
     p.typical_wait = SLOW  # replies turned slow after two waits
     assert polled_waits(p, clock, took=SLOW, waits=PROBE_EVERY) == [PROBE_EVERY]
+
+
+def test_a_probe_that_pays_brings_the_next_one_back_to_probe_every() -> None:
+    p, clock = policy(typical_wait=SLOW)
+    assert polled_waits(p, clock, took=SLOW, waits=3 * PROBE_EVERY) == [8, 24]
+    assert p.backoff == 4 * PROBE_EVERY and p.next_probe == 56
+    # The frame of the next probe comes within the budget (a blocked wait
+    # measured only the CPU's wake-up): the probes after it are 8 waits apart.
+    p.typical_wait = SLOW
+    while p.waits < 55:
+        assert not frame(p, clock, took=SLOW)
+    assert frame(p, clock, took=PASS)
+    assert p.backoff == PROBE_EVERY and p.next_probe == 56 + PROBE_EVERY
+    p.typical_wait = SLOW
+    assert polled_waits(p, clock, took=SLOW, waits=PROBE_EVERY) == [64]
 
 
 # --- the measurement ---------------------------------------------------------------------
@@ -193,12 +242,147 @@ def test_a_wait_that_never_begun_is_not_measured() -> None:
 def test_repr_shows_the_state() -> None:
     p, clock = policy()
     frame(p, clock, BUDGET)
-    assert repr(p) == f"BusyPollPolicy(budget={BUDGET!r}, typical_wait={BUDGET / 4!r}, waits=1)"
+    assert repr(p) == (f"BusyPollPolicy(budget={BUDGET!r}, typical_wait={BUDGET / 4!r}, "
+                       f"waits=1, contended=False, next_probe=8)")
+
+
+# --- contention ---------------------------------------------------------------------------
+
+
+def descheduled_wait(p: BusyPollPolicy, clock: FakeClock, lost: float = 0.01) -> bool:
+    """A wait during which the end, polling, lost its CPU for ``lost`` seconds
+    (a pass of the poll loop took that long); True if it polled."""
+    until = p.begin_wait()
+    if until:
+        clock.now += PASS
+        assert p.keep_polling(until)
+        clock.now += lost
+        assert not p.keep_polling(until)  # stops at once
+    clock.now += PASS
+    p.frame_arrived()
+    return bool(until)
+
+
+def test_the_limits_of_contention() -> None:
+    # A pass takes microseconds; the budget is far more than one lost pass.
+    assert PASS < DESCHEDULED < DEFAULT_BUSY_POLL
+    assert PROBE_EVERY < MAX_BACKOFF
+
+
+def test_a_descheduled_pass_stops_polling_at_once_until_a_probe_pays() -> None:
+    p, clock = policy()
+    assert polled_waits(p, clock, took=PASS * 4, waits=3) == [1, 2, 3]
+    assert descheduled_wait(p, clock)  # wait 4 polled and lost its CPU
+    assert p.contended and p.deschedules == 1
+    # Fast frames (the average is under the budget), yet waits 5-7 block;
+    # wait 8 probes, it pays, and polling is back.
+    assert polled_waits(p, clock, took=PASS * 4, waits=8) == [8, 9, 10, 11, 12]
+    assert not p.contended and p.backoff == PROBE_EVERY and p.deschedules == 1
+
+
+def test_a_pass_of_exactly_descheduled_is_not_contention() -> None:
+    p, clock = policy()
+    clock.now = 0.0  # from 0, sums of DESCHEDULED (not a binary fraction) stay exact
+    until = p.begin_wait()
+    clock.now += DESCHEDULED
+    assert clock.now - 0.0 == DESCHEDULED
+    assert p.keep_polling(until)
+    clock.now += DESCHEDULED
+    assert clock.now - DESCHEDULED == DESCHEDULED
+    p.frame_arrived()
+    assert p.contended is False and p.deschedules == 0
+    assert p.begin_wait()
+
+
+def test_the_pass_that_finds_the_frame_is_checked_too() -> None:
+    p, clock = policy()
+    p.begin_wait()
+    clock.now += 0.01  # descheduled between the last look and the one that found it
+    p.frame_arrived()
+    assert p.contended and p.deschedules == 1
+    assert not p.begin_wait()
+    p.frame_arrived()
+    # Each time it counts: the probe (wait 8) is descheduled the same way.
+    while p.waits < PROBE_EVERY - 1:
+        frame(p, clock, took=FAST)
+    assert p.begin_wait()
+    clock.now += 0.01
+    p.frame_arrived()
+    assert p.contended and p.deschedules == 2
+
+
+def test_a_blocked_wait_is_never_contention() -> None:
+    # However long an end sleeps, it did not lose a CPU it was polling on.
+    p, clock = policy(typical_wait=SLOW)
+    for _ in range(PROBE_EVERY - 1):
+        assert not descheduled_wait(p, clock, lost=10.0)
+    assert not p.contended and p.deschedules == 0
+
+
+def test_a_poll_that_ran_out_its_budget_is_not_contention() -> None:
+    p, clock = policy()
+    until = p.begin_wait()
+    while p.keep_polling(until):
+        clock.now += PASS
+    assert clock.now == until  # polled to the end of its budget, no further
+    clock.now += 1.0  # then blocked a long time
+    p.frame_arrived()
+    assert not p.contended and p.deschedules == 0
+    assert p.backoff == PROBE_EVERY  # nor was it a probe
+
+
+def test_under_lasting_contention_only_backed_off_probes_poll() -> None:
+    p, clock = policy()
+    lost = 2 * DESCHEDULED  # a short loss: the frames stay fast on average
+    assert descheduled_wait(p, clock, lost)  # wait 1
+    polled = []
+    while p.waits < probes(10)[-1]:
+        if descheduled_wait(p, clock, lost):
+            polled.append(p.waits)
+    # Fast frames all along (the average stays under the budget): only the
+    # probes polled, each descheduled, each after twice as many waits.
+    assert p.typical_wait < BUDGET
+    assert polled == probes(10)
+    assert p.backoff == MAX_BACKOFF and p.deschedules == 11 and p.contended
+
+
+def test_a_probe_that_pays_ends_contention_and_resets_the_backoff() -> None:
+    p, clock = policy()
+    descheduled_wait(p, clock)
+    while p.waits < probes(3)[-1]:  # probes 8, 24 and 56 are descheduled too
+        descheduled_wait(p, clock)
+    assert p.backoff == 8 * PROBE_EVERY and p.next_probe == 56 + 64
+    while p.waits < 56 + 63:
+        assert not frame(p, clock, took=PASS * 4)
+    # The contention is gone: the probe pays, and polling is back for good.
+    assert frame(p, clock, took=PASS * 4)
+    assert p.contended is False and p.backoff == PROBE_EVERY
+    start = p.waits
+    assert polled_waits(p, clock, took=PASS * 4, waits=20) == list(range(start + 1,
+                                                                        start + 21))
+    # The next contention starts from the shortest backoff again.
+    descheduled_wait(p, clock)
+    assert p.contended and p.next_probe <= p.waits + PROBE_EVERY
+
+
+def test_a_probe_that_times_out_keeps_the_contention() -> None:
+    # A probe that polled its budget out without losing its CPU shows no
+    # contention, but no gain either: still off, and the next probe later.
+    p, clock = policy()
+    descheduled_wait(p, clock)
+    while p.waits < PROBE_EVERY - 1:
+        frame(p, clock, took=FAST)
+    assert frame(p, clock, took=SLOW)  # the probe: no frame within the budget
+    assert p.contended and p.backoff == 2 * PROBE_EVERY and p.deschedules == 1
+    p.typical_wait = 0.0  # frames fast again: still only probes poll
+    assert not frame(p, clock, took=FAST)
 
 
 # --- import weight -----------------------------------------------------------------------
 
 
+@pytest.mark.skipif("MUTANT_UNDER_TEST" in os.environ,
+                    reason="mutmut's instrumented copy of the module imports typing itself")
 def test_the_policy_imports_nothing_heavy() -> None:
     # The worker imports this module at start-up (spawn-to-hello is benchmarked).
     script = (

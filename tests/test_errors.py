@@ -13,6 +13,7 @@ import engine
 from engine import client
 from engine.client.shapes import parse_program_list
 from engine.errors import (
+    AppStartFailed,
     BridgeUnavailable,
     CallTimeout,
     EngineError,
@@ -146,9 +147,12 @@ async def test_pool_side_errors_carry_their_fields() -> None:
 async def test_start_and_discovery_errors_carry_their_fields() -> None:
     async with engine.open_pool(app="no.such.module", size=1, start_timeout=5,
                                 restart_backoff=(0.5, 1.0, 1.0)) as pool:
-        with pytest.raises(PoolTimeout) as not_ready:
+        with pytest.raises(AppStartFailed) as not_ready:
             await pool.wait_ready(1, timeout=2)
-        assert "no.such.module" in not_ready.value.reason
+        assert not_ready.value.app == "no.such.module"
+        assert not_ready.value.remote_type == "ModuleNotFoundError"
+        assert isinstance(not_ready.value.__cause__, WorkerStartError)
+        one_line(not_ready.value)
         start_error = pool.inspect().last_start_error
         assert isinstance(start_error, WorkerStartError)
         assert "no.such.module" in start_error.reason and start_error.argv

@@ -295,6 +295,15 @@ def test_hello_host_is_optional() -> None:
     assert parse_hello(message).host is None
 
 
+def test_hello_schemas_are_optional() -> None:
+    shape = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    message = hello_message("w1", 7, "app", ["ping", "incr"], schemas={"incr": shape})
+    assert parse_hello(decode_all(encode_frame(message))[0]).schemas == {"incr": shape}
+    older = hello_message("w1", 7, "app", ["ping", "incr"])
+    assert "schemas" not in older["result"]  # what a worker before schemas sent
+    assert parse_hello(older).schemas == {}
+
+
 def _hello_with(**changes: Any) -> dict[str, Any]:
     message = hello_message("w1", 1234, "programs", ["ping"])
     message["result"].update(changes)
@@ -314,6 +323,9 @@ def _hello_with(**changes: Any) -> dict[str, Any]:
     (_hello_with(commands="ping"), "'commands' must be a list of strings"),
     (_hello_with(commands=["ping", 3]), "'commands' must be a list of strings"),
     (_hello_with(host=5), "'host' must be a string"),
+    (_hello_with(schemas=["ping"]), "'schemas' must map command names to schema objects"),
+    (_hello_with(schemas={"ping": "int"}), "'schemas' must map command names"),
+    (_hello_with(schemas={"incr": {}}), "describes \\['incr'\\], which are not in"),
     ({"id": 0, "ok": True}, "lacks 'result'"),
 ])
 def test_bad_hello(message: Any, match: str) -> None:
@@ -795,3 +807,83 @@ def test_the_lowest_abandon_id_is_one_and_a_request_parser_refuses_abandons() ->
     assert error_of(parse_incoming, {"abandon": 0}) == (
         "abandon must name a request id >= 1, got 0")
     assert error_of(parse_request, {"abandon": 2}) == "expected a request, got an abandon frame"
+
+
+# --- pickle frames (run_sync) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("session", [None, "", "s1", "sé\u00e9"])
+def test_a_pickle_request_round_trips_through_the_decoder_in_any_chunks(
+        session: str | None) -> None:
+    payload = bytes(range(256)) * 10
+    frame = protocol.encode_pickle_frame(7, protocol.PICKLE_CALL, payload, session, 1 << 20)
+    assert int.from_bytes(frame[:4], "big") & protocol.PICKLE_FLAG
+    decoder = FrameDecoder(max_pickle_frame_size=1 << 20)
+    for i in range(0, len(frame), 13):
+        decoder.feed(frame[i:i + 13])
+    message = decoder.next_message()
+    assert message is not None and decoder.buffered == 0
+    request = protocol.parse_incoming(message)
+    assert (request.id, request.command, request.session) == (7, protocol.PICKLE_COMMAND,
+                                                              session)
+    assert isinstance(request.args, protocol.Pickled) and not request.args.raised
+    assert bytes(request.args.data) == payload
+
+
+@pytest.mark.parametrize("kind", [protocol.PICKLE_RESULT, protocol.PICKLE_RAISED])
+def test_a_pickle_reply_is_an_ok_response_holding_the_payload(kind: int) -> None:
+    frame = protocol.encode_pickle_frame(3, kind, b"payload", None, 1 << 20)
+    decoder = FrameDecoder(max_pickle_frame_size=1 << 20)
+    decoder.feed(frame)
+    response = protocol.parse_response(decoder.next_message())
+    assert response.ok and response.id == 3
+    assert bytes(response.result.data) == b"payload"
+    assert response.result.raised is (kind == protocol.PICKLE_RAISED)
+
+
+def test_a_json_only_decoder_refuses_a_pickle_frame_at_its_header() -> None:
+    frame = protocol.encode_pickle_frame(1, protocol.PICKLE_CALL, b"x", None, 1 << 20)
+    with pytest.raises(ProtocolError, match="pickle frame, which this side does not accept"):
+        FrameDecoder().feed(frame[:4])
+
+
+def test_a_pickle_frame_over_the_limit_is_refused_at_its_header_and_when_encoded() -> None:
+    frame = protocol.encode_pickle_frame(1, protocol.PICKLE_CALL, b"x" * 2000, None, 1 << 20)
+    with pytest.raises(ProtocolError, match="max_pickle_frame_size"):
+        FrameDecoder(max_pickle_frame_size=1024).feed(frame[:4])
+    with pytest.raises(RequestTooLarge, match="max_pickle_frame_size=1024"):
+        protocol.encode_pickle_frame(1, protocol.PICKLE_CALL, b"x" * 2000, None, 1024)
+
+
+@pytest.mark.parametrize("body", [
+    b"\x00" * 5,  # shorter than the envelope
+    struct.pack(">QBH", 0, 0, 0xFFFF),  # id 0
+    struct.pack(">QBH", 1, 9, 0xFFFF),  # unknown kind
+    struct.pack(">QBH", 1, 0, 50) + b"ab",  # session longer than the body
+])
+def test_a_malformed_pickle_envelope_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.decode_pickle_body(body)
+
+
+def test_the_hello_announces_codecs_only_when_there_are_some() -> None:
+    plain = protocol.hello_message("w", 1, "app", [])
+    assert "codecs" not in plain["result"]
+    assert protocol.parse_hello(plain).codecs == ()
+    pickled = protocol.hello_message("w", 1, "app", [], codecs=(protocol.PICKLE_CODEC,))
+    assert protocol.parse_hello(pickled).codecs == (protocol.PICKLE_CODEC,)
+
+
+def test_pickle_frames_back_to_back_and_a_header_written_apart_decode_alike() -> None:
+    payload = b"p" * 70_000
+    whole = protocol.encode_pickle_frame(5, protocol.PICKLE_RESULT, payload, None, 1 << 20)
+    head = protocol.encode_pickle_frame(5, protocol.PICKLE_RESULT, b"", None, 1 << 20,
+                                        payload_size=len(payload))
+    assert head + payload == whole  # what the worker writes in two parts
+    decoder = FrameDecoder(max_pickle_frame_size=1 << 20)
+    decoder.feed(whole + whole[:10])  # the next frame's start follows: copied out
+    first = decoder.next_message()
+    decoder.feed(whole[10:])  # now the buffer holds one frame alone: handed over
+    second = decoder.next_message()
+    assert first is not None and second is not None and decoder.buffered == 0
+    assert bytes(first["result"].data) == bytes(second["result"].data) == payload

@@ -17,7 +17,7 @@ from tests.imports import REPO
 
 pytestmark = pytest.mark.layer1
 
-PYTEST = "TEST_MODE=full_integration .venv/bin/python -m pytest -q -p no:cacheprovider"
+PYTEST = "TEST_MODE=full_integration .venv/bin/python -m pytest -q -p no:cacheprovider -n auto"
 
 
 def readme_commands() -> list[str]:

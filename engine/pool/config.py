@@ -12,6 +12,7 @@ from engine.busy_poll import DEFAULT_BUSY_POLL, MAX_BUSY_POLL
 from engine.process.handle import SpawnRequest
 from engine.process.launch import LauncherChoice, check_choice, launchers_per_slot
 from engine.process.output import WORKER_OUTPUT_MODES
+from engine.protocol import DEFAULT_MAX_PICKLE_FRAME_SIZE
 
 AFFINITY_MODES = ("strict", "fail_fast", "hint")
 
@@ -64,6 +65,19 @@ def _frame_size(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> N
         raise ValueError(
             f"PoolConfig.max_frame_size must be an integer >= 1024 bytes, got {value!r}"
         )
+
+
+def _pickle_frame_size(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value < 1 << 31:
+        raise ValueError(
+            f"PoolConfig.max_pickle_frame_size must be an integer of bytes from 1024 to "
+            f"2**31 - 1, got {value!r}")
+
+
+def _optional_bool(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"PoolConfig.{attribute.name} must be True, False or None, "
+                         f"got {value!r}")
 
 
 def _app(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -156,7 +170,9 @@ class PoolConfig:
     lazy: bool = False
     min_size: int = attrs.field(default=0, validator=_non_negative)
     start_timeout: float = attrs.field(default=10.0, validator=_positive)
-    checkout_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # None: a checkout waits as long as it takes (run_sync's default pool,
+    # where a CapacityLimiter does the queueing).
+    checkout_timeout: float | None = attrs.field(default=5.0, validator=_positive)
     call_timeout: float | None = attrs.field(default=30.0, validator=_positive)
     max_waiters: int = attrs.field(default=1000, validator=_positive_int)
     # (min, max, jitter): the first restart is immediate, then min * 2**k capped at
@@ -170,7 +186,13 @@ class PoolConfig:
     breaker_threshold: int | None = attrs.field(default=None, validator=_positive_int)
     breaker_window: float = attrs.field(default=10.0, validator=_positive)
     breaker_reset: float = attrs.field(default=2.0, validator=_positive)
-    health_interval: float | None = attrs.field(default=None, validator=_positive)
+    # Idle health checks, on by default: a worker idle (neither used nor probed)
+    # for health_interval is probed; no answer within health_timeout replaces it
+    # at once. So a worker frozen while idle (stopped, deadlocked, stuck in C)
+    # is out of service within health_interval + health_timeout (4 s), and the
+    # probe holds its lease meanwhile, so no checkout is handed it. A probe is
+    # one small round trip per idle worker per interval: negligible CPU.
+    health_interval: float | None = attrs.field(default=2.0, validator=_positive)
     health_timeout: float = attrs.field(default=2.0, validator=_positive)
     max_health_failures: int = attrs.field(default=3, validator=_positive_int)
     max_calls_per_worker: int | None = attrs.field(default=None, validator=_positive_int)
@@ -198,6 +220,13 @@ class PoolConfig:
                                                 validator=_env)
     # The worker needs room for its hello and error replies: at least 1 KiB.
     max_frame_size: int = attrs.field(default=16 * 1024 * 1024, validator=_frame_size)
+    # run_sync's pickle frames: the largest one either way (1 GiB: a 100 MB
+    # bytes value round-trips), and who may get them. None: local workers
+    # yes, workers started through a remote Launcher no (unpickling runs
+    # code; see the README's trust note); True or False: every worker.
+    max_pickle_frame_size: int = attrs.field(default=DEFAULT_MAX_PICKLE_FRAME_SIZE,
+                                             validator=_pickle_frame_size)
+    allow_pickle: bool | None = attrs.field(default=None, validator=_optional_bool)
     stderr_tail_lines: int = attrs.field(default=20, validator=_positive_int)
     # Busy-polling: how long the parent (for a reply) and the worker (for the
     # next request) keep looking before they sleep. Sleeping costs an idle CPU's

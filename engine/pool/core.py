@@ -447,6 +447,14 @@ class PoolCore:
         elif waiter.status is WaiterStatus.FAILED:
             self.waiters.pop(waiter.id, None)
 
+    def fail_queued(self, error: Callable[[], BaseException]) -> None:
+        """Fail every queued checkout (not health probes) with a new ``error()``
+        each: the shell found that no worker can start (see
+        ``FailureTracker.unstartable``), so waiting would only time out."""
+        for waiter in self.queued_in_order():
+            if waiter.purpose == "call":
+                self._fail(waiter, error())
+
     def expire(self, waiter_id: int) -> None:
         """The waiter's deadline passed (the shell's timer fired)."""
         waiter = self.waiters.get(waiter_id)

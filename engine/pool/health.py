@@ -48,13 +48,52 @@ class HealthContext:
 
 
 async def run_health_checks(context: HealthContext) -> None:
+    """Probe every idle worker once it has given no sign of life for
+    ``health_interval``: neither used nor probed. A worker frozen while idle is
+    therefore probed at most ``health_interval`` after its last call or probe,
+    and its probe times out ``health_timeout`` later, which replaces it at once;
+    the probe holds the worker's lease meanwhile, so no checkout is handed it.
+
+    Probes run beside the loop, each in its own task, so one frozen worker's
+    probe never delays the others'."""
     interval = context.config.health_interval
     assert interval is not None
-    while True:
-        await trio.sleep(interval)
-        async with trio.open_nursery() as nursery:
-            for index in context.core.health_candidates(idle_for=interval):
-                nursery.start_soon(_probe, context, index)
+    core = context.core
+    # slot index -> (generation, when its last probe ended). A new generation
+    # starts from its ready time (last_used), so the map never goes stale.
+    probed: dict[int, tuple[int, float]] = {}
+    probing: set[int] = set()
+
+    async def probe(index: int, generation: int) -> None:
+        try:
+            await _probe(context, index)
+        finally:
+            probing.discard(index)
+            probed[index] = (generation, context.clock())
+
+    async with trio.open_nursery() as nursery:
+        while True:
+            now = context.clock()
+            wake = now + interval
+            for slot in core.slots:
+                if slot.index in probing or slot.state not in _PROBED_STATES:
+                    continue
+                seen = slot.last_used
+                generation, at = probed.get(slot.index, (-1, seen))
+                if generation == slot.generation:
+                    seen = max(seen, at)
+                due = seen + interval
+                if due > now:
+                    wake = min(wake, due)
+                elif slot.lease is None:
+                    probing.add(slot.index)
+                    nursery.start_soon(probe, slot.index, slot.generation)
+            await trio.sleep(max(0.0, wake - context.clock()))
+
+
+# Only idle workers are probed: a leased one is answering its caller (or its
+# call's own deadline will end it).
+_PROBED_STATES = (WorkerState.READY, WorkerState.DEGRADED)
 
 
 class _ProbeDeadline:

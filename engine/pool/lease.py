@@ -21,7 +21,14 @@ import attrs
 import trio
 
 from engine import telemetry
-from engine.errors import CallTimeout, EngineError, PoolClosed, ProtocolError, WorkerCrashed
+from engine.errors import (
+    CallTimeout,
+    EngineError,
+    PoolClosed,
+    ProtocolError,
+    SessionLost,
+    WorkerCrashed,
+)
 from engine.pool.core import PoolCore
 from engine.pool.deadlines import Deadlines
 from engine.pool.timer import Expirable
@@ -124,6 +131,12 @@ class Lease:
         return self._slot
 
     @property
+    def codecs(self) -> tuple[str, ...]:
+        """Codecs besides JSON the worker accepts (from its hello)."""
+        codecs: tuple[str, ...] = getattr(self._worker.hello, "codecs", ())
+        return codecs
+
+    @property
     def calls(self) -> int:
         """Calls made on this lease so far."""
         return self._calls
@@ -171,6 +184,12 @@ class Lease:
                 if self._forced:
                     # Shutdown killed this worker after shutdown_grace.
                     raise PoolClosed(pool=context.label) from exc
+                if self._session is not None and not _kept(context, self._worker, exc):
+                    # This call may be the first to observe that the session's
+                    # state is gone: then it reports the loss (see session_lost).
+                    lost = session_lost(self, command, exc)
+                    if lost is not None:
+                        raise lost from exc
             raise
         finally:
             self._in_call = False
@@ -184,10 +203,50 @@ class Lease:
         self._worker.time_out(self._timeout)
 
 
-def release(lease: Lease, error: BaseException | None) -> None:
+def _kept(context: LeaseContext, worker: WorkerHandle, failure: BaseException) -> bool:
+    """Does the worker survive this failed call (with its sessions)? Only a timed-out
+    call that the worker can give back (cooperative cancellation: see
+    :func:`release`) leaves it alive; a crash or a protocol error costs it."""
+    return type(failure) is CallTimeout and context.cancel_grace > 0 \
+        and worker.exit_info is None and getattr(worker, "abandoned", False) is True
+
+
+def session_lost(lease: Lease, command: str, failure: BaseException) -> SessionLost | None:
+    """The SessionLost a session's call raises when its worker died under it,
+    or None when the loss was already reported.
+
+    The session is unbound here, in the same step, so that the loss is reported
+    exactly once: the death, when the slot task notices it, finds no session to
+    mark lost, and the next call of the session starts a fresh state. (Without
+    this, the call saw WorkerCrashed and the next one SessionLost.) When the
+    session is no longer bound to this lease's worker (an earlier call on the
+    same lease reported the loss), the call's own error stands."""
+    session = lease._session
+    assert session is not None
+    core = lease._context.core
+    binding = core.bindings.get(session)
+    waiter = core.waiters.get(lease._token)
+    if binding is None or waiter is None or binding.slot != lease._slot \
+            or binding.generation != waiter.generation:
+        return None
+    core.unbind(session)
+    lease._context.flush()
+    if isinstance(failure, CallTimeout):
+        reason = f"was killed: {command!r} got no reply within {failure.timeout:g}s"
+    elif isinstance(failure, ProtocolError):
+        reason = f"broke the protocol during {command!r} and is replaced"
+    else:
+        reason = f"died during {command!r}"
+    return SessionLost(session=session, worker_id=lease._worker.worker_id,
+                       pid=lease._worker.pid, reason=reason)
+
+
+def release(lease: Lease, error: BaseException | None, *, kill: bool = False) -> None:
     """Check the lease in (the end of its ``checkout`` block); idempotent.
 
-    ``error``: what ended the block, if anything (the policy sees it)."""
+    ``error``: what ended the block, if anything (the policy sees it).
+    ``kill``: the worker is replaced at once, even if its abandoned request
+    could be drained (``run_sync(kill_on_cancel=True)`` was cancelled)."""
     if lease._released:
         return
     lease._released = True
@@ -202,6 +261,8 @@ def release(lease: Lease, error: BaseException | None) -> None:
     failure = lease._error
     if failure is not None and type(failure) is CallTimeout and context.cancel_grace > 0:
         failure = None  # cooperative cancellation: the worker is drained, not killed
+    if kill and worker.dirty:
+        failure = error  # a dirty worker stopped as unclean is killed (not drained)
     clean = failure is None and not worker.dirty and worker.exit_info is None
     # A call cancelled or timed out with its request in flight: the worker gives
     # it back in the background (engine.pool.draining) instead of dying.

@@ -37,20 +37,28 @@ to use a pool):
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import operator
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import trio
 import trio_util
 
 from engine import telemetry
-from engine.errors import EngineError, PoolClosed, PoolTimeout, PoolUnavailable
+from engine.errors import (
+    EngineError,
+    PickleNotAllowed,
+    PoolClosed,
+    PoolTimeout,
+    PoolUnavailable,
+    SessionLost,
+    start_cause,
+)
 from engine.pool.config import PoolConfig, make_config
 from engine.pool.contract import (
     CheckinOutcome,
@@ -58,6 +66,7 @@ from engine.pool.contract import (
     DefaultPolicy,
     Ok,
     Remove,
+    Skip,
     Verdict,
     WorkerInfo,
     vet_checkin,
@@ -91,16 +100,19 @@ from engine.pool.introspection import (
 )
 from engine.pool.lease import HeldLeases, Lease, LeaseContext, release, revoke
 from engine.pool.lifecycle import WorkerState
+from engine.pool.pickled import pickle_call, unpickle_reply
 from engine.pool.resilience import CircuitBreaker, Decision, Retry
 from engine.pool.supervisor import IncompleteWorkerHandle, SlotSupervisor, SupervisorContext
 from engine.pool.table import WorkerTable
 from engine.pool.timer import PoolTimer
 from engine.process.handle import WorkerHandle
+from engine.protocol import PICKLE_CODEC, PICKLE_COMMAND
 
 logger = logging.getLogger("engine.pool")
 _pool_ids = itertools.count(1)
 _OK_VERDICT = Verdict(Ok())
 _OUTCOME_COUNTERS: dict[str, str] = {}
+T = TypeVar("T")
 
 
 def _default_factory(request: Any) -> Any:
@@ -144,7 +156,9 @@ class Pool:
             reset_timeout=config.breaker_reset, clock=self._now,
         )
         self._breaker.on_transition.append(self._breaker_moved)
-        self._failures = FailureTracker(config.size, self._breaker, self._metrics)
+        self._failures = FailureTracker(
+            config.size, self._breaker, self._metrics, slots=self._core.slots,
+            app=config.app, pool=self.label, on_unstartable=self._fail_unstartable)
         self._closing = trio.Event()  # aclose() began: no new checkout, no new start
         self._closed = trio.Event()  # every worker is stopped and waited for
         # One timer task serves every deadline (queued checkouts, calls in
@@ -192,17 +206,38 @@ class Pool:
         if not 0 <= want <= self.config.size:
             raise ValueError(f"wait_ready(n={want}) must be between 0 and size={self.config.size}")
         limit = self.config.start_timeout * 2 if timeout is None else timeout
+        failures = self._failures
         with trio.move_on_after(limit):
-            await trio_util.wait_any(
-                lambda: self._live.wait_value(lambda v: v >= want), self._closing.wait)
-            if self._closing.is_set():
-                raise PoolClosed(pool=self.label)
-            return
-        why = f"only {self._live.value} of {want} workers ready"
-        last = self._failures.last_start_error
-        if last is not None:
-            why += f"; last start failure: {last.reason}"
-        raise PoolTimeout(timeout=limit, pool=self.label, reason=why)
+            while True:
+                if self._closing.is_set():
+                    raise PoolClosed(pool=self.label)
+                if self._live.value >= want and self._alive_count() >= want:
+                    await trio.lowlevel.checkpoint()
+                    return
+                unstartable = failures.unstartable()
+                if unstartable is not None:
+                    await trio.lowlevel.checkpoint()
+                    raise unstartable
+                # Wait for a change since the check above: wait_any starts its
+                # waits in child tasks, so a transition in between would be
+                # missed by wait_transition (a lost wake-up under load).
+                live, outcomes = self._live.value, failures.outcomes.value
+                await trio_util.wait_any(
+                    partial(self._live.wait_value, partial(operator.ne, live)),
+                    self._closing.wait,
+                    partial(failures.outcomes.wait_value, partial(operator.ne, outcomes)))
+        raise self._explained(PoolTimeout(
+            timeout=limit, pool=self.label,
+            reason=f"only {self._alive_count()} of {want} workers ready"))
+
+    def _alive_count(self) -> int:
+        """Live workers whose process is alive now: one killed a moment ago
+        still counts in the core until its slot task notices the death, and
+        ``wait_ready`` must not count it (its slot then moves, waking us)."""
+        live = (WorkerState.READY, WorkerState.BUSY, WorkerState.DEGRADED)
+        return sum(1 for slot in self._core.slots if slot.state in live
+                   and (worker := self._rows[slot.index].worker) is not None
+                   and worker.is_alive())
 
     @asynccontextmanager
     async def checkout(self, session: str | None = None,
@@ -243,6 +278,49 @@ class Pool:
         release(lease, None)
         return result
 
+    async def run_sync(self, fn: Callable[..., T], *args: Any, session: str | None = None,
+                       timeout: float | None = None, kill_on_cancel: bool = False) -> T:
+        """Run ``fn(*args)`` in a worker and return its value (``engine.run_sync``
+        on this pool). ``fn`` and ``args`` go by pickle (protocol 5), so ``fn``
+        must be importable by the worker (a module-level function, or a
+        ``functools.partial`` of one); the value comes back by pickle too.
+
+        * What cannot be pickled raises ``ArgumentTypeError`` (a ``TypeError``)
+          before a worker is reserved.
+        * ``fn``'s exception is raised here as itself, with the worker's
+          traceback as its ``__cause__``.
+        * ``session``: run on the worker holding that session; ``fn`` reaches
+          its state with ``engine.workers.current_session()`` (a dict kept
+          between calls).
+        * ``timeout`` (default: the pool's ``call_timeout``): past it, the
+          call raises ``CallTimeout``; the worker is asked to abandon ``fn``
+          (it is interrupted) and killed if it does not within ``cancel_grace``.
+        * ``kill_on_cancel=False``: once ``fn`` runs, cancellation waits for
+          it (like ``trio.to_thread.run_sync``); waiting for a worker can be
+          cancelled. ``True``: cancellation kills the worker at once (the pool
+          replaces it; its sessions are lost) and raises ``Cancelled``.
+
+        Raises ``PickleNotAllowed`` when the worker takes JSON only (a remote
+        worker without ``allow_pickle=True``), and what ``call`` raises.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing reserved
+        call = pickle_call(fn, args)
+        lease = await self._acquire(session, None, checkpoint=False)
+        try:
+            if PICKLE_CODEC not in lease.codecs:
+                raise PickleNotAllowed(worker_id=lease.worker_id, pool=self.label)
+            if kill_on_cancel:
+                reply = await lease.call(PICKLE_COMMAND, call, timeout=timeout)
+            else:
+                with trio.CancelScope(shield=True):
+                    reply = await lease.call(PICKLE_COMMAND, call, timeout=timeout)
+        except BaseException as exc:
+            release(lease, exc, kill=kill_on_cancel and isinstance(exc, trio.Cancelled))
+            raise
+        release(lease, None)
+        result: T = unpickle_reply(reply, lease.worker_id)
+        return result
+
     async def end_session(self, session: str) -> bool:
         """Drop a session: its worker is sent ``cleanup_session`` and it is unbound.
 
@@ -257,6 +335,10 @@ class Pool:
         try:
             async with self.checkout(session=session) as lease:
                 await lease.call("cleanup_session", {"session": session})
+        except SessionLost:
+            # Its worker died before the pool noticed (found at hand-off or by
+            # the cleanup call itself): the state the caller wanted gone is gone.
+            return False
         finally:
             core.unbind(session)
         telemetry.emit(telemetry.SESSION_END, {}, {"pool": self.label, "session": session})
@@ -270,6 +352,17 @@ class Pool:
 
     def metrics(self) -> telemetry.MetricsSnapshot:
         return self._metrics.snapshot()
+
+    def expect_death(self, worker_id: str) -> None:
+        """Say that the caller is about to kill (or crash) ``worker_id`` on
+        purpose: a chaos runner, a campaign, a test.
+
+        Its death is handled as any crash (replacement, telemetry,
+        ``worker_crashes``), but it is counted in the ``expected_deaths``
+        metric and logged at DEBUG instead of one WARNING line per death,
+        so that hundreds of planned kills do not bury an unexpected crash.
+        """
+        self._failures.expect_death(worker_id)
 
     def worker_pids(self) -> list[int]:
         """OS pids of the live worker processes (for tests and chaos): the
@@ -300,9 +393,10 @@ class Pool:
             view = self.inspect()
             if condition(view):
                 return view
-
-            changed = functools.partial(self._live_changes.wait_value,
-                                        functools.partial(operator.ne, seen))
+            # A change since this view, counted (not the next transition, nor
+            # a value that differs from the view's): wait_any starts its waits
+            # in child tasks, and 2 -> 1 -> 2 in between would be lost.
+            changed = partial(self._live_changes.wait_value, partial(operator.ne, seen))
             if self._closing.is_set():
                 await changed()
             else:
@@ -330,6 +424,10 @@ class Pool:
             decision = self._breaker.allow()
         if not decision.allowed and not self._closing.is_set():
             await trio.lowlevel.checkpoint()
+            # The breaker opened because no worker starts: say why first.
+            unstartable = self._failures.unstartable()
+            if unstartable is not None:
+                raise unstartable
             raise PoolUnavailable(reason=decision.reason, retry_in=decision.retry_in,
                                   pool=self.label)
         if not decision.probe:
@@ -365,14 +463,33 @@ class Pool:
                 self._flush()
                 raise
         yielded = checkpoint
+        if waiter.status is WaiterStatus.QUEUED and not self._live_count:
+            # No live worker: if none can start, say so now rather than
+            # after checkout_timeout (a queued checkout is failed by
+            # _fail_unstartable when that becomes true).
+            unstartable = self._failures.unstartable()
+            if unstartable is not None:
+                core.cancel(waiter.id)
+                self._flush()
+                await trio.lowlevel.checkpoint()
+                raise unstartable
         while True:
             if waiter.status is WaiterStatus.QUEUED:
                 await self._wait(waiter)
                 yielded = True
             if waiter.status is WaiterStatus.FAILED:
                 core.cancel(waiter.id)
-                assert waiter.error is not None
-                raise waiter.error
+                error = waiter.error
+                assert error is not None
+                if type(error) is PoolTimeout:
+                    error = self._explained(error)
+                elif type(error) is SessionLost and session is not None:
+                    binding = core.bindings.get(session)
+                    if binding is not None and binding.lost is None \
+                            and binding.worker_id == error.worker_id:
+                        core.unbind(session)  # reported now (_lost_at_handoff): once
+                        self._flush()
+                raise error
             assert waiter.slot is not None
             worker = self._rows[waiter.slot].worker
             # The hand-off check ran when the worker was granted; if this task
@@ -418,6 +535,38 @@ class Pool:
             if entry is not None:
                 Deadlines.remove(entry)
 
+    def _lost_at_handoff(self, slot: Slot, session: str) -> SessionLost | None:
+        """``affinity="hint"``: the session's own worker is found dead at
+        hand-off. Its state is gone, and this call is the first to observe it:
+        SessionLost now (the shell then unbinds the session), rather than
+        running silently elsewhere and the next call hearing of the loss.
+        (``strict`` waits for the slot task, which reports it the same way.)"""
+        binding = self._core.bindings.get(session)
+        if binding is None or binding.lost is not None or binding.slot != slot.index \
+                or binding.generation != slot.generation:
+            return None
+        return SessionLost(session=session, worker_id=binding.worker_id, pid=slot.pid,
+                           reason="died (found when the session was next used)")
+
+    def _fail_unstartable(self) -> None:
+        """No worker can start (FailureTracker): fail the queued checkouts now."""
+        unstartable = self._failures.unstartable
+        self._core.fail_queued(lambda: unstartable() or PoolClosed(pool=self.label))
+        self._flush()
+
+    def _explained(self, timeout: PoolTimeout) -> PoolTimeout:
+        """The PoolTimeout with the pool's own view added: whether any worker is
+        busy (when none is, shortening calls would not help) and the last start
+        failure, if there was one."""
+        last = self._failures.current_start_error
+        explained = PoolTimeout(
+            timeout=timeout.timeout, session=timeout.session, pool=timeout.pool,
+            waiting=timeout.waiting, reason=timeout.reason,
+            busy=self._core.state_counts[WorkerState.BUSY],
+            last_start_failure=None if last is None else start_cause(last)[0])
+        explained.__cause__ = last
+        return explained
+
     def _vet(self, slot: Slot, waiter: Waiter) -> Verdict:
         """Safe hand-off: is this worker fit to be handed over right now?"""
         worker = self._rows[slot.index].worker
@@ -427,6 +576,10 @@ class Pool:
         if worker is None:
             return Verdict(Remove("not_ready: no worker"), by_policy=False)
         if not worker.is_alive():
+            if waiter.session is not None and self.config.affinity == "hint":
+                lost = self._lost_at_handoff(slot, waiter.session)
+                if lost is not None:
+                    return Verdict(Skip(lost), by_policy=False)
             return Verdict(Remove("process_dead"), by_policy=False)
         if worker.dirty:
             return Verdict(Remove("pipe_closed"), by_policy=False)
@@ -655,22 +808,30 @@ async def open_pool(config: PoolConfig | None = None, **overrides: Any) -> Async
         # required method (a programming error, raised once), so a group
         # holding just that or the body's own exception is unwrapped: users
         # see what they (or their worker_factory) got wrong, not a group.
+        # Trio may re-derive a group the body raised (its own nursery's)
+        # while it passes through our scopes, so it is recognised by its
+        # leaves: when they are exactly the body's, the body's exception
+        # comes out as itself, not wrapped in ours.
         leaves = _leaves(group)
-        if len(leaves) == 1:
-            sole = leaves[0]
-            if sole is body_error or isinstance(sole, IncompleteWorkerHandle):
-                # from its own cause: a RemoteError keeps its remote traceback
-                raise sole from sole.__cause__
+        if body_error is not None and _same_leaves(leaves, _leaves(body_error)):
+            # from its own cause: a RemoteError keeps its remote traceback
+            raise body_error from body_error.__cause__
+        if len(leaves) == 1 and isinstance(leaves[0], IncompleteWorkerHandle):
+            raise leaves[0] from leaves[0].__cause__
         raise
 
 
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+def _leaves(error: BaseException) -> list[BaseException]:
     """The exceptions in a (possibly nested: the background tasks have a
-    nursery of their own) group."""
-    leaves: list[BaseException] = []
-    for error in group.exceptions:
-        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
-    return leaves
+    nursery of their own) group; a plain exception is its own leaf."""
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+
+
+def _same_leaves(ours: list[BaseException], body: list[BaseException]) -> bool:
+    return len(ours) == len(body) and all(
+        any(leaf is other for other in body) for leaf in ours)
 
 
 __all__ = ["EngineError", "Lease", "Pool", "PoolStatistics", "PoolView", "open_pool", "set_fault"]

@@ -34,11 +34,16 @@ from engine.process.transport import Interrupted, PeerGone, transport_for
 from engine.protocol import (
     CANCELLED,
     HEADER_SIZE,
+    PICKLE_CALL,
+    PICKLE_FLAG,
     FrameDecoder,
     Hello,
+    Pickled,
     abandon_message,
     decode_body,
+    decode_pickle_body,
     encode_frame,
+    encode_pickle_frame,
     encode_request,
     parse_hello,
     parse_response,
@@ -70,16 +75,21 @@ class FramedChannel:
                  worker_id: str, max_frame_size: int,
                  pid: Callable[[], int | None] = lambda: None,
                  busy_poll: float = 0.0, cancel_grace: float = 0.0,
-                 nudge: Callable[[], None] = _no_nudge) -> None:
+                 nudge: Callable[[], None] = _no_nudge,
+                 max_pickle_frame_size: int = 0) -> None:
         """``cancel_grace``: how long :meth:`drain_abandoned` may take (0: an
         abandoned request breaks the channel, the owner kills the worker).
         ``nudge``: called once the abandon frame is written (a local process
-        is signalled, so that its running handler is interrupted at once)."""
+        is signalled, so that its running handler is interrupted at once).
+        ``max_pickle_frame_size``: > 0 lets a call's ``args`` be a
+        :class:`~engine.protocol.Pickled` (sent as a pickle frame; its reply's
+        result is one too), 0 refuses pickle frames."""
         self._send = send
         self._receive = receive
         self._io = transport_for(send, receive, busy_poll)
-        self._decoder = FrameDecoder(max_frame_size)
+        self._decoder = FrameDecoder(max_frame_size, max_pickle_frame_size)
         self._max_frame_size = max_frame_size
+        self._max_pickle_frame_size = max_pickle_frame_size
         self._ids = itertools.count(1)
         self._worker_id = worker_id
         self._pid = pid
@@ -159,7 +169,10 @@ class FramedChannel:
         request_id = next(self._ids)
         # Encoded before anything is marked or written: arguments that cannot
         # be sent raise ArgumentError here and leave the channel as it was.
-        frame = encode_request(request_id, command, args, session, self._max_frame_size)
+        if type(args) is not Pickled:
+            frame = encode_request(request_id, command, args, session, self._max_frame_size)
+        else:
+            frame = self._pickle_request(request_id, args, session)
         if self.broken or self.dirty:
             await self._recover(command, session)
         self._busy = True
@@ -201,6 +214,16 @@ class FramedChannel:
             raise self._timeout_error(timed_out or 0.0, command, session)
         self.dirty = False
         return self._result(request_id, command, session, message)
+
+    def _pickle_request(self, request_id: int, args: Pickled, session: str | None) -> bytes:
+        if not self._max_pickle_frame_size:
+            raise ProtocolError(f"worker {self._worker_id} takes JSON frames only; a pickled "
+                                "call (run_sync) needs a worker started with pickle allowed",
+                                worker_id=self._worker_id)
+        data = args.data
+        return encode_pickle_frame(request_id, PICKLE_CALL,
+                                   data if type(data) is bytes else bytes(data), session,
+                                   self._max_pickle_frame_size)
 
     def _end_timeout(self) -> float | None:
         """The call ends: forget its deadline (and an interrupt nobody saw)."""
@@ -354,6 +377,12 @@ class FramedChannel:
                 if length == len(data) - HEADER_SIZE and length <= self._max_frame_size:
                     try:
                         return decode_body(bytes(data[HEADER_SIZE:]))
+                    except ProtocolError as exc:
+                        self._fail_protocol(str(exc))
+                if length ^ PICKLE_FLAG == len(data) - HEADER_SIZE \
+                        and len(data) - HEADER_SIZE <= self._max_pickle_frame_size:
+                    try:  # the same for a small pickle reply (run_sync)
+                        return decode_pickle_body(bytes(data[HEADER_SIZE:]))
                     except ProtocolError as exc:
                         self._fail_protocol(str(exc))
             try:

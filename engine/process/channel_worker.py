@@ -252,7 +252,7 @@ class ChannelWorker:
             # The background tasks never raise: see raise_sole_exception.
             raise_sole_exception(group)
 
-    def _start_error(self, reason: str) -> WorkerStartError:
+    def _start_error(self, reason: str, said: ProtocolError | None = None) -> WorkerStartError:
         info = self._exit
         detail = self.exit_detail(info) if info is not None else ""
         return WorkerStartError(
@@ -261,6 +261,8 @@ class ChannelWorker:
             exit_code=info.exit_code if info else None,
             signal=info.signal if info else None,
             stderr_tail=self.stderr_tail(), argv=self._argv, launcher=self.remote_launcher,
+            remote_type=said.remote_type if said else None,
+            remote_message=said.remote_message if said else None,
         )
 
     async def _read_hello(self, start_timeout: float) -> Hello:
@@ -276,5 +278,5 @@ class ChannelWorker:
                 # Usually an error hello: the runtime reported a start failure and
                 # is exiting; wait (bounded) for its status and last stderr lines.
                 await self.settle()
-                raise self._start_error(f"bad hello: {exc}") from exc
+                raise self._start_error(f"bad hello: {exc}", exc) from exc
         raise self._start_error(f"no hello within start_timeout={start_timeout:g}s")

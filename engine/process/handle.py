@@ -13,7 +13,7 @@ import attrs
 
 from engine.busy_poll import DEFAULT_BUSY_POLL
 from engine.process.launch import Launcher, LauncherChoice
-from engine.protocol import Hello
+from engine.protocol import DEFAULT_MAX_PICKLE_FRAME_SIZE, Hello
 
 
 @attrs.frozen
@@ -70,6 +70,19 @@ class SpawnRequest:
     worker_output: str = "forward"
     #: How long an abandoned request may take to come back (design section 8).
     cancel_grace: float = 1.0
+    #: Pickle frames (run_sync) in either direction: None lets local workers
+    #: take them and keeps workers started through a remote Launcher on JSON
+    #: (unpickling runs code: the parent trusts only what it runs itself,
+    #: unless the user says so); True or False decides for every worker.
+    allow_pickle: bool | None = None
+    max_pickle_frame_size: int = DEFAULT_MAX_PICKLE_FRAME_SIZE
+
+    @property
+    def pickle_frame_size(self) -> int:
+        """The largest pickle frame the worker and the parent accept; 0: none
+        (the worker serves JSON commands only)."""
+        allowed = self.remote is None if self.allow_pickle is None else self.allow_pickle
+        return self.max_pickle_frame_size if allowed else 0
 
     @property
     def remote(self) -> Launcher | None:

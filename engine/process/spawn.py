@@ -2,9 +2,16 @@
 
 ``open_process_worker(request)`` spawns ``python -m engine.workers.runtime`` (after
 an optional local wrapper prefix, or through a remote
-:class:`~engine.process.launch.Launcher` such as ssh) in a new session, so the
-process we spawn and anything it spawns form one process group that we can
-signal as a whole. It waits for the hello under ``start_timeout``, and on exit
+:class:`~engine.process.launch.Launcher` such as ssh) in a new process group, so
+the process we spawn and anything it spawns can be signalled as a whole (and a
+Ctrl-C at the terminal reaches the pool, not its workers). Not a new session:
+with the kernel's autogroup scheduling (on by default in desktop and many
+server distributions) every session is a CPU-scheduling group of its own, and
+a worker in a session of its own would compete with the whole application as
+an equal: under load the parent, left in a group with everything else the
+application runs, waits for a CPU while its workers idle (issue 19: 2-8x less
+throughput with a busy loop per core, against peers whose workers stay in the
+caller's session). It waits for the hello under ``start_timeout``, and on exit
 always stops the process and waits for it: no zombie, no orphan.
 
 A remote worker is signalled only through the local launcher process (its own
@@ -36,8 +43,10 @@ from engine.process.channel_worker import ChannelWorker
 from engine.process.handle import ExitInfo, SpawnRequest
 from engine.process.launch import Launcher
 from engine.process.output import line_sink
+from engine.process.site_skip import skips_site
 from engine.protocol import ABANDON_SIGNAL
-from engine.workers.runtime import SYS_PATH_VARIABLE
+from engine.workers.pickled import MAIN_VARIABLE
+from engine.workers.runtime import PREFIX_VARIABLE, SYS_PATH_VARIABLE
 
 logger = logging.getLogger("engine.worker")
 
@@ -52,6 +61,10 @@ _STOP_GRACE = 2.0
 _MAX_LINE_BYTES = 65536
 # Linux refuses a single environment string longer than 128 KiB (MAX_ARG_STRLEN).
 _MAX_SYS_PATH_BYTES = 100_000
+# How a local worker runs the runtime: -c rather than -m, which would import
+# runpy (with importlib.util and contextlib) in every worker, a tenth of its
+# start-up. The command line still names the module.
+_RUN_RUNTIME = ("-c", "from engine.workers.runtime import main; main()")
 # waitid flags for a liveness check that leaves an exited child for the watcher.
 _PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
 
@@ -65,11 +78,17 @@ def build_argv(request: SpawnRequest) -> list[str]:
         "--max-frame-size", str(request.max_frame_size),
         "--busy-poll-us", str(round(request.busy_poll * 1e6)),
     ]
+    if request.pickle_frame_size:
+        worker_args += ["--pickle-frame-size", str(request.pickle_frame_size)]
     launcher = request.launcher
     if isinstance(launcher, Launcher):
         return launcher.command(worker_args, extra_env=request.env)
     python = list(request.python) or [sys.executable]
-    return [*launcher, *python, "-m", "engine.workers.runtime", *worker_args]
+    # -S: the worker skips site when the parent's sys.path and prefix give it
+    # all site would (see site_skip): a third of a pool's start-up here.
+    env = {**os.environ, **(request.env or {})}
+    no_site = ["-S"] if skips_site(request, env, parent_sys_path(request)) else []
+    return [*launcher, *python, *no_site, *_RUN_RUNTIME, *worker_args]
 
 
 def _child_env(request: SpawnRequest) -> dict[str, str]:
@@ -78,6 +97,8 @@ def _child_env(request: SpawnRequest) -> dict[str, str]:
         # The launcher (ssh needs HOME, SSH_AUTH_SOCK, ...) gets this process's
         # environment as it is; the worker's is set at the far end (build_argv).
         env.pop(SYS_PATH_VARIABLE, None)
+        env.pop(PREFIX_VARIABLE, None)
+        env.pop(MAIN_VARIABLE, None)
         return env
     if request.env:
         env.update(request.env)
@@ -87,10 +108,35 @@ def _child_env(request: SpawnRequest) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.pop(SYS_PATH_VARIABLE, None)  # never a value meant for another process
+    env.pop(PREFIX_VARIABLE, None)
+    env.pop(MAIN_VARIABLE, None)
     sys_path = parent_sys_path(request)
     if sys_path is not None:
         env[SYS_PATH_VARIABLE] = sys_path
+        # A worker started without site (-S) would not find the venv's prefix.
+        env[PREFIX_VARIABLE] = json.dumps([sys.prefix, sys.exec_prefix])
+        main = parent_main() if request.pickle_frame_size else None
+        if main is not None:
+            env[MAIN_VARIABLE] = main
     return env
+
+
+def parent_main() -> str | None:
+    """How a worker finds this process's ``__main__`` for run_sync's functions
+    defined there (see :mod:`engine.workers.pickled`): ``module:NAME`` when it
+    ran with ``python -m NAME``, ``path:FILE`` for a script, None when there
+    is no file (an interactive session)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name and name != "__main__":
+        if name.endswith(".__main__"):
+            name = name[:-len(".__main__")]
+        return f"module:{name}"
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and os.path.isfile(path):
+        return f"path:{os.path.abspath(path)}"
+    return None
 
 
 def parent_sys_path(request: SpawnRequest) -> str | None:
@@ -127,6 +173,7 @@ class ProcessWorker(ChannelWorker):
                                 max_frame_size=request.max_frame_size, pid=lambda: self.pid,
                                 busy_poll=request.busy_poll,
                                 cancel_grace=request.cancel_grace,
+                                max_pickle_frame_size=request.pickle_frame_size,
                                 nudge=self._interrupt_handler)
         super().__init__(request.worker_id, channel, request.stderr_tail_lines,
                          spawned_pid=process.pid, argv=tuple(build_argv(request)))
@@ -310,13 +357,15 @@ async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWor
     try:
         process = await trio.lowlevel.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, env=_child_env(request),
+            process_group=0, env=_child_env(request),
         )
     except OSError as exc:
         remote = request.remote
         raise WorkerStartError(f"could not execute {argv[0]!r}: {exc}",
                                worker_id=request.worker_id, argv=tuple(argv),
                                launcher=remote.label if remote is not None else None) from exc
+    if request.pickle_frame_size:
+        _enlarge_pipes(process)
     worker = ProcessWorker(process, request)
     try:
         async with worker.running(start_timeout=request.start_timeout, grace=_STOP_GRACE,
@@ -329,6 +378,26 @@ async def open_process_worker(request: SpawnRequest) -> AsyncIterator[ProcessWor
                 worker.kill()
                 await process.wait()
         await _close_pipes(process)
+
+
+# Linux's F_SETPIPE_SZ (fcntl.F_SETPIPE_SZ from Python 3.10 on).
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size
+
+
+def _enlarge_pipes(process: trio.Process) -> None:
+    """Give a worker that takes pickle frames (run_sync: megabytes of bytes
+    each way) 1 MiB pipes instead of 64 KiB: 16 times fewer writes, reads and
+    wake-ups for a large value. Best effort: where the OS refuses (another
+    system, a lower pipe-max-size) the pipes stay as they are."""
+    import fcntl
+
+    for stream in (process.stdin, process.stdout):
+        if isinstance(stream, trio.lowlevel.FdStream):
+            try:
+                fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass
 
 
 async def _close_pipes(process: trio.Process) -> None:

@@ -34,6 +34,10 @@ import trio
 from engine.busy_poll import BusyPollPolicy
 
 READ_SIZE = 65536
+# After a read that filled READ_SIZE (a large frame is coming: run_sync's
+# bytes), read this much at once until a read comes back short: far fewer
+# reads and wake-ups, and small replies never pay for a large buffer.
+LARGE_READ_SIZE = 1 << 20
 T = TypeVar("T")
 
 
@@ -150,6 +154,7 @@ class PipeTransport:
         self._interrupted = False
         self._waiting_on: int | None = None  # the fd a wait_* is parked on
         self.unsent = b""
+        self._read_size = READ_SIZE
 
     def abort(self) -> None:
         self._aborted = True
@@ -223,7 +228,7 @@ class PipeTransport:
                 # After an abort, still read what the peer wrote before it went
                 # (an error hello, a last reply): a crashed worker's exit can
                 # be seen before its final bytes are read, and they explain it.
-                data = os.read(self._read_fd, READ_SIZE)
+                data = os.read(self._read_fd, self._read_size)
             except BlockingIOError:
                 if self._aborted:
                     raise PeerGone("aborted") from None
@@ -236,7 +241,10 @@ class PipeTransport:
                         spin_until = policy.begin_wait()
                         spinning = spin_until > 0.0  # the budget is ahead
                     else:
-                        spinning = spin_until > 0.0 and policy.clock() < spin_until
+                        # Within the budget, and this end was not descheduled.
+                        spinning = spin_until > 0.0 and policy.keep_polling(spin_until)
+                        if not spinning:
+                            spin_until = 0.0  # blocked from now on: ask no more
                     if spinning:
                         # A reply that usually comes within microseconds: look
                         # again after one pass through the scheduler (other tasks
@@ -267,6 +275,7 @@ class PipeTransport:
                 raise
             if not data:
                 raise PeerGone("end of stream")
+            self._read_size = LARGE_READ_SIZE if len(data) >= READ_SIZE else READ_SIZE
             if spin_until >= 0.0 and policy is not None:
                 # How long the reply took decides whether the next wait spins.
                 policy.frame_arrived()

@@ -240,6 +240,8 @@ def kill_random_worker(pool: Pool, ledger: DeathLedger, rng: random.Random) -> I
     assert victim.pid is not None and victim.local_pid is not None
     now = trio.current_time()
     ledger.claim(victim.pid, "kill", slot=victim.index, worker_id=victim.worker_id, at=now)
+    if victim.worker_id is not None:
+        pool.expect_death(victim.worker_id)  # counted in the summary, not logged per kill
     try:
         os.kill(victim.local_pid, signal.SIGKILL)
     except ProcessLookupError:  # pragma: no cover - it died in the last microsecond

@@ -177,6 +177,8 @@ def _deaths(f: RunFacts) -> dict[str, Any]:
         "detected": detected, "detected_total": len(exits),
         "pool_crash_counter": stats.get("crashes"),
         "expected_crash_counter": injected["kill"] + injected["crash"],
+        # the pool's count of those it was told of: logged at DEBUG, not per death
+        "expected_deaths": f.facts.get("expected_deaths", 0),
         "undetected": undetected, "misreported": misreported, "unexplained": unexplained,
         "killed_after_grace": len(grace_kills),
         "kills_attempted": f.ledger.kills_attempted,

@@ -379,6 +379,7 @@ class _Run:
         self.facts["live_pids"] = sorted(slot.pid for slot in pool.inspect().slots
                                          if slot.worker is not None and slot.pid is not None)
         self.facts["statistics"] = attrs.asdict(pool.statistics())
+        self.facts["expected_deaths"] = pool.metrics().counters.get("expected_deaths", 0)
         try:
             pool.check_invariants()
             self.facts["core_invariants"] = None

@@ -108,7 +108,9 @@ def report_blocks(report: Mapping[str, Any], style: Styler) -> list[Block]:
         "injected", "detected", "replaced: p50", "max"))), tuple(rows)))
     out.append(Line(f"restarts: {report['restarts']}; pool crash counter "
                     f"{d['pool_crash_counter']} (kills + crash calls = "
-                    f"{d['expected_crash_counter']}); kill ticks {d['kills_attempted']}, "
+                    f"{d['expected_crash_counter']}, of which {d['expected_deaths']} "
+                    "expected deaths, summarised here rather than logged one per line); "
+                    f"kill ticks {d['kills_attempted']}, "
                     f"{d['kills_skipped_no_target']} without an eligible worker; killed after "
                     f"cancel_grace {d['killed_after_grace']}; start "
                     f"failures {d['start_failures']}; replacement = injection to that slot's "

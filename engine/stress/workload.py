@@ -382,6 +382,7 @@ class Workload:
         self.ledger.claim(lease.pid, kind, slot=lease.slot, worker_id=lease.worker_id,
                           at=trio.current_time())
         if kind == "crash":
+            self.pool.expect_death(lease.worker_id)  # counted, not logged per crash
             return "crash", {"code": CRASH_CODE}, timeout, _never_ok
         if kind == "hang":
             return "hang", {}, settings.hang_timeout, _never_ok

@@ -8,10 +8,20 @@ cancellations, kills at any moment (idle, leased, mid-call, around the
 hand-off), session calls, ``end_session`` and close, checking the pool's
 invariants after every step.
 
-Your app is called only through generic commands: the built-in ``ping``, and
-``echo`` if your app has it (it must return its arguments, as the default app's
-does); restrict them with ``commands=`` / ``--commands``. The default app
-(``engine.workers.programs``) also gets its fault and program commands.
+By default your app is called through the built-in ``ping``, ``echo`` if
+your app has it (the machine assumes ``echo`` returns its arguments unchanged,
+as the default app's does, and reports anything else as a failure), and every
+command that declares the shape of its arguments (``@app.command(name,
+args=...)``, see :mod:`engine.workers.schema`), with arguments drawn from that
+shape. ``commands=`` / ``--commands`` names the commands instead; a named
+command without a declared shape gets arbitrary JSON. The default app
+(``engine.workers.programs``) gets its fault and program commands.
+
+Any answer from an app command is accepted, but the campaign counts them: when
+most calls of a command fail with a remote error (the handler raised, or
+``UnknownCommand``), the campaign reports that as a finding and fails, naming
+the command and its error counts. Calls that never ran the handler's real code
+prove nothing.
 
 It prints either the first failure, with the shrunk step sequence that
 reproduces it, or how many examples and steps passed. Failures are saved in
@@ -27,7 +37,7 @@ import random
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 from hypothesis import HealthCheck, Phase, settings
@@ -37,7 +47,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from engine.testing.machine import pool_machine
 
-__all__ = ["CampaignResult", "main", "run_campaign"]
+__all__ = ["CampaignResult", "app_call_finding", "main", "run_campaign"]
 
 DEFAULT_APP = "engine.workers.programs"
 GENERIC_COMMANDS = frozenset({"ping", "echo"})
@@ -55,6 +65,11 @@ class CampaignResult:
     seconds: float
     seed: int
     failure: str | None = None
+    #: Outcomes of app-command calls: ``{command: {"ok" or error type: count}}``.
+    app_calls: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    #: Worker deaths the campaign caused on purpose (kills, crash calls): the
+    #: pool counted them instead of logging each (``Pool.expect_death``).
+    expected_deaths: int = 0
 
 
 def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = None,
@@ -66,8 +81,11 @@ def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = 
     batch ``i`` uses ``seed + i``); default random. ``batch``: examples per
     Hypothesis run (the budget is checked between batches). ``steps``: at most
     this many rules per example. ``commands``: the app commands the machine may
-    call (default: ``ping`` and ``echo``; every command for the default app).
+    call (default: ``ping``, ``echo`` and every command with a declared
+    argument shape; every command for the default app).
     ``shrink=False`` reports the first failing sequence as found (faster, longer).
+    A command most of whose calls failed with a remote error is a finding:
+    the result does not pass and ``failure`` says which and how.
     """
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes!r}")
@@ -75,10 +93,13 @@ def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = 
         raise ValueError(f"size must be at least 1, got {size!r}")
     allowed = frozenset(commands) if commands is not None else (
         None if app == DEFAULT_APP else GENERIC_COMMANDS)
+    declared = commands is None and app != DEFAULT_APP
     machine = pool_machine(workers="real", app=app, sizes=(size,), commands=allowed,
-                           name="CampaignPoolMachine")
+                           call_declared=declared, name="CampaignPoolMachine")
     base = seed if seed is not None else random.randrange(2**31)
     what = "every command" if allowed is None else ", ".join(sorted(allowed))
+    if declared:
+        what += " and every command with declared args"
     out(f"engine campaign: app {app!r}, {size} worker(s) per pool, commands: {what}, "
         f"seed {base}, budget {minutes:g} min")
     started = time.monotonic()
@@ -107,17 +128,67 @@ def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = 
             out(report)
             result = CampaignResult(app, False, machine.totals["examples"],
                                     machine.totals["steps"], batches,
-                                    time.monotonic() - started, base, report)
+                                    time.monotonic() - started, base, report,
+                                    _by_command(machine.app_calls),
+                                    machine.totals["expected_deaths"])
             out(f"FAILED after {result.examples} examples ({result.steps} steps) in "
                 f"{result.seconds:.0f}s; rerun with --seed {base + batches - 1} to "
                 "reproduce the batch")
             return result
         batches += 1
-    result = CampaignResult(app, True, machine.totals["examples"], machine.totals["steps"],
-                            batches, time.monotonic() - started, base)
-    out(f"passed: {result.examples} examples, {result.steps} steps, {batches} batch(es) in "
-        f"{result.seconds:.0f}s")
+    calls = _by_command(machine.app_calls)
+    finding = app_call_finding(calls)
+    result = CampaignResult(app, finding is None, machine.totals["examples"],
+                            machine.totals["steps"], batches, time.monotonic() - started,
+                            base, finding, calls, machine.totals["expected_deaths"])
+    if calls:
+        out("app commands: " + "; ".join(f"{name} {_counts(outcomes)}"
+                                         for name, outcomes in calls.items()))
+    summary = (f"{result.examples} examples, {result.steps} steps, {batches} batch(es) in "
+               f"{result.seconds:.0f}s, {result.expected_deaths} worker deaths "
+               "caused on purpose (kills, crash calls)")
+    if finding is not None:
+        out(finding)
+        out(f"FAILED (finding) after {summary}")
+    else:
+        out(f"passed: {summary}")
     return result
+
+
+def _by_command(app_calls: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    calls: dict[str, dict[str, int]] = {}
+    for (command, outcome), count in sorted(app_calls.items()):
+        calls.setdefault(command, {})[outcome] = count
+    return calls
+
+
+def _counts(outcomes: Mapping[str, int]) -> str:
+    total = sum(outcomes.values())
+    failed = {kind: n for kind, n in outcomes.items() if kind != "ok"}
+    detail = ", ".join(f"{kind} {n}" for kind, n in sorted(failed.items(), key=lambda i: -i[1]))
+    calls = "1 call" if total == 1 else f"{total} calls"
+    return f"{calls}, {outcomes.get('ok', 0)} ok" + (f", {detail}" if detail else "")
+
+
+def app_call_finding(calls: Mapping[str, Mapping[str, int]]) -> str | None:
+    """The finding when some app command failed in most of its calls: the pool
+    was exercised, the command hardly (its handler's real work never ran)."""
+    bad = {name: outcomes for name, outcomes in calls.items()
+           if sum(n for kind, n in outcomes.items() if kind != "ok") * 2 > sum(outcomes.values())}
+    if not bad:
+        return None
+    unknown = [name for name, outcomes in bad.items() if "UnknownCommand" in outcomes]
+    lines = ["engine campaign finding: most calls of these commands failed with a remote "
+             "error, so the campaign proves little about them:"]
+    lines += [f"  {name}: {_counts(outcomes)}" for name, outcomes in bad.items()]
+    advice = ("declare each command's argument shape (@app.command(name, args={...}), see "
+              "engine.workers.schema) so that the campaign sends arguments the command "
+              "accepts, or narrow the shape to the arguments it must accept")
+    if unknown:
+        advice = (f"the app does not have {', '.join(unknown)} (UnknownCommand): check the "
+                  "names given to --commands; otherwise " + advice)
+    lines.append(advice)
+    return "\n".join(lines)
 
 
 def _failure_report(exc: BaseException, reported: list[str]) -> str:
@@ -169,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``engine campaign``: 0 if everything passed, 1 if a failure was found, 2 on usage."""
+    """``engine campaign``: 0 if everything passed, 1 if a failure or a finding (app
+    commands that mostly failed) was found, 2 on usage."""
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -138,6 +138,7 @@ class Script:
     override :data:`DEFAULT_COMMANDS`. ``program_list``: ``list_programs`` answers
     the current map (``"map"``) or the legacy bare list (``"legacy"``).
     ``commands``: the hello's command list (default: every handler's name).
+    ``schemas``: the hello's argument shapes by command (default: none).
     ``on_abandon``: ``"yield"`` (a running handler whose request is abandoned
     is cancelled ``abandon_delay`` seconds later, as a cooperative handler
     would stop) or ``"never"`` (every handler ignores it, like one stuck in C).
@@ -155,6 +156,7 @@ class Script:
     program_list: Literal["map", "legacy"] = "map"
     app: str = "fake"
     commands: tuple[str, ...] | None = None
+    schemas: Mapping[str, Any] = attrs.field(factory=dict)
     stderr_lines: tuple[str, ...] = ()
     on_abandon: Literal["yield", "never"] = "yield"
     abandon_delay: float = 0.0
@@ -365,7 +367,7 @@ class _Peer:
                 await trio.sleep_forever()
             commands = list(script.commands if script.commands is not None else self.handlers)
             await self.send(hello_message(self.worker.worker_id, self.worker.pid, script.app,
-                                          commands), "normal")
+                                          commands, schemas=dict(script.schemas)), "normal")
             async with trio.open_nursery() as nursery:
                 if script.crash_after is not None:
                     nursery.start_soon(self._crash_later, script.crash_after)

@@ -121,6 +121,9 @@ def inject_fault(point: str, *, probability: float = 1.0, rng: random.Random | N
         record.fired += 1
         record.slots.append(slot)
         record.worker_ids.append(worker.worker_id)
+        if point != "before_handoff":
+            # A planned death: the pool counts it instead of logging a crash.
+            pool.expect_death(worker.worker_id)
         if point != "before_handoff" and not kill_and_settle(worker, settle):
             record.still_alive += 1
         if action is not None:

@@ -67,10 +67,11 @@ async def wait_for_pool_ready(pool: Pool, n: int | None = None,
             raise PoolClosed(pool=pool.label)
         return _ready_in(view)
     view = pool.inspect()
-    why = f"{len(_ready_in(view))} of {want} workers ready"
-    if view.last_start_error is not None:
-        why += f"; last start failure: {view.last_start_error.reason}"
-    raise PoolTimeout(timeout=limit, pool=pool.label, reason=why)
+    last = view.last_start_error
+    busy = sum(1 for slot in view.slots if slot.state is WorkerState.BUSY)
+    raise PoolTimeout(timeout=limit, pool=pool.label,
+                      reason=f"{len(_ready_in(view))} of {want} workers ready", busy=busy,
+                      last_start_failure=None if last is None else last.reason)
 
 
 @asynccontextmanager

@@ -9,11 +9,17 @@ and drives it with synchronous rules:
   the ``checkouts`` bundle, so any of them can be cancelled at any point;
 * calls on held leases (``ping``, ``echo``, and, when the app has them,
   ``sleep``, ``fail``, ``garbage``, ``crash``, ``hang``, ``create_program``,
-  ``list_programs``), checked against what the command must return;
+  ``list_programs``), checked against what the command must return; and
+  calls of *app commands* (named ones the machine does not know, or those
+  whose argument shape the hello declares) with arguments drawn from that
+  shape, any answer accepted and counted in ``app_calls``;
 * deaths: kill a worker (idle, leased, or in the middle of a call), kill the
   worker selected for a hand-off before its check, or after the grant and
   before the waiter takes it (fault injection), cancel a checkout between
-  selection and receipt;
+  selection and receipt; and the detection window: kill the worker holding a
+  session's state and use the session at once, before the pool has noticed
+  (``kill_and_use_session``: that call must get SessionLost, and the loss is
+  never reported again);
 * fake workers only: scripted next starts (slow, crash before or after the
   hello, bad hello, garbage or mis-numbered replies, fragmented replies, legacy
   list answers), killing a worker while it starts, and virtual time;
@@ -30,8 +36,11 @@ and drives it with synchronous rules:
 
 After every step it checks the invariants of design section 12: busy + ready +
 starting <= size; every waiter queued or served, never both; no worker leased
-twice; no dead worker handed over; sessions bound only to live workers and
-never lost silently; no waiter kept waiting beside an idle worker; every call
+twice; no dead worker handed over; sessions bound only to live workers, never
+lost silently, and each loss reported exactly once (a session call that cost
+its worker raises SessionLost from the crash, not the bare crash; a second
+SessionLost for the same death is a double report); ``end_session`` never
+raises for a worker's death; no waiter kept waiting beside an idle worker; every call
 ended with a result or a typed error, and with its own result (every ``sleep``
 answers its own, unique, seconds: a stale reply of an abandoned request
 reaching a later caller is caught); after close, no process left.
@@ -56,6 +65,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import time
 from typing import Any, ClassVar, Literal
 
@@ -90,6 +100,8 @@ from engine.process.procfs import pid_alive
 from engine.testing.driver import ContextHandle, DriverTimeout, TaskHandle, TrioDriver
 from engine.testing.fakes import FakeWorkerFactory, Script
 from engine.testing.faults import FaultRecord, inject_fault, kill_and_settle
+from engine.testing.strategies import from_schema
+from engine.workers.app import BUILTIN_COMMANDS
 
 __all__ = ["Checkout", "PoolMachine", "pool_machine"]
 
@@ -171,7 +183,7 @@ class Checkout:
     broken: bool = False
     cancel_at_handoff: bool = False
     settled: bool = False
-    one_call: tuple[str, int] | None = None  # make this call, then release
+    one_call: tuple[str, int, Any] | None = None  # make this call, then release
     #: The last call was abandoned in flight ("yields"/"stubborn"): the worker
     #: drains it before the next call, or in the background after release.
     pending_abandon: str | None = None
@@ -195,7 +207,15 @@ class PoolMachine(RuleBasedStateMachine):
     #: while a reported bug awaits its fix: "dead_worker_after_grant".
     tolerate: ClassVar[frozenset[str]] = frozenset()
     #: App commands the machine may call (None: all of the app's; ping always).
+    #: Named commands the machine does not know are *app commands*: called
+    #: with arguments of their declared shape (random JSON if undeclared), any
+    #: answer accepted, each outcome counted in :attr:`app_calls`.
     allowed_commands: ClassVar[frozenset[str] | None] = None
+    #: Also call, as app commands, every command whose shape the hello declares.
+    call_declared: ClassVar[bool] = False
+    #: Outcomes of app-command calls on healthy workers over every example:
+    #: ``(command, "ok")`` or ``(command, <remote error type>)``.
+    app_calls: ClassVar[collections.Counter[tuple[str, str]]]
     #: Totals over every example run by this class (the campaign reports them).
     totals: ClassVar[collections.Counter[str]]
 
@@ -213,6 +233,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.active: list[Checkout] = []
         self.violations: list[str] = []
         self.commands: set[str] = {"ping"}
+        self.app_commands: list[str] = []
+        self.app_args: dict[str, st.SearchStrategy[Any]] = {}
         self.closed = False
         self.fault_cm: Any = None
         self.fault: FaultRecord | None = None
@@ -228,6 +250,10 @@ class PoolMachine(RuleBasedStateMachine):
         self.drains: list[DrainExpected] = []
         self.drain_events: list[dict[str, Any]] = []
         self.killed_ids: set[str] = set()  # workers a rule killed
+        #: Session -> the worker whose death was reported as its loss, until the
+        #: session is bound again: a second SessionLost naming that worker is a
+        #: double report.
+        self.reported_lost: dict[str, str | None] = {}
         self.sleep_ids = itertools.count(1)
         self.telemetry_id: str | None = None
 
@@ -261,13 +287,23 @@ class PoolMachine(RuleBasedStateMachine):
                          lambda event, measurements, metadata: self.drain_events.append(
                              dict(metadata)) if metadata["pool"] == label else None)
         self.settle()
+        schemas: dict[str, Any] = {}
         for slot in self.pool.inspect().slots:
             if slot.worker is not None:
                 self.commands = set(slot.worker.hello.commands)
+                schemas = slot.worker.hello.schemas
                 break
+        named: set[str] = set()
         if self.allowed_commands is not None:
             self.commands &= self.allowed_commands
-        self.commands.add("ping")
+            named = set(self.allowed_commands)
+        if self.call_declared:
+            named |= set(schemas)
+        # Called even when the app lacks them: the UnknownCommand answers are
+        # counted, so a campaign naming a wrong command is a finding.
+        self.app_commands = sorted(named - KNOWN_COMMANDS - set(BUILTIN_COMMANDS))
+        self.commands |= {"ping", *self.app_commands}
+        self.app_args = {name: from_schema(schemas.get(name, {})) for name in self.app_commands}
 
     def teardown(self) -> None:
         try:
@@ -277,6 +313,10 @@ class PoolMachine(RuleBasedStateMachine):
                 telemetry.detach(self.telemetry_id)
             if self.driver is not None:
                 self.driver.close()
+            if self.pool is not None:
+                # Deaths this example caused on purpose, for the campaign's summary.
+                type(self).totals["expected_deaths"] += \
+                    self.pool.metrics().counters.get("expected_deaths", 0)
         if self.factory is not None:
             left = [w.worker_id for w in self.factory.unreaped]
             assert not left, f"fake workers never reaped after close: {left}"
@@ -341,6 +381,7 @@ class PoolMachine(RuleBasedStateMachine):
             if binding.lost is None and binding.worker_id is not None \
                     and self.alive(binding.worker_id):
                 self.bound.setdefault(session, binding.worker_id)
+                self.reported_lost.pop(session, None)
         for c in list(self.active):
             for record in c.calls:
                 if record.done and not record.checked:
@@ -420,6 +461,10 @@ class PoolMachine(RuleBasedStateMachine):
         took a fresh worker: that one left an unreported loss, which this pays.
         """
         assert c.session is not None
+        lost_worker = getattr(c.error, "worker_id", None)
+        if c.session in self.reported_lost and self.reported_lost[c.session] == lost_worker:
+            self.violations.append(f"{c!r}: the loss of session {c.session!r} was reported "
+                                   "twice")
         if self.unreported[c.session] > 0:
             self.unreported[c.session] -= 1
             return
@@ -455,6 +500,7 @@ class PoolMachine(RuleBasedStateMachine):
                     and other.worker_id == lease.worker_id and not other.broken:
                 self.violations.append(f"worker {lease.worker_id} leased to {other!r} and {c!r}")
         if c.session is not None:
+            self.reported_lost.pop(c.session, None)  # bound afresh
             binding = view.bindings.get(c.session)
             if binding is None or binding.slot != lease.slot:
                 self.violations.append(f"{c!r} for session {c.session!r} not routed to "
@@ -491,8 +537,10 @@ class PoolMachine(RuleBasedStateMachine):
             record.done = True
             worker = c.worker
             if worker is not None and getattr(worker, "abandoned", False):
-                # Cancelled or timed out with its request in flight.
-                c.pending_abandon = record.abandon
+                # Cancelled or timed out with its request in flight; or while it
+                # still waited for a stubborn request, which stays the one owed.
+                c.pending_abandon = "stubborn" if record.after_abandon == "stubborn" \
+                    else record.abandon
 
     # --- call expectations --------------------------------------------------------
 
@@ -511,6 +559,7 @@ class PoolMachine(RuleBasedStateMachine):
         if error is not None and not isinstance(error, EngineError | trio.ClosedResourceError):
             self.violations.append(f"{what} ended with untyped {error!r}")
             return
+        error = self.session_loss_of_call(record, what)
         if isinstance(error, _DEATH) and not (
                 isinstance(error, CallTimeout) and self.pool.config.cancel_grace > 0):
             c.broken = True  # (a timed-out call's worker is drained, not killed)
@@ -530,6 +579,13 @@ class PoolMachine(RuleBasedStateMachine):
             return
         if record.after_abandon is not None and self.check_after_abandon(c, record, what):
             return
+        if command in self.app_args:
+            # An app command on a healthy worker: whatever it answers is the
+            # app's business, but a campaign reports commands that mostly fail.
+            if error is None or isinstance(error, RemoteError):
+                outcome = "ok" if error is None else error.type
+                type(self).app_calls[(command, outcome)] += 1
+                return
         expected = self.expected_error(record)
         if expected is not None:
             if not isinstance(error, expected):
@@ -540,6 +596,37 @@ class PoolMachine(RuleBasedStateMachine):
             self.violations.append(f"{what}: expected a result, got {error!r}")
             return
         self.check_result(c, record, what)
+
+    def session_loss_of_call(self, record: CallRecord, what: str) -> BaseException | None:
+        """A session's call that cost its worker reports the loss itself, once:
+        SessionLost with the crash, timeout or protocol error as its cause (the
+        error judged below), unless the loss was already reported (then the
+        bare error). Returns the error to judge."""
+        error, session = record.error, record.session
+        if isinstance(error, SessionLost):
+            if session is None or not isinstance(error.__cause__, _DEATH):
+                self.violations.append(f"{what}: SessionLost without a death to report: "
+                                       f"{error!r} (cause {error.__cause__!r})")
+                return error
+            self.loss_reported(session)
+            rebound = self.pool.inspect().bindings.get(session)
+            if rebound is None or rebound.lost is not None:  # not bound afresh since
+                self.reported_lost[session] = error.worker_id
+            return error.__cause__
+        kept = isinstance(error, CallTimeout) and self.pool.config.cancel_grace > 0
+        if session is not None and isinstance(error, WorkerCrashed | ProtocolError | CallTimeout) \
+                and not kept and self.bound.get(session) == record.worker_id \
+                and self.unreported[session] == 0 and session not in self.reported_lost:
+            self.violations.append(f"{what}: session {session!r} lost its state in this call "
+                                   f"but got {error!r}, not SessionLost")
+        return error
+
+    def loss_reported(self, session: str) -> None:
+        """A caller was told that ``session``'s state is gone (model upkeep)."""
+        if self.unreported[session] > 0:
+            self.unreported[session] -= 1
+            return
+        self.bound.pop(session, None)
 
     def check_after_abandon(self, c: Checkout, record: CallRecord, what: str) -> bool:
         """A call after an abandoned one on the same lease drained it first.
@@ -555,6 +642,11 @@ class PoolMachine(RuleBasedStateMachine):
                 self.violations.append(f"{what}: a cooperative handler's abandoned request "
                                        f"was not drained: {error!r}")
             c.broken = True
+            return True
+        if stubborn and isinstance(error, CallTimeout) and record.timeout is not None \
+                and record.timeout < self.pool.config.cancel_grace:
+            # Its own deadline covers the wait for the stubborn request, which
+            # never comes back: it passed first (the drain goes on after it).
             return True
         if stubborn and self.fake and error is None and self.plain(record.worker_id):
             self.violations.append(f"{what}: a stubborn handler's abandoned request was "
@@ -672,14 +764,14 @@ class PoolMachine(RuleBasedStateMachine):
     @precondition(lambda self: not self.fake or len(self.active) < self.max_checkouts)
     @rule(target=checkouts, session=SESSIONS, timeout_pick=st.integers(0, 1),
           then=st.sampled_from(["hold", "call", "call"]), command=COMMANDS,
-          arg=st.integers(0, 3))
+          arg=st.integers(0, 3), data=st.data())
     def checkout(self, session: str | None, timeout_pick: int, then: str, command: str,
-                 arg: int) -> Checkout:
+                 arg: int, data: st.DataObject) -> Checkout:
         """Start a checkout: it holds its lease until a rule releases or cancels it
         (``hold``), or makes one call and releases (``call``, what pool.call does)."""
         timeout = self.checkout_timeouts[timeout_pick % len(self.checkout_timeouts)]
-        c = Checkout(next(self.numbers), session, timeout,
-                     one_call=(command, arg) if then == "call" else None)
+        planned = self.plan_call(command, arg, data) if then == "call" else None
+        c = Checkout(next(self.numbers), session, timeout, one_call=planned)
         if len(self.active) >= self.max_checkouts:
             return self.skipped(c)
         self.active.append(c)
@@ -713,11 +805,23 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(pick=SLOT_PICKS, command=COMMANDS, arg=st.integers(0, 3))
     def call(self, pick: int, command: str, arg: int) -> None:
         """One call on a held lease (the command is skipped if the app lacks it)."""
+        self.call_on_held(pick, self.plan_call(command, arg, None))
+
+    # Its own rule, enabled only for an app with app commands (a fact of its
+    # hello, so replays agree): an st.data() argument on ``call`` itself
+    # changed which rules Hypothesis draws for every machine.
+    @precondition(lambda self: bool(self.app_commands))
+    @rule(pick=SLOT_PICKS, arg=st.integers(0, 3), data=st.data())
+    def call_app_command(self, pick: int, arg: int, data: st.DataObject) -> None:
+        """One call of an app command on a held lease, with drawn arguments."""
+        self.call_on_held(pick, self.plan_call(self.app_commands[0], arg, data))
+
+    def call_on_held(self, pick: int, planned: tuple[str, int, Any]) -> None:
         holding = [c for c in self.active if c.phase == "holding"]
         if not holding:
             return
         c = holding[pick % len(holding)]
-        record = self.new_call(c, command, arg)
+        record = self.new_call(c, *planned)
         ops = c.ops
         assert ops is not None
         c.phase = "calling"  # what the task will be doing once it reads the op
@@ -742,6 +846,7 @@ class PoolMachine(RuleBasedStateMachine):
         record.timeout = 0.5 if how == "timeout" else 10_000.0
         if stubborn:
             record.abandon = "stubborn"
+            self.expect_grace_kill(c)
         ops = c.ops
         assert ops is not None
         c.phase = "calling"
@@ -776,12 +881,30 @@ class PoolMachine(RuleBasedStateMachine):
         if self.violations:
             raise AssertionError("; ".join(self.violations))
 
-    def new_call(self, c: Checkout, command: str, arg: int) -> CallRecord:
+    def plan_call(self, command: str, arg: int,
+                  data: st.DataObject | None) -> tuple[str, int, Any]:
+        """The command to call (one the app has: the machine's own, or, given
+        ``data``, an app command) and, for an app command, its drawn arguments."""
+        if data is None:
+            if command not in self.commands or command in self.app_args:
+                # The app lacks it: use one the machine knows that the app has.
+                known = sorted(self.commands & KNOWN_COMMANDS) or ["ping"]
+                command = known[(arg + len(command)) % len(known)]
+            return command, arg, None
+        if self.app_commands:
+            # Mostly the app's own commands: they are what a campaign is about.
+            chosen = data.draw(st.sampled_from([*self.app_commands, None]), label="app command")
+            command = command if chosen is None else chosen
         if command not in self.commands:
             # The app lacks it: use one the machine knows that the app has.
-            known = sorted(self.commands & KNOWN_COMMANDS) or ["ping"]
+            known = sorted(self.commands & KNOWN_COMMANDS) + self.app_commands or ["ping"]
             command = known[(arg + len(command)) % len(known)]
-        args: Any = None
+        args = data.draw(self.app_args[command], label=f"{command} args") \
+            if command in self.app_args else None
+        return command, arg, args
+
+    def new_call(self, c: Checkout, command: str, arg: int, app_args: Any = None) -> CallRecord:
+        args: Any = app_args
         timeout: float | None = None
         if command == "echo":
             args = [arg, {"n": arg, "s": "x" * arg}]
@@ -795,6 +918,8 @@ class PoolMachine(RuleBasedStateMachine):
             args = {"data": "xxxx"}  # reads as a frame length far above the limit
         elif command == "crash":
             args = {"code": 3}
+            if c.worker_id is not None:
+                self.pool.expect_death(c.worker_id)
         elif command == "fail":
             args = {"message": f"planned failure {arg}"}
         elif command == "create_program":
@@ -809,8 +934,16 @@ class PoolMachine(RuleBasedStateMachine):
         if command == "hang" or script.faults.get(command, script.reply_mode) == "hang" \
                 or script.on_abandon == "never":
             record.abandon = "stubborn"
+            self.expect_grace_kill(c)
         c.calls.append(record)
         return record
+
+    def expect_grace_kill(self, c: Checkout) -> None:
+        """A stubborn call: once given up, its worker is killed after
+        cancel_grace, a death this machine caused on purpose (counted, not
+        logged as a crash, when the lease's own next call finds it)."""
+        if c.worker_id is not None:
+            self.pool.expect_death(c.worker_id)
 
     # --- rules: deaths ----------------------------------------------------------------
 
@@ -825,10 +958,90 @@ class PoolMachine(RuleBasedStateMachine):
         for c in self.active:
             if c.phase == "calling" and c.worker_id == worker.worker_id:
                 c.calls[-1].killed_during = True
+        # Counted by the pool (the campaign's summary), not logged per kill.
+        self.pool.expect_death(worker.worker_id)
         # A real process takes a moment to die after SIGKILL: wait until it is
         # dead, or settle() could find everything quiet before the death.
         self.driver.run_sync(kill_and_settle, worker, 2.0)
         self.settle()
+
+    @rule(session=st.sampled_from(["s1", "s2"]), wait_dead=st.booleans())
+    def kill_and_use_session(self, session: str, wait_dead: bool) -> None:
+        """Kill the worker holding a session's state and use the session at once,
+        before the pool has noticed the death (the detection window): with no
+        checkpoint in between, the call finds the death at hand-off or through
+        its own read. ``wait_dead``: a real process is dead for sure first
+        (blocking wait, still no checkpoint), so the hand-off finds it.
+        Contract: that call gets SessionLost, and the session's loss is never
+        reported again (its next use starts a fresh state). A session not
+        bound yet is bound first (one call), so that the rule always applies."""
+        if self.closed or any(c.session == session for c in self.active):
+            self.settle()
+            return
+        view = self.pool.inspect()
+        if session not in view.bindings:
+            if view.queue or not any(slot.state is S.READY and slot.lease is None
+                                     for slot in view.slots):
+                self.settle()
+                return  # no worker free to bind it to
+            bind = self.driver.spawn(self.bind_session, session, name="bind_session")
+            self.settle(until=lambda: bind.done)
+            if not bind.done:  # the free worker went meanwhile: give up the binding
+                bind.cancel()
+                self.settle(until=lambda: bind.done)
+        view = self.pool.inspect()
+        binding = view.bindings.get(session)
+        slot = view.slots[binding.slot] if binding is not None else None
+        worker = slot.worker if slot is not None else None
+        if self.closed or binding is None or binding.lost is not None or slot is None \
+                or worker is None or slot.state is not S.READY or slot.lease is not None \
+                or not worker.is_alive() or self.pool.config.affinity != "strict" \
+                or any(c.session == session for c in self.active):
+            self.settle()
+            return
+        self.remember(worker)
+        self.killed_ids.add(worker.worker_id)
+        self.pool.expect_death(worker.worker_id)  # counted, not logged per kill
+        outcome: list[BaseException | None] = []
+
+        async def kill_then_call() -> None:
+            worker.kill()
+            if wait_dead and not self.fake:
+                wait_until_dead(worker)
+            try:
+                await self.pool.call("ping", session=session)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        task = self.driver.spawn(kill_then_call, name="kill_and_use_session")
+        self.settle(until=lambda: task.done)
+        type(self).totals["kill_and_use_session"] += 1
+        if not outcome:
+            self.violations.append(f"the use of session {session!r} right after its worker "
+                                   "died never ended")
+        elif not isinstance(outcome[0], SessionLost):
+            self.violations.append(f"session {session!r} used right after its worker "
+                                   f"{worker.worker_id} was killed: got {outcome[0]!r}, "
+                                   "not SessionLost")
+        else:
+            type(self).totals[f"lost_found_{'in_call' if outcome[0].__cause__ else 'at_handoff'}"] \
+                += 1
+            self.bound.pop(session, None)
+            self.reported_lost[session] = worker.worker_id
+        self.programs.pop((worker.worker_id, session), None)
+        if self.violations:
+            raise AssertionError("; ".join(self.violations))
+
+    async def bind_session(self, session: str) -> None:
+        """Bind ``session`` to a worker with one call (any failure: not bound)."""
+        try:
+            result = await self.pool.call("ping", session=session)
+        except EngineError:
+            return
+        if isinstance(result, dict) and isinstance(result.get("worker_id"), str):
+            self.bound[session] = result["worker_id"]
+            self.reported_lost.pop(session, None)
 
     @precondition(lambda self: not self.closed and (not self.fake or self.fault is None))
     @rule()
@@ -966,8 +1179,12 @@ class PoolMachine(RuleBasedStateMachine):
             self.violations.append(f"end_session({session!r}) did not complete")
         elif task.exception is not None and not isinstance(task.exception, EngineError):
             self.violations.append(f"end_session raised untyped {task.exception!r}")
+        if isinstance(task.exception, SessionLost | WorkerCrashed):
+            self.violations.append(f"end_session({session!r}) raised {task.exception!r} for "
+                                   "a worker's death (the state it ends is gone: no error)")
         self.bound.pop(session, None)
         self.unreported.pop(session, None)
+        self.reported_lost.pop(session, None)
         if worker_id is not None:
             self.programs.pop((worker_id, session), None)
         if self.violations:
@@ -1133,6 +1350,17 @@ class PoolMachine(RuleBasedStateMachine):
                                f"{[s.index for s in usable]} sit idle"
 
 
+def wait_until_dead(worker: Any) -> None:
+    """Block until the worker's process (a child of this one) has died, without
+    reaping it and without a Trio checkpoint: the pool cannot have noticed."""
+    pid = getattr(worker, "os_pid", None)
+    if pid is not None:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass  # reaped already
+
+
 def _process_running(worker: Any) -> bool:
     """The worker's process has not exited (its channel may be broken)."""
     pid = getattr(worker, "os_pid", None)
@@ -1144,13 +1372,16 @@ def _process_running(worker: Any) -> bool:
 def pool_machine(*, workers: Literal["fake", "real"] = "fake",
                  app: str = "engine.workers.programs", sizes: tuple[int, ...] | None = None,
                  commands: frozenset[str] | None = None, name: str | None = None,
-                 **config: Any) -> type[PoolMachine]:
+                 call_declared: bool = False, **config: Any) -> type[PoolMachine]:
     """A :class:`PoolMachine` subclass for fake or real workers running ``app``.
 
     ``sizes``: the pool sizes examples choose from (default 1-3 for fakes, 1-2
     for real workers). ``commands``: the app commands calls may use (default:
-    every command the app's hello lists that the machine knows; ``ping`` always).
-    Extra keywords are PoolConfig fields for every pool.
+    every command the app's hello lists that the machine knows; ``ping`` always);
+    a named command the machine does not know is called with arguments of the
+    shape the hello declares for it (any JSON if none), its outcomes counted
+    in ``app_calls``. ``call_declared``: call every command with a declared
+    shape that way too. Extra keywords are PoolConfig fields for every pool.
     """
     if workers not in ("fake", "real"):
         raise ValueError(f"workers must be 'fake' or 'real', got {workers!r}")
@@ -1158,7 +1389,9 @@ def pool_machine(*, workers: Literal["fake", "real"] = "fake",
     attributes: dict[str, Any] = {
         "workers": workers, "app": app, "sizes": chosen, "extra_config": dict(config),
         "allowed_commands": None if commands is None else frozenset(commands),
+        "call_declared": call_declared,
         "totals": collections.Counter(),
+        "app_calls": collections.Counter(),
         "__doc__": f"PoolMachine over {workers} workers running {app!r}.",
     }
     if workers == "real":
@@ -1168,3 +1401,4 @@ def pool_machine(*, workers: Literal["fake", "real"] = "fake",
 
 
 PoolMachine.totals = collections.Counter()
+PoolMachine.app_calls = collections.Counter()

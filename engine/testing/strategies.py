@@ -8,7 +8,8 @@ Three families:
   (:func:`program_info_answers`, :func:`program_list_answers`, ...), for
   round-trip properties and for fake workers that need plausible replies;
 * almost-valid answers (:func:`mutated`, :func:`mismatched_program_list_answers`)
-  that break one thing, for error-path properties.
+  that break one thing, for error-path properties;
+* arguments of the shape an app declared for a command (:func:`from_schema`).
 
 Users can point these at their own normalisers or fake workers.
 """
@@ -29,10 +30,12 @@ from engine.client.shapes import (
     ProgramList,
     Signature,
 )
+from engine.workers.schema import check_schema
 
 __all__ = [
     "ANSWER_KEYS",
     "execution_answers",
+    "from_schema",
     "json_scalars",
     "json_values",
     "mismatched_program_list_answers",
@@ -219,3 +222,75 @@ def _replace(node: Any, key: Any, change: Callable[[Any], _T]) -> Any:
     copy = list(node)
     copy[key] = change(copy[key])
     return copy
+
+
+#: Sizes a schema leaves open are kept small: a campaign wants many calls, not big ones.
+_OPEN_MAX_LENGTH = 20
+_OPEN_MAX_ITEMS = 6
+
+
+def from_schema(schema: Any) -> st.SearchStrategy[Any]:
+    """Values of the shape ``schema`` describes (:mod:`engine.workers.schema`).
+
+    Required properties are always present, optional ones sometimes, and no
+    other key is ever added. Numbers are finite; strings and arrays without a
+    maximum are kept short. Raises ``ValueError`` naming the path of anything
+    outside the vocabulary.
+    """
+    check_schema(schema)
+    return _strategy(schema)
+
+
+def _strategy(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    if "const" in schema:
+        return st.just(schema["const"])
+    if "anyOf" in schema:
+        return st.one_of([_strategy(choice) for choice in schema["anyOf"]])
+    kind = schema.get("type")
+    if kind is None:
+        return _any_json()
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if kind == "null":
+        return st.none()
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "integer":
+        return st.integers(min_value=low, max_value=high)
+    if kind == "number":
+        return st.floats(min_value=low, max_value=high, allow_nan=False, allow_infinity=False)
+    if kind == "string":
+        least = schema.get("minLength", 0)
+        return st.text(min_size=least,
+                       max_size=schema.get("maxLength", max(least, _OPEN_MAX_LENGTH)))
+    if kind == "array":
+        least = schema.get("minItems", 0)
+        items = _strategy(schema.get("items", {}))
+        return st.lists(items, min_size=least,
+                        max_size=schema.get("maxItems", max(least, _OPEN_MAX_ITEMS)))
+    return _objects(schema)
+
+
+def _objects(schema: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    properties: dict[str, Any] = schema.get("properties", {})
+    required = set(schema.get("required", []))
+    return st.fixed_dictionaries(
+        {name: _strategy(sub) for name, sub in properties.items() if name in required},
+        optional={name: _strategy(sub) for name, sub in properties.items()
+                  if name not in required},
+    )
+
+
+@functools.cache
+def _any_json() -> st.SearchStrategy[Any]:
+    """Any value a call can send: finite numbers (infinities and NaN are not
+    JSON) and integers ``str()`` can print, unlike :func:`json_values`."""
+    scalars = (st.none() | st.booleans() | st.integers(-(2**64), 2**64)
+               | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10))
+    return st.recursive(
+        scalars,
+        lambda children: st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4),
+        max_leaves=10,
+    )

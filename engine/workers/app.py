@@ -12,6 +12,18 @@ and dispatches each request to the registered handler::
     def echo(args, ctx: Context):
         return args
 
+    @app.command("incr", args={"type": "object",
+                               "properties": {"n": {"type": "integer"}},
+                               "required": ["n"]})
+    def incr(args, ctx: Context):
+        ctx.state["total"] = ctx.state.get("total", 0) + args["n"]
+        return ctx.state["total"]
+
+``args=`` declares the shape of the command's arguments (a small subset of
+JSON Schema, see :mod:`engine.workers.schema`): the hello carries it, and
+``engine campaign`` calls the command with arguments drawn from it. It is
+checked when the app is imported and never enforced on calls.
+
 Handlers are plain (synchronous) functions ``handler(args, ctx)``: ``args`` is
 the request's JSON ``args`` value and the return value must be JSON-serialisable.
 An exception becomes an ``ok: false`` response carrying its type, message and
@@ -44,10 +56,13 @@ if TYPE_CHECKING:
     StartHook = Callable[[], object]
     S = TypeVar("S", bound=StartHook)
 
-__all__ = ["BUILTIN_COMMANDS", "App", "Context", "RequestAbandoned", "SessionStore", "rss_mb"]
+__all__ = ["BUILTIN_COMMANDS", "App", "Context", "RequestAbandoned", "SessionStore",
+           "current_context", "current_session", "enter_context", "rss_mb"]
 
 #: Commands every worker answers itself; an app may not register these names.
 BUILTIN_COMMANDS = ("ping", "health", "stats", "cleanup_session", "shutdown")
+#: Served by the runtime too, but not listed in the hello (run_sync's).
+RESERVED_COMMANDS = (*BUILTIN_COMMANDS, "engine.run_sync")
 
 # Code-object flags of ``async def`` functions and async generators. Checked by
 # hand because importing ``inspect`` would cost more than the whole runtime.
@@ -149,39 +164,82 @@ class Context:
                 f"session={self.session!r})")
 
 
+# The context of the run_sync call this worker is serving (None between calls).
+_current: Context | None = None
+
+
+def enter_context(ctx: Context | None) -> Context | None:
+    """Make ``ctx`` the current context (the runtime, around a run_sync
+    function); returns the previous one, to restore."""
+    global _current
+    previous, _current = _current, ctx
+    return previous
+
+
+def current_context() -> Context:
+    """Inside a function run by ``run_sync``: the :class:`Context` of that call
+    (its ``session``, ``worker_id``, ``request_id`` and ``state``).
+
+    Raises RuntimeError anywhere else (in the parent, or between calls)."""
+    ctx = _current
+    if ctx is None:
+        raise RuntimeError("current_context() works only inside a function that "
+                           "pool.run_sync() or engine.run_sync() runs in a worker")
+    return ctx
+
+
+def current_session() -> dict[str, Any]:
+    """Inside a function run by ``pool.run_sync(fn, session=...)``: that
+    session's state dict, kept in the worker between calls (the same dict a
+    command handler sees as ``ctx.state``; calls without a session share one
+    anonymous dict). Raises RuntimeError outside such a function."""
+    return current_context().state
+
+
 class App:
     """A named registry of command handlers; one per worker app module."""
 
-    __slots__ = ("_handlers", "_start_hooks", "name")
+    __slots__ = ("_handlers", "_schemas", "_start_hooks", "name")
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"App name must be a non-empty string, got {name!r}")
         self.name = name
         self._handlers: dict[str, Handler] = {}
+        self._schemas: dict[str, Any] = {}
         self._start_hooks: list[StartHook] = []
 
-    def command(self, name: str | None = None) -> Callable[[H], H]:
-        """Decorator registering a handler under ``name`` (default: the function's name)."""
+    def command(self, name: str | None = None, *, args: Any = None) -> Callable[[H], H]:
+        """Decorator registering a handler under ``name`` (default: the function's name).
+
+        ``args``: the shape of its arguments (:mod:`engine.workers.schema`), or
+        None for undeclared."""
         if callable(name):
             raise TypeError("use @app.command() or @app.command('name'), with parentheses")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"command name must be a non-empty string, got {name!r}")
 
         def register(handler: H) -> H:
-            self.add_command(name or handler.__name__, handler)
+            self.add_command(name or handler.__name__, handler, args=args)
             return handler
 
         return register
 
-    def add_command(self, name: str, handler: Handler) -> None:
+    def add_command(self, name: str, handler: Handler, *, args: Any = None) -> None:
         """Register ``handler`` under ``name`` (the non-decorator form)."""
-        if name in BUILTIN_COMMANDS:
+        if name in RESERVED_COMMANDS:
             raise ValueError(f"{name!r} is a built-in command; choose another name")
         if name in self._handlers:
             raise ValueError(f"command {name!r} is already registered in app {self.name!r}")
         _check_handler(name, handler)
+        if args is not None:
+            # Imported only by apps that declare shapes: start-up is benchmarked.
+            from engine.workers.schema import check_schema
+
+            check_schema(args, f"command {name!r} args")
         self._handlers[name] = handler
+        if args is not None:
+            self._schemas[name] = args
 
     def on_start(self, hook: S) -> S:
         """Decorator: run ``hook()`` once before the worker says hello.
@@ -201,6 +259,10 @@ class App:
     def commands(self) -> list[str]:
         """Names of the app's commands, in registration order (built-ins excluded)."""
         return list(self._handlers)
+
+    def schemas(self) -> dict[str, Any]:
+        """The declared argument shapes, by command (undeclared commands absent)."""
+        return dict(self._schemas)
 
     def handler(self, name: str) -> Handler | None:
         return self._handlers.get(name)

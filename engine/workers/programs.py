@@ -44,6 +44,22 @@ class ProgramExists(ValueError):
     """``create_program`` with an id this session already uses."""
 
 
+# --- argument shapes ------------------------------------------------------------
+# What each command accepts, declared for the hello (engine.workers.schema):
+# the test kit draws campaign arguments from these. Load commands are bounded
+# to what a test can afford (a campaign must not sleep for an hour).
+
+_ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 10},
+          "maxItems": 4}
+_NO_ARGS = {"anyOf": [{"type": "null"}, {"type": "object"}]}
+
+
+def _takes(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": {**required, **(optional or {})},
+            "required": list(required)}
+
+
 # --- argument validation --------------------------------------------------------
 
 
@@ -213,7 +229,10 @@ def _handler_name(args: dict[str, Any]) -> str:
 # --- program commands -------------------------------------------------------------
 
 
-@app.command("create_program")
+@app.command("create_program", args=_takes(
+    {"id": _ID, "signature": _takes({"inputs": _NAMES, "outputs": _NAMES}),
+     "handler": {"enum": ["echo", "sum", "concat", "upper", "length"]}},
+    {"description": {"type": "string", "maxLength": 40}}))
 def create_program(args: Any, ctx: Context) -> dict[str, Any]:
     args = object_args(args, "create_program")
     unknown = set(args) - _PROGRAM_KEYS
@@ -248,7 +267,8 @@ def _input_values(program: dict[str, Any], given: Any) -> list[Any]:
     return [given[name] for name in names]
 
 
-@app.command("execute_program")
+@app.command("execute_program", args=_takes(
+    {"id": _ID}, {"inputs": {"type": "object", "additionalProperties": True}}))
 def execute_program(args: Any, ctx: Context) -> dict[str, Any]:
     args = object_args(args, "execute_program")
     program = _lookup(ctx, _program_id(args, "execute_program"))
@@ -258,20 +278,20 @@ def execute_program(args: Any, ctx: Context) -> dict[str, Any]:
     return {"outputs": dict(zip(program["signature"]["outputs"], results, strict=True))}
 
 
-@app.command("list_programs")
+@app.command("list_programs", args=_NO_ARGS)
 def list_programs(args: Any, ctx: Context) -> dict[str, Any]:
     object_args(args, "list_programs")
     programs = [_info(program) for program in _programs(ctx).values()]
     return {"programs": programs, "total_count": len(programs)}
 
 
-@app.command("get_program_info")
+@app.command("get_program_info", args=_takes({"id": _ID}))
 def get_program_info(args: Any, ctx: Context) -> dict[str, Any]:
     args = object_args(args, "get_program_info")
     return _info(_lookup(ctx, _program_id(args, "get_program_info")))
 
 
-@app.command("delete_program")
+@app.command("delete_program", args=_takes({"id": _ID}))
 def delete_program(args: Any, ctx: Context) -> dict[str, Any]:
     args = object_args(args, "delete_program")
     program_id = _program_id(args, "delete_program")
@@ -283,12 +303,13 @@ def delete_program(args: Any, ctx: Context) -> dict[str, Any]:
 # --- load and fault commands ------------------------------------------------------
 
 
-@app.command("echo")
+@app.command("echo", args={})  # any JSON value, returned as is
 def echo(args: Any, ctx: Context) -> Any:
     return args
 
 
-@app.command("sleep")
+@app.command("sleep", args=_takes({"seconds": {"type": "number", "minimum": 0, "maximum": 1}},
+                                {"stubborn": {"type": "boolean"}}))
 def sleep(args: Any, ctx: Context) -> dict[str, Any]:
     """Sleep ``seconds``. Abandoned, it stops at once (the usual, cooperative
     handler); with ``"stubborn": true`` it ignores that and sleeps on (a
@@ -310,7 +331,7 @@ def sleep(args: Any, ctx: Context) -> dict[str, Any]:
     return {"slept": seconds}
 
 
-@app.command("cpu")
+@app.command("cpu", args=_takes({"n": {"type": "integer", "minimum": 0, "maximum": 100_000}}))
 def cpu(args: Any, ctx: Context) -> dict[str, Any]:
     n = _integer(object_args(args, "cpu"), "n", "cpu")
     acc = 0
@@ -319,7 +340,7 @@ def cpu(args: Any, ctx: Context) -> dict[str, Any]:
     return {"n": n, "result": acc}
 
 
-@app.command("alloc")
+@app.command("alloc", args=_takes({"mb": {"type": "integer", "minimum": 0, "maximum": 8}}))
 def alloc(args: Any, ctx: Context) -> dict[str, Any]:
     """Allocate ``mb`` MiB and keep it in the session state, so RSS really grows.
 
@@ -336,13 +357,14 @@ def alloc(args: Any, ctx: Context) -> dict[str, Any]:
             "rss_mb": rss_mb()}
 
 
-@app.command("fail")
+@app.command("fail", args=_takes({}, {"message": {"type": "string"}}))
 def fail(args: Any, ctx: Context) -> Any:
     message = _string(object_args(args, "fail"), "message", "fail", default="fail requested")
     raise RuntimeError(message)
 
 
-@app.command("crash")
+@app.command("crash", args=_takes({}, {"code": {"type": "integer", "minimum": 0,
+                                                             "maximum": 255}}))
 def crash(args: Any, ctx: Context) -> Any:
     code = _integer(object_args(args, "crash"), "code", "crash", default=1)
     if code > 255:
@@ -351,7 +373,7 @@ def crash(args: Any, ctx: Context) -> Any:
     os._exit(code)
 
 
-@app.command("hang")
+@app.command("hang", args={"type": "null"})
 def hang(args: Any, ctx: Context) -> Any:
     # Only a kill (or the orphan watchdog) ends this: abandoned, it carries on,
     # so the parent kills the worker once cancel_grace has passed.
@@ -362,7 +384,7 @@ def hang(args: Any, ctx: Context) -> Any:
             pass
 
 
-@app.command("noise")
+@app.command("noise", args=_takes({}, {"text": {"type": "string"}}))
 def noise(args: Any, ctx: Context) -> dict[str, Any]:
     text = _string(object_args(args, "noise"), "text", "noise", default="noise")
     print(text)  # fd 1 is stderr inside a worker: this must not corrupt framing
@@ -370,7 +392,7 @@ def noise(args: Any, ctx: Context) -> dict[str, Any]:
     return {"printed": len(text)}
 
 
-@app.command("garbage")
+@app.command("garbage", args=_takes({"data": {"type": "string"}}))
 def garbage(args: Any, ctx: Context) -> dict[str, Any]:
     """FAULT INJECTION: write raw bytes onto the frame channel, then answer normally."""
     data = _string(object_args(args, "garbage"), "data", "garbage").encode("utf-8")
@@ -378,7 +400,8 @@ def garbage(args: Any, ctx: Context) -> dict[str, Any]:
     return {"written": len(data)}
 
 
-@app.command("spawn_child")
+@app.command("spawn_child", args=_takes(
+    {"seconds": {"type": "number", "minimum": 0, "maximum": 1}}))
 def spawn_child(args: Any, ctx: Context) -> dict[str, Any]:
     """Start a grandchild that sleeps; tests use it to check process-group kills."""
     import subprocess  # lazily: only this fault command needs it

@@ -60,11 +60,15 @@ from engine.protocol import (
     CANCELLED,
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
+    PICKLE_CODEC,
+    PICKLE_COMMAND,
+    PICKLE_FLAG,
     SCALAR_TYPES,
     Abandon,
     FrameDecoder,
     Request,
     decode_body,
+    decode_pickle_body,
     encode_frame,
     error_response,
     find_unencodable,
@@ -80,6 +84,7 @@ from engine.workers.app import (
     SessionStore,
     rss_mb,
 )
+from engine.workers.pickled import ReadyFrame
 
 TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
@@ -108,6 +113,7 @@ STDIN_EOF_GRACE = 0.5
 STDIN_EOF_EXIT_LIMIT = 2.0
 MIN_FRAME_SIZE = 1024  # the hello and any error response must always fit
 READ_SIZE = 65536
+LARGE_READ_SIZE = 1 << 20  # after a full read: a large frame is coming
 # Error messages and tracebacks are cut to these sizes so an error response
 # fits a frame even when a handler raises with a gigantic message.
 MAX_ERROR_MESSAGE = 8192
@@ -115,9 +121,11 @@ MAX_TRACEBACK = 65536
 
 # The parent's sys.path, as a JSON list (see adopt_parent_sys_path).
 SYS_PATH_VARIABLE = "ENGINE_WORKER_SYS_PATH"
+# The parent's [sys.prefix, sys.exec_prefix], for a worker started without site.
+PREFIX_VARIABLE = "ENGINE_WORKER_PREFIX"
 
 USAGE = ("usage: python -m engine.workers.runtime --app MODULE[:ATTR] --worker-id ID "
-         "[--max-frame-size N] [--busy-poll-us N]")
+         "[--max-frame-size N] [--busy-poll-us N] [--pickle-frame-size N]")
 
 
 class UsageError(Exception):
@@ -141,31 +149,33 @@ class BusyPoller:
     the parent (which may share it) is not held up.
     """
 
-    __slots__ = ("_clock", "_poll")
+    __slots__ = ("_keep_polling", "_poll")
 
-    def __init__(self, fd: int, clock: Callable[[], float]) -> None:
+    def __init__(self, fd: int, keep_polling: Callable[[float], bool]) -> None:
         import select
 
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         self._poll = poller.poll
-        self._clock = clock  # the policy's: deadlines are readings of it
+        self._keep_polling = keep_polling  # the policy's: the budget, and contention
 
     def poll_until(self, until: float) -> None:
-        """Return once a request is readable or the clock reached ``until``."""
-        poll, clock, yield_cpu = self._poll, self._clock, os.sched_yield
-        while not poll(0) and clock() < until:
+        """Return once a request is readable, or when the policy says to stop
+        (the clock reached ``until``, or this process lost its CPU meanwhile)."""
+        poll, keep_polling, yield_cpu = self._poll, self._keep_polling, os.sched_yield
+        while not poll(0) and keep_polling(until):
             yield_cpu()
 
 
 class Channel:
     """The private frame fd. Everything written to it goes through here."""
 
-    __slots__ = ("busy_poll", "fd", "max_frame_size")
+    __slots__ = ("busy_poll", "fd", "max_frame_size", "max_pickle_frame_size")
 
     def __init__(self, fd: int, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.fd = fd
         self.max_frame_size = max_frame_size
+        self.max_pickle_frame_size = 0  # 0: JSON only (no run_sync)
         self.busy_poll = 0.0  # seconds, 0: off; see engine.busy_poll
 
     def write(self, data: bytes) -> None:
@@ -313,14 +323,17 @@ _serve_returned = False
 
 
 class Options:
-    __slots__ = ("app", "busy_poll", "max_frame_size", "worker_id")
+    __slots__ = ("app", "busy_poll", "max_frame_size", "pickle_frame_size", "worker_id")
 
     def __init__(self, app: str, worker_id: str, max_frame_size: int,
-                 busy_poll: float = 0.0) -> None:
+                 busy_poll: float = 0.0, pickle_frame_size: int = 0) -> None:
         self.app = app
         self.worker_id = worker_id
         self.max_frame_size = max_frame_size
         self.busy_poll = busy_poll  # seconds
+        # > 0: accept pickle frames up to this size (run_sync); the parent
+        # passes it only to workers it trusts to unpickle what it sends.
+        self.pickle_frame_size = pickle_frame_size
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -329,7 +342,8 @@ def parse_args(argv: list[str]) -> Options:
     items = iter(argv)
     for item in items:
         key, eq, value = item.partition("=")
-        if key not in ("--app", "--worker-id", "--max-frame-size", "--busy-poll-us"):
+        if key not in ("--app", "--worker-id", "--max-frame-size", "--busy-poll-us",
+                       "--pickle-frame-size"):
             raise UsageError(f"unexpected argument {item!r}; {USAGE}")
         if not eq:
             value = next(items, "")
@@ -341,7 +355,21 @@ def parse_args(argv: list[str]) -> Options:
         raise UsageError(f"missing {' and '.join(missing)}; {USAGE}")
     return Options(values["--app"], values["--worker-id"],
                    _parse_frame_size(values.get("--max-frame-size")),
-                   _parse_busy_poll(values.get("--busy-poll-us")))
+                   _parse_busy_poll(values.get("--busy-poll-us")),
+                   _parse_pickle_frame_size(values.get("--pickle-frame-size")))
+
+
+def _parse_pickle_frame_size(text: str | None) -> int:
+    if text is None:
+        return 0
+    try:
+        size = int(text)
+    except ValueError:
+        raise UsageError(f"--pickle-frame-size must be an integer, got {text!r}") from None
+    if not (size == 0 or MIN_FRAME_SIZE <= size < PICKLE_FLAG):
+        raise UsageError(f"--pickle-frame-size must be 0 (off) or between {MIN_FRAME_SIZE} "
+                         f"and {PICKLE_FLAG - 1}, got {size}")
+    return size
 
 
 def _parse_busy_poll(text: str | None) -> float:
@@ -391,6 +419,31 @@ def adopt_parent_sys_path() -> None:
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise UsageError(f"{SYS_PATH_VARIABLE} must be a JSON list of strings, got {raw[:80]!r}")
     sys.path[:] = entries
+    _adopt_site(os.environ.pop(PREFIX_VARIABLE, None))
+
+
+def _adopt_site(prefix: str | None) -> None:
+    """A worker the parent started without site (``-S``, engine.process.site_skip):
+    what site would have set and a handler may use, so that the worker looks
+    like one started as usual: the venv's ``sys.prefix`` (site sets it from
+    ``pyvenv.cfg``) and the ``exit``/``quit``/``help`` builtins. Its sys.path
+    is the parent's already."""
+    if not sys.flags.no_site:
+        return
+    import json
+
+    try:
+        prefixes = json.loads(prefix) if prefix is not None else None
+    except ValueError:
+        prefixes = None
+    if isinstance(prefixes, list) and len(prefixes) == 2 \
+            and all(isinstance(p, str) for p in prefixes):
+        sys.prefix, sys.exec_prefix = prefixes
+    import site  # with -S its import runs nothing: these only define builtins
+
+    site.setquit()
+    site.setcopyright()
+    site.sethelper()
 
 
 def load_app(spec: str) -> App:
@@ -462,7 +515,7 @@ class Worker:
         self.errors = 0
         self.cancelled = 0  # requests answered Cancelled (interrupted or never run)
         self.stopping = False
-        self.decoder = FrameDecoder(channel.max_frame_size)
+        self.decoder = FrameDecoder(channel.max_frame_size, channel.max_pickle_frame_size)
         # Abandoned requests (module docstring). `running`: the id of the
         # request whose handler runs (0: none); `interrupted`: the last id
         # RequestAbandoned was raised for (once per request: a handler that
@@ -488,15 +541,22 @@ class Worker:
             handler = app.handler(name)
             if handler is not None:
                 self._dispatch[name] = (handler, True)
+        if channel.max_pickle_frame_size:
+            from engine.workers.pickled import make_handler
+
+            self._dispatch[PICKLE_COMMAND] = (
+                make_handler(channel.max_pickle_frame_size, _format_exception), True)
 
     def commands(self) -> list[str]:
         return [*BUILTIN_COMMANDS, *self.app.commands()]
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self, schemas: bool = True) -> dict[str, Any]:
         # The node name says where the worker runs when a launcher put it on
         # another host (its pid is that host's); os.uname costs no import.
+        codecs = (PICKLE_CODEC,) if self.channel.max_pickle_frame_size else ()
         return hello_message(self.worker_id, os.getpid(), self.app.name, self.commands(),
-                             os.uname().nodename)
+                             os.uname().nodename, self.app.schemas() if schemas else None,
+                             codecs)
 
     # -- the loop
 
@@ -512,12 +572,13 @@ class Worker:
         max_frame_size = decoder.max_frame_size
         partial = False  # the decoder holds bytes of a frame not yet complete
         read = os.read
+        read_size = READ_SIZE
         budget = self.channel.busy_poll
         policy = None
         if budget > 0:
             # Nothing is known of the requests to come: the first wait does not poll.
             policy = BusyPollPolicy(budget, typical_wait=budget)
-            poll_until = BusyPoller(stdin_fd, policy.clock).poll_until
+            poll_until = BusyPoller(stdin_fd, policy.keep_polling).poll_until
         while True:
             if self.stashed:
                 # The abandon signal's handler read stdin while a handler ran:
@@ -534,13 +595,16 @@ class Worker:
             if policy is not None and (until := policy.begin_wait()):
                 poll_until(until)
             try:
-                chunk = read(stdin_fd, READ_SIZE)
+                chunk = read(stdin_fd, read_size)
             except OSError as exc:
                 _die(EXIT_CHANNEL_BROKEN, f"reading requests failed ({exc}); exiting")
             if policy is not None:
                 policy.frame_arrived()  # how long the request took decides the next wait
             if not chunk:
                 return EXIT_OK  # the parent closed stdin: a request to stop
+            # A full read: a large frame is coming (run_sync's bytes); read
+            # more at once until a read comes back short.
+            read_size = LARGE_READ_SIZE if len(chunk) >= READ_SIZE else READ_SIZE
             try:
                 size = len(chunk) - HEADER_SIZE
                 if not partial and 0 < size <= max_frame_size \
@@ -548,6 +612,10 @@ class Worker:
                     # The usual case, one read holding exactly one request:
                     # decode it straight from the chunk, past the decoder.
                     self.handle(parse_incoming(decode_body(chunk[HEADER_SIZE:])))
+                elif not partial and 0 < size <= self.channel.max_pickle_frame_size \
+                        and int.from_bytes(chunk[:HEADER_SIZE], "big") == size | PICKLE_FLAG:
+                    # The same for a small pickle request (a run_sync call).
+                    self.handle(parse_incoming(decode_pickle_body(chunk[HEADER_SIZE:])))
                 else:
                     decoder.feed(chunk)
                     self._collect()
@@ -625,9 +693,13 @@ class Worker:
         except Exception as exc:
             self._handler_failed(request, exc)
             return
+        channel = self.channel
+        if type(result) is ReadyFrame:  # a run_sync reply, a frame already
+            for part in result.parts:
+                channel.write(part)
+            return
         # The reply, inlined (ok_response too): this is the path every call takes.
         message = {"id": request.id, "ok": True, "result": result}
-        channel = self.channel
         try:
             frame = encode_frame(message, channel.max_frame_size)
             # The same rule as for the caller's args: a dict key that is not a
@@ -855,14 +927,21 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except UsageError as exc:
         _start_failure(channel, exc, str(exc), EXIT_USAGE)
     channel.max_frame_size = options.max_frame_size
+    channel.max_pickle_frame_size = options.pickle_frame_size
     channel.busy_poll = options.busy_poll
     worker = Worker(_load(channel, options), options.worker_id, channel)
     worker.install_abandon_handler()
     watchdog.probe = worker.probe_abandon
     try:
         hello = encode_frame(worker.hello(), channel.max_frame_size)
-    except ProtocolError as exc:
-        _start_failure(channel, exc, f"cannot send the hello: {exc}", EXIT_START_FAILED)
+    except ProtocolError as too_big:
+        # The argument shapes are optional (only the test kit reads them):
+        # a small max_frame_size must not stop a worker that could serve.
+        try:
+            hello = encode_frame(worker.hello(schemas=False), channel.max_frame_size)
+        except ProtocolError as exc:
+            _start_failure(channel, exc, f"cannot send the hello: {exc}", EXIT_START_FAILED)
+        sys.stderr.write(f"engine worker: hello sent without its argument shapes: {too_big}\n")
     channel.write(hello)
     code = worker.serve()
     _serve_returned = True

@@ -38,11 +38,14 @@ def _scale(cpu_us: float, workers: int, callers: int) -> dict[str, Any]:
 
 def results(*, pool_us: float = 15.0, contended_pool_us: float = 100.0,
             queue_ratio: float = 1.3, skip_256: bool = False,
-            cancel_s: float = 0.001) -> dict[str, Any]:
+            cancel_s: float = 0.001, affinity_hits: int = 100,
+            hung_s: float = 4.0) -> dict[str, Any]:
     latency = {name: _seq(us) for name, us in (
         ("spin", 10.0), ("spin_trio", 11.0), ("process_worker", 12.0), ("checkout", 3.0),
         ("pool", pool_us), ("pool_no_poll", 30.0), ("floor", 14.0), ("json_floor", 16.0),
-        ("anyio", 50.0), ("trio_parallel", 60.0), ("process_pool_executor", 150.0))}
+        ("anyio", 50.0), ("trio_parallel", 60.0), ("process_pool_executor", 150.0),
+        ("instant", 4.0))}
+    latency["json"] = {"seconds": 2.5 * US}
     tp = {name: _window(rate) for name, rate in (
         ("pool", 20_000.0), ("pool_no_poll", 15_000.0), ("anyio", 10_000.0),
         ("trio_parallel", 12_000.0), ("process_pool_executor", 3_000.0))}
@@ -69,6 +72,12 @@ def results(*, pool_us: float = 15.0, contended_pool_us: float = 100.0,
         "startup": {"bare": 0.03, "hello": 0.03, "stop": 0.01, "crash": 0.04, "cores": 2,
                     "pool": pool_sizes, "rss": {"bare": 10.0 * 2**20, "worker": 10.6 * 2**20}},
         "cancel": {"rounds": 20, "kill": 0.05, "cooperative": cancel_s},
+        "run_sync": _run_sync(),
+        "origin": {"checkouts": {"ok": 500, "total": 500},
+                   "affinity": {"hits": affinity_hits, "total": 100},
+                   "availability": {"ok": 9990, "total": 10_000, "kills": 20,
+                                    "kill_every": 0.5},
+                   "hung": {"seconds": [3.9, hung_s], "bound": 4.0}},
     }
 
 
@@ -96,6 +105,19 @@ def test_every_row_with_a_target_has_a_verdict_and_no_other_row_has_one() -> Non
 def test_pool_call_within_one_and_a_half_spin_floors(pool_us: float, verdict: str) -> None:
     row = _row(rows(results(pool_us=pool_us)), "pool.call: checkout")
     assert row["target"] == "<= 1.5x spin" and row["result"] == verdict
+
+
+def test_the_breakdown_shows_the_pools_own_cost_and_the_json() -> None:
+    table = rows(results())
+    instant = _row(table, "  pool.call on an instant in-process worker")
+    assert (instant["value"], instant["ratio"]) == ("4.0 µs (p90 4.8 µs)", "0.40x spin")
+    json_row = _row(table, "  JSON of one call")
+    assert (json_row["value"], json_row["ratio"]) == ("2.5 µs", "0.25x spin")
+    # Older result files have neither row.
+    old = results()
+    del old["latency"]["instant"], old["latency"]["json"]
+    labels = [row[0] for row in rows(old)]
+    assert not any("instant" in label or "JSON of one call" in label for label in labels)
 
 
 @pytest.mark.parametrize(("pool_us", "verdict"), [(100.0, "PASS"), (100.5, "FAIL")])
@@ -128,7 +150,8 @@ def test_a_skipped_pool_size_says_so_and_judges_nothing() -> None:
 
 def test_only_the_sections_that_ran_have_rows() -> None:
     r = results()
-    for section in ("throughput", "idle", "contended", "scale", "startup", "cancel"):
+    for section in ("throughput", "idle", "contended", "scale", "startup", "cancel",
+                    "origin"):
         del r[section]
     table = rows(r)
     assert table and all(not row[0].startswith("[throughput") for row in table)
@@ -155,3 +178,70 @@ def test_remote_rows_without_sshd_say_why_and_judge_nothing() -> None:
     table = rows({**results(), "remote": {"skipped": "sshd not installed"}})
     row = _row(table, "skipped: no sshd")
     assert row["ratio"] == "sshd not installed" and row["result"] == ""
+
+
+def _run_sync(*, tp_us: float = 60.0, anyio_us: float = 48.0, tp_rate: float = 7_000.0,
+              big_tp: float = 0.05, speedup: float = 1.8) -> dict[str, Any]:
+    def best(median: float) -> dict[str, Any]:
+        return {"median": median, "rounds": 10,
+                "cpu": {"total": 2 * median, "parent": median, "workers": median}}
+
+    def batch(s: float) -> dict[str, Any]:
+        return {"alone": 0.1, "batch": 0.8 / s, "tasks": 8, "cores": 2, "speedup": s,
+                "cpu": {"total": 0.1, "parent": 0.0, "workers": 0.1}}
+
+    return {"latency": {"engine": best(40 * US), "trio_parallel": best(tp_us * US),
+                        "anyio": best(anyio_us * US)},
+            "big": {"engine": best(0.05), "trio_parallel": best(big_tp), "anyio": best(0.05)},
+            "per_round": 300, "bytes": 10_000_000,
+            "throughput": {"engine": _window(13_000.0), "trio_parallel": _window(tp_rate),
+                           "anyio": _window(10_000.0)},
+            "throughput_setup": {"seconds": 1.0, "runs": 3, "workers": 2, "callers": 8},
+            "batch": {"engine": batch(speedup), "trio_parallel": batch(1.5),
+                      "anyio": batch(1.5)}}
+
+
+@pytest.mark.parametrize(("figures", "label", "verdict"), [
+    ({"tp_us": 60.0}, "trio_parallel.run_sync", "PASS"),
+    ({"tp_us": 59.9}, "trio_parallel.run_sync", "FAIL"),
+    ({"anyio_us": 48.0}, "anyio.to_process", "PASS"),
+    ({"anyio_us": 47.9}, "anyio.to_process", "FAIL"),
+])
+def test_run_sync_latency_targets(figures: dict[str, float], label: str, verdict: str) -> None:
+    r = results()
+    r["run_sync"] = _run_sync(**figures)
+    table = rows(r)
+    start = next(i for i, row in enumerate(table) if row[0].startswith("[run_sync: operator"))
+    row = next(dict(zip(COLUMNS, row, strict=True)) for row in table[start:]
+               if row[0].startswith(label))
+    assert row["result"] == verdict
+
+
+@pytest.mark.parametrize(("figures", "heading", "verdict"), [
+    ({"tp_rate": 10_000.0}, "[run_sync: throughput", "PASS"),
+    ({"tp_rate": 10_001.0}, "[run_sync: throughput", "FAIL"),
+    ({"big_tp": 0.05}, "[run_sync: bytes", "PASS"),
+    ({"big_tp": 0.0499}, "[run_sync: bytes", "FAIL"),
+    ({"speedup": 1.8}, "[run_sync: CPU-bound", "PASS"),
+    ({"speedup": 1.79}, "[run_sync: CPU-bound", "FAIL"),
+])
+def test_run_sync_throughput_bytes_and_batch_targets(figures: dict[str, float], heading: str,
+                                                     verdict: str) -> None:
+    r = results()
+    r["run_sync"] = _run_sync(**figures)
+    table = rows(r)
+    start = next(i for i, row in enumerate(table) if row[0].startswith(heading))
+    judged = [row[5] for row in table[start + 1:start + 4] if row[5]]
+    assert judged[0] == verdict
+
+
+@pytest.mark.parametrize(("hits", "verdict"), [(96, "PASS"), (95, "FAIL")])
+def test_affinity_hit_rate_above_95_percent(hits: int, verdict: str) -> None:
+    assert _row(rows(results(affinity_hits=hits)), "session affinity")["result"] == verdict
+
+
+@pytest.mark.parametrize(("seconds", "verdict"), [(4.99, "PASS"), (5.0, "FAIL")])
+def test_hung_worker_out_of_service_within_5_seconds(seconds: float, verdict: str) -> None:
+    row = _row(rows(results(hung_s=seconds)), "hung worker")
+    assert row["result"] == verdict
+    assert row["ratio"] == f"{seconds / 4.0:.2f}x interval + timeout"

@@ -10,7 +10,7 @@ import trio
 
 import engine
 from engine import telemetry
-from engine.errors import PoolUnavailable
+from engine.errors import AppStartFailed
 
 pytestmark = pytest.mark.layer3
 
@@ -58,17 +58,19 @@ async def test_broken_app_opens_breaker_and_fixed_app_closes_it(
             await breaker_watch.wait_for("open")
         assert pool.statistics().breaker == "open"
         assert pool.statistics().start_failures >= 3
-        # Fail fast: PoolUnavailable, not a PoolTimeout after checkout_timeout.
-        with pytest.raises(PoolUnavailable) as denied:
+        # Fail fast, with the cause: no worker starts (the breaker opened for it).
+        with pytest.raises(AppStartFailed) as denied:
             await pool.call("hello", checkout_timeout=60)
-        assert "worker failures" in denied.value.reason
-        assert "unavailable" in str(denied.value)
+        assert str(denied.value).startswith(
+            "RuntimeError: app is broken: ENGINE_TEST_APP_BROKEN=1")
 
         monkeypatch.delenv("ENGINE_TEST_APP_BROKEN")
         with trio.fail_after(30):
             # Both slots come back with the fixed app; the breaker's own timer
             # then moves it to half-open (if a fresh start has not closed it yet).
-            await pool.wait_ready(2, timeout=30)
+            # (wait_until, not wait_ready: that one fails at once while no
+            # worker can start, and the last starts here failed.)
+            await pool.wait_until(lambda view: len(view.live_workers()) >= 2)
             while pool.statistics().breaker == "open":
                 await breaker_watch.next_change()
         # The first checkout is the half-open probe; it succeeds and closes it.

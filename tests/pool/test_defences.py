@@ -273,10 +273,10 @@ def test_stale_lease_token_cannot_release_a_reused_slot() -> None:
 async def test_abandoned_probe_frees_the_way(autojump_clock: trio.testing.MockClock) -> None:
     """Guard: the breaker's abandoned probe (``Pool._acquire``: a probe whose
     caller is cancelled reports ``probe_abandoned``). Half-open, the probe's
-    caller gives up while it waits for a worker: the next caller becomes the
+    caller is cancelled before it takes its worker: the next caller becomes the
     probe, is served, and closes the breaker. Without it, the half-open
     breaker would count a probe in flight forever and refuse every caller."""
-    factory = FakeWorkerFactory(Script(start_delay=5.0))
+    factory = FakeWorkerFactory(Script())
     factory.plan.extend([Script(crash_before_hello=1), Script(crash_before_hello=1)])
     opened = trio.Event()
 
@@ -292,12 +292,15 @@ async def test_abandoned_probe_frees_the_way(autojump_clock: trio.testing.MockCl
             async with engine.open_pool(worker_factory=factory, size=1, breaker_threshold=2,
                                         breaker_reset=1.0, checkout_timeout=200.0,
                                         restart_backoff=(0.01, 0.01, 0.0)) as pool:
-                await opened.wait()
+                await opened.wait()  # two failed starts; the third one serves
+                await pool.wait_until(lambda view: view.slots[0].state is S.READY)
                 await trio.sleep(1.0)  # the open period ends: half-open
                 assert pool.statistics().breaker == "half_open"
-                with trio.move_on_after(1.0) as gave_up:
-                    await pool.call("echo", 1)  # the probe: no worker yet, it waits
-                assert gave_up.cancelled_caught
+                with trio.CancelScope() as scope:
+                    scope.cancel()  # the probe's caller is cancelled at its checkpoint
+                    async with pool.checkout():
+                        raise AssertionError("a cancelled checkout took a worker")
+                assert pool.statistics().breaker == "half_open"
                 assert await pool.call("echo", 2) == 2  # the next probe
                 assert pool.statistics().breaker == "closed"
     finally:

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 import engine
-from engine.errors import PoolTimeout, WorkerCrashed
+from engine.errors import AppStartFailed, WorkerCrashed
 from tests.leaks import pid_alive
 
 pytestmark = pytest.mark.layer3
@@ -92,6 +92,6 @@ async def test_launcher_that_cannot_run_is_a_start_failure() -> None:
     with trio.fail_after(HANG_GUARD):
         async with engine.open_pool(size=1, launcher=("/nonexistent/launcher",),
                                     restart_backoff=(0.05, 0.1, 1.0)) as pool:
-            with pytest.raises(PoolTimeout, match="could not execute"):
+            with pytest.raises(AppStartFailed, match=r"^could not execute .*check the launcher"):
                 await pool.wait_ready(1, timeout=0.5)
             assert pool.statistics().start_failures >= 1

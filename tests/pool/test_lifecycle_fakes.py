@@ -116,3 +116,44 @@ async def test_a_worker_whose_health_probe_timed_out_is_replaced_at_once(
     assert replaced_at == pytest.approx(1.5)  # replaced at once, no backoff
     assert pool.statistics().restarts == 1
     assert any("can't be used again" in t.reason for t in history), history
+
+
+async def test_a_worker_hung_right_after_a_call_is_out_of_service_within_the_bound(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The worst case for the default health checks: a worker used just after
+    # the health loop looked at it, then frozen. It must still be probed
+    # health_interval after that call (not a whole interval later) and be out
+    # of service health_timeout after the probe.
+    config = engine.PoolConfig()
+    assert config.health_interval is not None
+    bound = config.health_interval + config.health_timeout
+    factory = FakeWorkerFactory(Script())
+    failed = trio.Event()
+    failed_at = 0.0
+
+    def on_failed(event: Any, measurements: Any, metadata: Any) -> None:
+        nonlocal failed_at
+        if not failed.is_set():
+            failed_at = trio.current_time()
+            failed.set()
+
+    async with engine.open_pool(size=2, worker_factory=factory) as pool:
+        await pool.wait_ready(2)
+        # Just past the first round of probes (every worker probed once).
+        await trio.sleep(config.health_interval * 1.05)
+        async with pool.checkout() as first, pool.checkout() as second:
+            assert await first.call("echo", 1) == 1
+            assert await second.call("echo", 2) == 2
+            victim = factory.worker(first.worker_id)
+        victim._peer.script = victim.script.evolve(reply_mode="hang")
+        frozen_at = trio.current_time()
+        telemetry.attach("test-hung", [telemetry.HEALTH_FAILED], on_failed)
+        try:
+            with trio.fail_after(10 * bound):
+                await failed.wait()
+        finally:
+            telemetry.detach("test-hung")
+        assert failed_at - frozen_at <= bound * 1.01
+        await pool.wait_ready(2)
+        assert not victim.is_alive()
+        assert await pool.call("echo", "still served") == "still served"

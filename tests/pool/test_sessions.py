@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import engine
 from engine import telemetry
@@ -113,6 +114,86 @@ async def test_session_lost_once_after_its_worker_dies_then_rebinds_empty() -> N
             assert await session_pid(pool, "s1") != pid
             assert await program_count(pool, "s1") == 0
             pool.check_invariants()
+
+
+def wait_dead(pid: int) -> None:
+    """Block until ``pid`` (a child of this process) has died, without reaping it
+    and without a Trio checkpoint: the pool's exit watcher cannot have run, so
+    the pool has not noticed the death yet (the window a test wants open)."""
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+
+async def test_a_sigkill_during_a_session_call_is_session_lost_once() -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=2) as pool:
+            await pool.wait_ready(2, timeout=READY)
+            await pool.call("create_program", PROGRAM, session="s1")
+            pid = await session_pid(pool, "s1")
+            caught: list[BaseException] = []
+
+            async def call_in_flight() -> None:
+                try:
+                    await pool.call("sleep", {"seconds": 60}, session="s1")
+                except BaseException as exc:
+                    caught.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call_in_flight)
+                await trio.testing.wait_all_tasks_blocked()  # its request is written
+                os.kill(pid, signal.SIGKILL)
+            # Today's bug: WorkerCrashed here, SessionLost on the next call.
+            [lost] = caught
+            assert isinstance(lost, SessionLost), repr(lost)
+            assert isinstance(lost.__cause__, engine.WorkerCrashed)
+            assert await program_count(pool, "s1") == 0  # a fresh state at once
+            assert await session_pid(pool, "s1") != pid
+            pool.check_invariants()
+
+
+async def test_a_session_used_right_after_a_sigkill_is_lost_exactly_once() -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=2) as pool:
+            await pool.wait_ready(2, timeout=READY)
+            for _ in range(3):
+                await pool.call("create_program", PROGRAM, session="s1")
+                pid = await session_pid(pool, "s1")
+                os.kill(pid, signal.SIGKILL)
+                # No checkpoint in between: the call races the death itself
+                # (found at hand-off, or by the call's own read).
+                with pytest.raises(SessionLost):
+                    await pool.call("list_programs", session="s1")
+                assert await program_count(pool, "s1") == 0
+                assert await session_pid(pool, "s1") != pid
+            pool.check_invariants()
+
+
+async def test_end_session_right_after_a_sigkill_returns_normally() -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=2) as pool:
+            await pool.wait_ready(2, timeout=READY)
+            for ack in (False, True):
+                await pool.call("create_program", PROGRAM, session="s1")
+                pid = await session_pid(pool, "s1")
+                os.kill(pid, signal.SIGKILL)
+                if ack:
+                    wait_dead(pid)  # dead for sure, still unnoticed
+                assert await pool.end_session("s1") is False
+                assert "s1" not in pool.inspect().bindings
+                assert await program_count(pool, "s1") == 0  # fresh, no SessionLost
+            pool.check_invariants()
+
+
+async def test_wait_ready_right_after_a_sigkill_does_not_count_the_dead_worker() -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=2) as pool:
+            await pool.wait_ready(2, timeout=READY)
+            pid = pool.worker_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            wait_dead(pid)
+            await pool.wait_ready(2, timeout=READY)
+            assert pid not in pool.worker_pids()
+            workers = [slot.worker for slot in pool.inspect().slots]
+            assert all(w is not None and w.is_alive() for w in workers)
 
 
 async def test_strict_affinity_waits_for_the_bound_worker() -> None:

@@ -144,7 +144,7 @@ class WorkerWaits:
     def __init__(self, read_fd: int, budget: float, clock: FakeClock) -> None:
         # As the runtime builds it: nothing known yet, the first wait does not poll.
         self.policy = BusyPollPolicy(budget, typical_wait=budget, clock=clock)
-        self.poller = runtime.BusyPoller(read_fd, clock)
+        self.poller = runtime.BusyPoller(read_fd, self.policy.keep_polling)
         self.polls: list[float | None] = []
         real_poll = self.poller._poll
 
@@ -167,31 +167,46 @@ def counting_poller(read_fd: int, budget: float,
 
 def one_request(poller: WorkerWaits, clock: FakeClock, pipe: tuple[int, int],
                 gap: float) -> None:
-    """A request that arrives ``gap`` seconds after the worker went idle."""
+    """A request that arrives ``gap`` seconds after the worker went idle.
+
+    Within the budget, the request is there at the first poll (and the wait is
+    measured as ``gap``); later, a polling wait polls the empty pipe in four passes
+    of a quarter budget each (a CPU of its own: never descheduled), then blocks."""
     read_fd, write_fd = pipe
-    os.write(write_fd, b"r")  # already readable: a poll answers at once
-    poller.wait()
-    clock.now += gap
+    budget = poller.policy.budget
+    if gap < budget:
+        os.write(write_fd, b"r")  # already readable: a poll answers at once
+        poller.wait()
+        clock.now += gap
+    else:
+        started = clock.now
+        clock.step = budget / 4
+        poller.wait()
+        clock.step = 0.0
+        clock.now = started + gap
+        os.write(write_fd, b"r")
     assert os.read(read_fd, 16) == b"r"
     poller.policy.frame_arrived()
 
 
 @pytest.mark.layer1
-def test_busy_poller_sparse_requests_poll_only_on_every_8th_wait(
+def test_busy_poller_sparse_requests_poll_only_on_backed_off_probes(
         pipe: tuple[int, int]) -> None:
     budget = 100e-6
     clock = FakeClock()
     poller, polls = counting_poller(pipe[0], budget, clock)
     polled_on = []
-    for n in range(1, 25):
+    for n in range(1, 57):
         before = len(polls)
         one_request(poller, clock, pipe, gap=1.0)  # ten thousand budgets apart
         if len(polls) > before:
             polled_on.append(n)
-    # The average gap is far above the budget: only the probes poll, and each
-    # probe finds the request at its first poll.
-    assert polled_on == [8, 16, 24]
-    assert polls == [0, 0, 0]
+    # The average gap is far above the budget: only the probes poll, each for
+    # its budget (four passes); none pays, so each comes twice as many waits
+    # after the one before; none of them is taken for contention.
+    assert polled_on == [8, 24, 56]
+    assert polls == [0] * 12
+    assert not poller.policy.contended and poller.policy.deschedules == 0
 
 
 @pytest.mark.layer1
@@ -248,7 +263,7 @@ def test_busy_poller_measures_its_way_back_after_an_idle_period(
 @pytest.mark.layer1
 def test_busy_poller_gives_up_after_its_budget_when_nothing_comes(
         pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
-    step = 2.0 ** -14  # exact binary fractions: the loop bound is deterministic
+    step = 2.0 ** -16  # exact binary fractions: the loop bound is deterministic
     budget = 4 * step
     clock = FakeClock()
     poller, polls = counting_poller(pipe[0], budget, clock)
@@ -311,7 +326,7 @@ async def test_pipe_transport_without_a_policy_parks_at_once(pipe: tuple[int, in
 async def test_pipe_transport_stops_spinning_for_slow_replies(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
     os.set_blocking(read_fd, False)
-    step = 2.0 ** -14
+    step = 2.0 ** -16  # a pass on a CPU of its own: well under DESCHEDULED
     budget = 4 * step
     clock = FakeClock(step)
     policy = BusyPollPolicy(budget, clock=clock)
@@ -338,15 +353,17 @@ async def test_pipe_transport_stops_spinning_for_slow_replies(pipe: tuple[int, i
         assert got == [b"late"]
         return clock.reads - reads_before
 
-    reads = [await slow_reply() for _ in range(16)]
+    reads = [await slow_reply() for _ in range(24)]
     spun = [n for n, r in enumerate(reads, 1) if r > 2]
     # The first wait spins (nothing known yet), finds replies slow, and stops;
-    # only the probes on every 8th wait spin after that.
-    assert spun == [1, 8, 16]
-    assert policy.typical_wait > budget and policy.waits == 16
+    # only the probes spin after that (wait 8, then 16 waits later: the first
+    # did not pay).
+    assert spun == [1, 8, 24]
+    assert policy.typical_wait > budget and policy.waits == 24
     # A spinning read looks at the clock once per pass: it spun for its budget.
-    assert reads[0] == reads[7] == reads[15] > 2
-    assert {reads[n] for n in range(16) if n + 1 not in spun} == {2}
+    assert reads[0] == reads[7] == reads[23] > 2
+    assert {reads[n] for n in range(24) if n + 1 not in spun} == {2}
+    assert not policy.contended
 
 
 # --- layer 2: time_out and the pool timer over fake workers -----------------------------

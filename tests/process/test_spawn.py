@@ -248,6 +248,18 @@ async def test_grandchild_dies_with_the_worker(how: str) -> None:
         assert not pid_alive(worker.os_pid)
 
 
+async def test_the_worker_leads_its_own_process_group_in_the_callers_session() -> None:
+    # Its own group: the pool signals the worker and its children as a whole,
+    # and a Ctrl-C at the terminal (the foreground group) does not reach it.
+    # The caller's session: under autogroup scheduling a session is a CPU
+    # group, and a worker in one of its own starves its parent under load.
+    with trio.fail_after(HANG_GUARD):
+        async with open_process_worker(request()) as worker:
+            pid = worker.os_pid
+            assert os.getpgid(pid) == pid != os.getpgrp()
+            assert os.getsid(pid) == os.getsid(0)
+
+
 async def test_spawn_of_missing_executable_is_a_start_error() -> None:
     with trio.fail_after(HANG_GUARD):
         with pytest.raises(WorkerStartError):

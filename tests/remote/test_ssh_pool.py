@@ -30,7 +30,7 @@ import trio
 
 import engine
 from engine import telemetry
-from engine.errors import SessionLost, WorkerCrashed, WorkerStartError
+from engine.errors import PickleNotAllowed, SessionLost, WorkerCrashed, WorkerStartError
 from engine.pool.lifecycle import WorkerState
 from engine.stress.chaos import DeathLedger, kill_random_worker
 from engine.testing.sshd import LoopbackSshd
@@ -78,11 +78,16 @@ async def test_calls_sessions_and_where_workers_run(launcher: Launch, marker: st
                 assert stats.hosts == ((NODE, 2),) and stats.remote == 1
 
                 # A session on the remote worker keeps its state there. A new
-                # session binds to the worker with the fewest: two sessions, one each.
-                session_on = {}
-                for session in ("s1", "s2"):
-                    async with pool.checkout(session=session) as lease:
-                        session_on[lease.slot] = session
+                # session binds to the ready worker with the fewest sessions; a
+                # health probe (every 0.05 s) may hold one worker for a moment,
+                # so bind sessions until each worker has one.
+                session_on: dict[int, str] = {}
+                for n in range(50):
+                    if len(session_on) == 2:
+                        break
+                    async with pool.checkout(session=f"s{n}") as lease:
+                        session_on.setdefault(lease.slot, f"s{n}")
+                assert sorted(session_on) == [0, 1]
                 on_remote = session_on[1]
                 program = {"id": "up", "signature": {"inputs": ["a"], "outputs": ["b"]},
                            "handler": "upper"}
@@ -402,3 +407,22 @@ async def test_a_cancelled_call_on_a_remote_worker_keeps_it(launcher: Launch, ma
         assert event["outcome"] == "clean" and event["reason"] == "abandoned request cancelled"
     finally:
         started.close()
+
+
+async def test_run_sync_needs_an_opt_in_for_workers_through_a_launcher(
+        launcher: Launch, marker: str) -> None:
+    """Unpickling runs code: a worker started through a Launcher serves JSON
+    only (run_sync raises PickleNotAllowed and the worker is untouched), unless
+    the pool's config says allow_pickle=True."""
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=1, name=f"{marker}a", launcher=launcher()) as pool:
+            await pool.wait_ready(1, timeout=READY)
+            before = (await pool.call("ping"))["pid"]
+            with pytest.raises(PickleNotAllowed, match="allow_pickle=True"):
+                await pool.run_sync(os.getpid)
+            assert (await pool.call("ping"))["pid"] == before
+        async with engine.open_pool(size=1, name=f"{marker}b", launcher=launcher(),
+                                    allow_pickle=True) as pool:
+            await pool.wait_ready(1, timeout=READY)
+            assert await pool.run_sync(os.getpid) == (await pool.call("ping"))["pid"]
+            assert await pool.run_sync(bytes, b"\x00\xff" * 100_000) == b"\x00\xff" * 100_000

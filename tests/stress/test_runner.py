@@ -9,6 +9,7 @@ Layer 1: the pure pieces (mix parsing, exit classification). About 8 s in all.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -66,6 +67,10 @@ def test_chaos_run_holds_every_invariant_and_its_counts_add_up(tmp_path: Path) -
     assert deaths["pool_crash_counter"] == deaths["injected"]["kill"] + \
         deaths["injected"]["crash"]
     assert deaths["kills_attempted"] >= deaths["injected"]["kill"]
+    # Deaths the runner caused are counted in its summary, not logged one per line.
+    assert deaths["expected_deaths"] == deaths["pool_crash_counter"]
+    assert "crashed: signal 9" not in proc.stderr and "crashed: exit code" not in proc.stderr
+    assert f"of which {deaths['expected_deaths']} expected deaths" in proc.stdout
     # Failures the faults must cause, by type.
     by_type = calls["failed_by_type"]
     assert by_type.get("WorkerCrashed", 0) >= calls["by_kind"]["crash"]["attempted"]
@@ -87,9 +92,12 @@ def test_chaos_run_holds_every_invariant_and_its_counts_add_up(tmp_path: Path) -
 
 
 @pytest.mark.layer3
-async def test_a_death_the_runner_did_not_cause_fails_the_deaths_invariant() -> None:
+async def test_a_death_the_runner_did_not_cause_fails_the_deaths_invariant(
+        caplog: pytest.LogCaptureFixture) -> None:
     """The invariants can fail: a worker killed behind the runner's back is an
-    unexplained death, and the run is reported as failed."""
+    unexplained death, and the run is reported as failed (and it is logged:
+    only the deaths the runner causes are kept out of the log)."""
+    caplog.set_level(logging.WARNING, logger="engine.pool")
     before = child_pids()
     killed: list[int] = []
 
@@ -110,6 +118,9 @@ async def test_a_death_the_runner_did_not_cause_fails_the_deaths_invariant() -> 
     assert report["deaths"]["injected_total"] == 0
     assert report["deaths"]["detected_total"] == 1
     assert f"pid {killed[0]}" in report["deaths"]["unexplained"][0]
+    assert report["deaths"]["expected_deaths"] == 0
+    assert [r.getMessage() for r in caplog.records if "crashed: signal 9" in r.getMessage()
+            and r.levelno == logging.WARNING and f"(pid {killed[0]})" in r.getMessage()]
     # The other invariants still hold: the pool coped with the death.
     others = [i for i in report["invariants"] if i["name"] != deaths["name"]]
     assert all(i["ok"] for i in others), others

@@ -30,7 +30,7 @@ from engine.protocol import (
     parse_response,
 )
 from engine.workers import runtime
-from engine.workers.app import BUILTIN_COMMANDS
+from engine.workers.app import BUILTIN_COMMANDS, App
 from tests.leaks import pid_alive
 
 pytestmark = pytest.mark.layer3
@@ -323,6 +323,8 @@ def test_single_app_found_under_any_name_and_on_start_runs(
     ["--max-frame-size", "12"],
     ["--max-frame-size", "lots"],
     ["--bogus", "1"],
+    ["--pickle-frame-size", "12"],
+    ["--pickle-frame-size", str(1 << 31)],
 ])
 def test_usage_error_gives_error_hello_and_exit_2(spawn: Any, argv: list[str]) -> None:
     w = spawn(*argv)
@@ -401,6 +403,25 @@ def test_stdin_eof_exits_0(worker: WorkerProcess) -> None:
 
 
 # --- dispatch and failures ------------------------------------------------------------
+
+
+def test_a_json_only_worker_announces_no_codec_and_knows_no_run_sync(
+        worker: WorkerProcess) -> None:
+    error = worker.error("engine.run_sync", [1])
+    assert error["type"] == "UnknownCommand"
+
+
+def test_run_sync_through_json_is_refused_and_the_worker_serves_on(spawn: Any) -> None:
+    w = spawn("--pickle-frame-size", "4096")
+    assert w.hello()["codecs"] == ["pickle5"]
+    error = w.error("engine.run_sync", {"fn": "os.getpid"})
+    assert error["type"] == "TypeError" and "pickle frames only" in error["message"]
+    assert w.call("ping")["pid"] == w.pid
+
+
+def test_an_app_cannot_register_the_run_sync_command() -> None:
+    with pytest.raises(ValueError, match="built-in"):
+        App("x").add_command("engine.run_sync", lambda args, ctx: None)
 
 
 def test_unknown_command_keeps_serving(worker: WorkerProcess) -> None:
@@ -554,6 +575,24 @@ def test_oversized_request_rejected_before_its_body(spawn: Any) -> None:
     error = parse_response(w.read_message()).error
     assert error is not None and "exceeds max_frame_size=2048" in error.message
     assert w.wait_exit() == runtime.EXIT_PROTOCOL_ERROR
+
+
+def test_the_hello_carries_the_declared_argument_shapes(spawn: Any) -> None:
+    w = spawn()
+    hello = w.hello()
+    assert hello["schemas"]["sleep"]["required"] == ["seconds"]
+    assert set(hello["schemas"]) <= set(hello["commands"])
+
+
+def test_a_hello_too_big_for_its_shapes_is_sent_without_them(spawn: Any) -> None:
+    # The default app's shapes take more than 1 KiB: the worker still starts.
+    w = spawn("--max-frame-size", "1024")
+    hello = w.hello()
+    assert "schemas" not in hello and "sleep" in hello["commands"]
+    assert w.call("echo", [1]) == [1]
+    w.close_stdin()
+    assert w.wait_exit() == 0
+    assert "hello sent without its argument shapes" in w.stderr_text()
 
 
 def test_garbage_corrupts_the_frame_channel(worker: WorkerProcess) -> None:

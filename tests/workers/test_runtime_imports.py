@@ -23,7 +23,8 @@ from engine.workers.app import BUILTIN_COMMANDS, App, Context, SessionStore, rss
 
 pytestmark = pytest.mark.layer1
 
-CHILD_MODULES = ("engine.workers.runtime", "engine.workers.app", "engine.workers.programs")
+CHILD_MODULES = ("engine.workers.runtime", "engine.workers.app", "engine.workers.programs",
+                 "engine.workers.pickled", "engine.workers.bare")
 FORBIDDEN = ("trio", "attrs", "attr")
 
 
@@ -38,8 +39,11 @@ def test_child_side_imports_no_trio_or_attrs() -> None:
         "new = set(sys.modules) - before\n"
         f"loaded = sorted(m for m in {FORBIDDEN!r} if m in sys.modules)\n"
         "assert not loaded, f'child-side modules imported {loaded}'\n"
+        "from engine.workers.pickled import make_handler\n"
+        "make_handler(1 << 20, lambda exc, skip: '')  # a pickle worker's start-up\n"
+        "new = set(sys.modules) - before\n"
         "heavy = sorted(new & {'subprocess', 'traceback', 'inspect', 'argparse',\n"
-        "                      'dataclasses', 'asyncio', 'logging', 'typing'})\n"
+        "                      'dataclasses', 'asyncio', 'logging', 'typing', 'pickle'})\n"
         "assert not heavy, f'child-side modules imported {heavy} eagerly'\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -1,0 +1,212 @@
+"""run_sync against trio-parallel and anyio: the same call, ``fn(*args)`` in a
+worker process (issue 14).
+
+Contenders, each limited to the same number of processes:
+
+* ``engine``: ``engine.run_sync`` (the run's default pool, sized with
+  ``configure_default_pool(size=...)``);
+* ``trio_parallel``: ``trio_parallel.run_sync`` with a ``CapacityLimiter``;
+* ``anyio``: ``anyio.to_process.run_sync`` (Trio backend) with anyio's limiter.
+
+Rows:
+
+* latency: ``operator.add(1, 2)`` back to back on 1 worker; interleaved rounds
+  (all three in one ``trio.run``), best round median, that round's CPU;
+* 10 MB: ``bytes(value)`` of 10 MB (10 MB each way) on 1 worker, in the same
+  run and rounds; best round median;
+* throughput: 8 callers of ``operator.add`` on 2 workers, each contender in its
+  own ``trio.run``, best of the interleaved runs, that run's CPU;
+* batch: ``cpu_task.spin`` on every core: one task's time alone (on one
+  worker, median of 3), then 4 tasks per core at once; the speed-up is
+  ``tasks x alone / batch``, the ideal the number of cores.
+
+A contender's worker pids are the processes that appeared below this one
+while it was opened and warmed (``bench.cpu.descendants``), for their CPU.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import trio
+
+import engine
+from bench.common import Window, median, throughput_window, warm
+from bench.cpu import CpuMeter, descendants
+from bench.cpu_task import spin
+
+CONTENDERS = ("engine", "trio_parallel", "anyio")
+Run = Callable[..., Awaitable[Any]]
+CALLERS = 8
+BIG = 10 * 1000 * 1000
+TASKS_PER_CORE = 4
+
+
+@asynccontextmanager
+async def _engine(workers: int) -> AsyncIterator[tuple[Run, Callable[[], list[int]]]]:
+    # Set for the default pools of the bench's runs (measure() resets it).
+    engine.configure_default_pool(size=workers, worker_output="discard")
+    pool = await engine.current_default_pool()
+    await pool.wait_ready(workers, timeout=60)
+    yield engine.run_sync, pool.worker_pids
+
+
+@asynccontextmanager
+async def _trio_parallel(workers: int) -> AsyncIterator[tuple[Run, None]]:
+    import trio_parallel  # type: ignore[import-untyped]
+
+    limiter = trio.CapacityLimiter(workers)
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio_parallel.run_sync(fn, *args, limiter=limiter)
+
+    yield run, None
+
+
+@asynccontextmanager
+async def _anyio(workers: int) -> AsyncIterator[tuple[Run, None]]:
+    import anyio
+    import anyio.to_process
+
+    limiter = anyio.CapacityLimiter(workers)
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_process.run_sync(fn, *args, limiter=limiter)
+
+    yield run, None
+
+
+OPENERS = {"engine": _engine, "trio_parallel": _trio_parallel, "anyio": _anyio}
+
+
+class Opened:
+    def __init__(self, name: str, run: Run, pids: Callable[[], list[int]]) -> None:
+        self.name = name
+        self.run = run
+        self.pids = pids
+
+
+@asynccontextmanager
+async def _open(name: str, workers: int) -> AsyncIterator[Opened]:
+    before = descendants()
+    async with OPENERS[name](workers) as (run, pids):
+        if await run(operator.add, 1, 2) != 3:
+            raise RuntimeError(f"{name} did not add")
+        await warm(lambda: run(operator.add, 1, 2), workers)
+        if pids is None:
+            found = sorted(descendants() - before)
+            pids = lambda: found  # noqa: E731
+        yield Opened(name, run, pids)
+
+
+async def _rounds(rounds: int, per_round: int, big_rounds: int) -> dict[str, Any]:
+    value = os.urandom(1000) * (BIG // 1000)
+    async with AsyncExitStack() as stack:
+        opened = [await stack.enter_async_context(_open(name, 1)) for name in CONTENDERS]
+        for o in opened:
+            if await o.run(bytes, value) != value:
+                raise RuntimeError(f"{o.name} did not return the 10 MB value")
+        out: dict[str, Any] = {o.name: {"small": [], "big": []} for o in opened}
+        for i in range(rounds):
+            for o in opened:
+                await trio.sleep(0.005)  # the previous contender stops polling
+                out[o.name]["small"].append(await _window(o, per_round, operator.add, 1, 2))
+                if i < big_rounds:
+                    out[o.name]["big"].append(await _window(o, 2, bytes, value))
+    return out
+
+
+async def _window(o: Opened, n: int, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    meter = CpuMeter(o.pids())
+    times = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t = clock()
+        await o.run(fn, *args)
+        times.append(clock() - t)
+    parent, workers = meter.stop()
+    return {"median": median(times), "cpu": (parent + workers) / n, "parent": parent / n,
+            "workers": workers / n}
+
+
+def _best(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    best = min(windows, key=lambda w: w["median"])
+    return {"median": best["median"],
+            "cpu": {"total": best["cpu"], "parent": best["parent"], "workers": best["workers"]},
+            "rounds": len(windows)}
+
+
+async def _throughput(name: str, workers: int, seconds: float) -> Window:
+    async with _open(name, workers) as o:
+        await warm(lambda: o.run(operator.add, 1, 2), CALLERS)
+        return await throughput_window(lambda: o.run(operator.add, 1, 2), seconds, o.pids,
+                                       CALLERS)
+
+
+async def _batch(name: str, cores: int, n: int) -> dict[str, Any]:
+    async with _open(name, cores) as o:
+        await warm(lambda: o.run(spin, 1000), cores)
+        alone = []
+        for _ in range(3):
+            t = time.perf_counter()
+            await o.run(spin, n)
+            alone.append(time.perf_counter() - t)
+        tasks = cores * TASKS_PER_CORE
+        meter = CpuMeter(o.pids())
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(tasks):
+                nursery.start_soon(o.run, spin, n)
+        wall = time.perf_counter() - started
+        parent, workers = meter.stop()
+    one = median(alone)
+    return {"alone": one, "batch": wall, "tasks": tasks, "cores": cores,
+            "speedup": tasks * one / wall,
+            "cpu": {"total": (parent + workers) / tasks, "parent": parent / tasks,
+                    "workers": workers / tasks}}
+
+
+def _calibrate(seconds: float) -> int:
+    n = 20_000
+    while True:
+        t = time.perf_counter()
+        spin(n)
+        took = time.perf_counter() - t
+        if took > 0.02:
+            return max(1, int(n * seconds / took))
+        n *= 4
+
+
+def measure(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    rounds, per_round, big_rounds = (3, 100, 3) if quick else (10, 300, 5)
+    log("run_sync: latency and 10 MB round trips, 1 worker each")
+    seq = trio.run(_rounds, rounds, per_round, big_rounds)
+    out: dict[str, Any] = {
+        "latency": {name: _best(seq[name]["small"]) for name in CONTENDERS},
+        "big": {name: _best(seq[name]["big"]) for name in CONTENDERS},
+        "per_round": per_round, "bytes": BIG,
+    }
+    seconds, runs, workers = (0.5, 2, 2) if quick else (1.0, 3, 2)
+    best: dict[str, Window] = {}
+    for attempt in range(runs):
+        for name in CONTENDERS:
+            log(f"run_sync: throughput, {name}, {workers} workers (run {attempt + 1} of {runs})")
+            window = trio.run(_throughput, name, workers, seconds)
+            if name not in best or window.rate > best[name].rate:
+                best[name] = window
+    out["throughput"] = {name: w.to_json() for name, w in best.items()}
+    out["throughput_setup"] = {"seconds": seconds, "runs": runs, "workers": workers,
+                               "callers": CALLERS}
+    cores = os.cpu_count() or 1
+    n = _calibrate(0.05 if quick else 0.15)
+    out["batch"] = {}
+    for name in CONTENDERS:
+        log(f"run_sync: CPU-bound batch, {name}, {cores} workers")
+        out["batch"][name] = trio.run(_batch, name, cores, n)
+    engine.configure_default_pool()
+    return out

@@ -1,0 +1,76 @@
+"""run_sync's parent end of the pickle codec: a call in, a value (or the
+function's own exception) out.
+
+Pickled before anything is reserved or written: what cannot be pickled
+raises :class:`~engine.errors.ArgumentTypeError` (a ``TypeError``) and no
+worker is touched. A reply is unpickled here; a function's exception is
+raised as itself (its own type and args) with the worker's traceback as its
+``__cause__`` (:class:`~engine.errors.RemoteTraceback`), the way a JSON
+command's error carries it. An exception that did not survive pickling comes
+back as ``RemoteError[builtin]`` built from its type name, message and
+traceback (still caught by ``except ValueError`` for a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from engine.errors import ArgumentTypeError, ProtocolError, RemoteError, RemoteTraceback
+from engine.protocol import PICKLE_COMMAND, Pickled
+
+PROTOCOL = 5
+_dumps = pickle.dumps
+# A worker runs this process's main script as ``__mp_main__`` (see
+# engine.workers.pickled), so the classes and functions it sends back from
+# there are named so: the same alias as multiprocessing's, set when it is
+# imported.
+if "__main__" in sys.modules:
+    sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
+
+
+def pickle_call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Pickled:
+    """``(fn, args)`` pickled, or ArgumentTypeError saying what went wrong."""
+    try:
+        return Pickled(_dumps((fn, args), PROTOCOL))
+    except Exception as exc:  # PicklingError, TypeError, AttributeError (local objects), ...
+        if not callable(fn):
+            problem = f"{_short(fn)} is not callable"
+        else:
+            problem = (f"{_short(fn)} or its arguments cannot be pickled "
+                       f"({type(exc).__name__}: {exc}); pass a function defined at the top "
+                       "level of a module (functools.partial of one works) and picklable "
+                       "arguments")
+        raise ArgumentTypeError(problem, command="run_sync", path="fn, args") from exc
+
+
+def unpickle_reply(reply: Any, worker_id: str) -> Any:
+    """The function's value, or raise what it raised."""
+    if type(reply) is not Pickled:
+        raise ProtocolError(f"worker {worker_id} answered {PICKLE_COMMAND!r} with a JSON "
+                            "value instead of a pickle frame", worker_id=worker_id)
+    value = pickle.loads(reply.data)
+    if not reply.raised:
+        return value
+    type_name, message, traceback, pickled = value
+    error: BaseException | None = None
+    if pickled is not None:
+        try:
+            error = pickle.loads(pickled)
+        except Exception:  # e.g. its class cannot be imported here
+            error = None
+    if not isinstance(error, BaseException):
+        remote = RemoteError.from_reply(type=type_name, message=message, traceback=traceback,
+                                        command="run_sync", worker_id=worker_id)
+        raise remote from remote.__cause__
+    raise error from RemoteTraceback(traceback, worker_id=worker_id)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -1,0 +1,418 @@
+"""run_sync: any picklable function on the supervised pool (issue 14).
+
+Layer 3: real workers. Functions live in tests/apps/run_sync_functions.py (the
+workers import them by name). Blocking functions announce that they started
+on a FIFO and the tests wait for that line, never for a sleep; bounds on wall
+time are generous hang guards or ratios.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import engine
+from engine.errors import (
+    ArgumentTypeError,
+    CallTimeout,
+    PickleNotAllowed,
+    RemoteError,
+    RemoteTraceback,
+    RequestTooLarge,
+    WorkerCrashed,
+)
+from tests.apps import run_sync_functions as fns
+from tests.leaks import child_pids, pid_alive
+
+pytestmark = pytest.mark.layer3
+
+GUARD = 30.0  # real seconds: a hang fails the test; never a timing assertion
+APP = "engine.workers.bare"
+
+
+class Fifo:
+    """A FIFO a function writes ``started <tag>`` lines to (or reads a line from)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        os.mkfifo(self.path)
+        self._read = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self._keep = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        self._lines: list[str] = []
+        self._partial = b""
+
+    async def wait(self, tag: str) -> None:
+        while f"started {tag}" not in self._lines:
+            try:
+                data = os.read(self._read, 4096)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._read)
+                continue
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            self._lines.extend(line.decode() for line in lines)
+
+    def write_line(self) -> None:
+        os.write(self._keep, b"go\n")
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._keep)
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Iterator[Fifo]:
+    fifo = Fifo(tmp_path / "marker")
+    yield fifo
+    fifo.close()
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Iterator[Fifo]:
+    fifo = Fifo(tmp_path / "release")
+    yield fifo
+    fifo.close()
+
+
+@pytest.fixture(autouse=True)
+def default_pool_of_two() -> Iterator[None]:
+    engine.configure_default_pool(size=2, worker_output="discard")
+    yield
+    engine.configure_default_pool()
+
+
+# --- the call ------------------------------------------------------------------------
+
+
+async def test_returns_the_value_and_consecutive_calls_reuse_one_worker() -> None:
+    with trio.fail_after(GUARD):
+        assert await engine.run_sync(fns.add, 1, 2) == 3
+        pids = {await engine.run_sync(fns.pid) for _ in range(5)}
+        assert len(pids) == 1
+        assert pids <= set((await engine.current_default_pool()).worker_pids())
+
+
+async def test_the_function_sees_the_parents_sys_path() -> None:
+    with trio.fail_after(GUARD):
+        assert await engine.run_sync(fns.sys_path) == [os.fsdecode(p) for p in sys.path]
+
+
+async def test_functools_partial_with_keyword_arguments() -> None:
+    with trio.fail_after(GUARD):
+        assert await engine.run_sync(functools.partial(fns.add, 1, c=100), 10) == 111
+
+
+@pytest.mark.parametrize("value", [
+    b"\x00\xffbytes", bytearray(b"ba"), {1, 2, 3}, frozenset({"a"}), (1, (2, 3)),
+    {1: "one", (2, 3): b"two", None: 1.5}, [b"x", {4}], float("nan"), 2**200,
+])
+async def test_values_round_trip_unchanged(value: object) -> None:
+    with trio.fail_after(GUARD):
+        back = await engine.run_sync(fns.identity, value)
+    assert type(back) is type(value)
+    if value == value:  # NaN is not equal to itself
+        assert back == value
+    else:
+        assert repr(back) == repr(value)
+
+
+async def test_100_mb_of_bytes_round_trip() -> None:
+    value = os.urandom(1024) * (100 * 1024)
+    with trio.fail_after(GUARD * 2):
+        back = await engine.run_sync(fns.identity, value)
+    assert len(back) == len(value) and back == value
+
+
+async def test_a_mib_to_stdout_and_stderr_in_one_call_returns() -> None:
+    with trio.fail_after(GUARD):
+        assert await engine.run_sync(fns.loud, 1024 * 1024) == 1024 * 1024
+        assert await engine.run_sync(fns.add, 2, 2) == 4  # the protocol is intact
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+async def test_the_functions_exception_has_its_own_type_and_args() -> None:
+    with trio.fail_after(GUARD):
+        with pytest.raises(ValueError) as caught:
+            await engine.run_sync(fns.raise_value_error, "bad", 42)
+        assert type(caught.value) is ValueError
+        assert caught.value.args == ("bad", 42)
+        cause = caught.value.__cause__
+        assert isinstance(cause, RemoteTraceback)
+        printed = "".join(traceback.format_exception(caught.value))
+        assert "in raise_value_error" in printed and "run_sync_functions.py" in printed
+
+        with pytest.raises(fns.CustomError) as custom:
+            await engine.run_sync(fns.raise_custom, 7, "detail")
+        assert (custom.value.code, custom.value.detail) == (7, "detail")
+
+
+async def test_an_exception_that_cannot_be_pickled_keeps_its_name_and_message() -> None:
+    with trio.fail_after(GUARD):
+        with pytest.raises(RemoteError) as caught:
+            await engine.run_sync(fns.raise_unpicklable, "held a lock")
+        assert caught.value.type == "Unpicklable"
+        assert caught.value.remote_message == "held a lock"
+        assert "in raise_unpicklable" in str(caught.value.__cause__)
+
+
+async def test_unpicklable_arguments_raise_typeerror_before_anything_is_sent() -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            before = await pool.run_sync(fns.pid)
+            calls = pool.metrics().counters.get("calls_ok", 0)
+            with pytest.raises(TypeError) as caught:
+                await pool.run_sync(fns.identity, lambda: None)
+            assert isinstance(caught.value, ArgumentTypeError)
+            assert "cannot be pickled" in str(caught.value)
+            assert pool.metrics().counters.get("calls_ok", 0) == calls  # nothing was sent
+            assert await pool.run_sync(fns.pid) == before
+
+
+async def test_an_unpicklable_result_raises_its_error_and_the_worker_lives() -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            before = await pool.run_sync(fns.pid)
+            with pytest.raises(TypeError, match="lock"):
+                await pool.run_sync(fns.return_lock)
+            assert await pool.run_sync(fns.pid) == before
+
+
+async def test_the_pickle_frame_limit_is_configurable() -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard",
+                                    max_pickle_frame_size=64 * 1024) as pool:
+            before = await pool.run_sync(fns.pid)
+            with pytest.raises(RequestTooLarge, match="max_pickle_frame_size"):
+                await pool.run_sync(fns.identity, b"x" * 100_000)
+            with pytest.raises(RemoteError, match="max_pickle_frame_size") as caught:
+                await pool.run_sync(bytes, 100_000)  # a small call, a large result
+            assert caught.value.type == "ResultTooLarge"
+            assert await pool.run_sync(fns.pid) == before
+
+
+async def test_a_function_that_kills_its_worker_raises_workercrashed_and_is_replaced() -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            before = await pool.run_sync(fns.pid)
+            with pytest.raises(WorkerCrashed) as caught:
+                await pool.run_sync(os._exit, 3)
+            assert caught.value.exit_code == 3
+            await pool.wait_ready(1, timeout=GUARD)
+            assert await pool.run_sync(fns.pid) != before
+
+
+async def test_a_worker_without_pickle_refuses_and_stays_untouched() -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, allow_pickle=False,
+                                    worker_output="discard") as pool:
+            before = (await pool.call("ping"))["pid"]
+            with pytest.raises(PickleNotAllowed, match="allow_pickle=True"):
+                await pool.run_sync(fns.pid)
+            assert (await pool.call("ping"))["pid"] == before
+
+
+# --- cancellation ----------------------------------------------------------------------
+
+
+async def test_a_cancelled_scope_reserves_and_starts_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ran"
+    children = child_pids(settle=0)
+    with trio.fail_after(GUARD):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await engine.run_sync(fns.touch, str(path))
+        assert scope.cancelled_caught
+        assert child_pids(settle=0) == children  # no default pool was started
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            await pool.wait_ready()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await pool.run_sync(fns.touch, str(path))
+            assert scope.cancelled_caught
+            assert pool.statistics().leases == 0
+    assert not path.exists()
+
+
+async def test_by_default_cancellation_waits_for_the_function(marker: Fifo,
+                                                              release: Fifo) -> None:
+    got: list[object] = []
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def caller() -> None:
+                with scope:
+                    got.append(await engine.run_sync(fns.wait_for_release, marker.path,
+                                                     "w1", release.path))
+                    await trio.lowlevel.checkpoint()
+                got.append("cancelled" if scope.cancelled_caught else "not cancelled")
+
+            nursery.start_soon(caller)
+            await marker.wait("w1")
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # still waiting for the function
+            release.write_line()
+    assert got == ["released w1", "cancelled"]
+
+
+async def test_kill_on_cancel_kills_the_worker_at_once_and_the_pool_replaces_it(
+        marker: Fifo) -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            victim = await pool.run_sync(fns.pid)
+            elapsed: list[float] = []
+            async with trio.open_nursery() as nursery:
+                scope = trio.CancelScope()
+
+                async def caller() -> None:
+                    with scope:
+                        await pool.run_sync(fns.sleep_after_announcing, marker.path, "k1",
+                                            GUARD * 10, kill_on_cancel=True)
+                    elapsed.append(trio.current_time() - cancelled_at)
+                    assert scope.cancelled_caught
+
+                nursery.start_soon(caller)
+                await marker.wait("k1")
+                cancelled_at = trio.current_time()
+                scope.cancel()
+            # Promptly: the function would sleep for GUARD * 10 seconds.
+            assert elapsed[0] < GUARD / 10
+            await pool.wait_ready(1, timeout=GUARD)
+            replacement = await pool.run_sync(fns.pid)
+            assert replacement != victim and not pid_alive(victim)
+
+
+async def test_kill_on_cancel_before_the_call_starts_keeps_the_worker() -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            before = await pool.run_sync(fns.pid)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await pool.run_sync(fns.pid, kill_on_cancel=True)
+            assert await pool.run_sync(fns.pid) == before
+
+
+async def test_a_timeout_interrupts_the_function_and_keeps_the_worker(marker: Fifo) -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            before = await pool.run_sync(fns.pid)
+            with pytest.raises(CallTimeout):
+                await pool.run_sync(fns.sleep_after_announcing, marker.path, "t1",
+                                    GUARD * 10, timeout=0.5)
+            await pool.wait_ready(1, timeout=GUARD)
+            assert await pool.run_sync(fns.pid) == before
+
+
+async def test_the_limiter_bounds_concurrent_calls(marker: Fifo, release: Fifo) -> None:
+    limiter = trio.CapacityLimiter(1)
+    spans: list[tuple[float, float]] = []
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                async def one() -> None:
+                    spans.append(await engine.run_sync(fns.interval, 0.05, limiter=limiter))
+                nursery.start_soon(one)
+    spans.sort()
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
+    # Without a limiter, the default (one per worker) runs both workers at once:
+    # each function waits for a line that is written only once both started.
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            for tag in ("a", "b"):
+                nursery.start_soon(engine.run_sync, fns.wait_for_release, marker.path, tag,
+                                   release.path)
+            await marker.wait("a")
+            await marker.wait("b")
+            release.write_line()
+            release.write_line()
+
+
+# --- sessions ----------------------------------------------------------------------------
+
+
+async def test_a_function_reaches_its_sessions_state() -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=2, worker_output="discard") as pool:
+            assert await pool.run_sync(fns.remember, "a's", session="a") == "a"
+            await pool.run_sync(fns.remember, "b's", session="b")
+            assert await pool.run_sync(fns.recall, session="a") == "a's"
+            assert await pool.run_sync(fns.recall, session="b") == "b's"
+            assert await pool.run_sync(fns.recall) is None
+    with pytest.raises(RuntimeError, match="only inside a function"):
+        fns.recall()
+
+
+# --- the default pool's life ---------------------------------------------------------------
+
+
+def test_the_default_pool_ends_with_the_run_and_leaves_no_process() -> None:
+    pids: list[int] = []
+
+    async def main() -> None:
+        with trio.fail_after(GUARD * 2):  # a loaded machine starts workers slowly
+            await engine.run_sync(fns.add, 1, 1)
+            pool = await engine.current_default_pool()
+            pids.extend(pool.worker_pids())  # the one that served, at least
+            assert pool.config.size == 2
+
+    trio.run(main)
+    assert pids
+    assert not any(pid_alive(pid) for pid in pids)
+    assert not child_pids(settle=0)
+
+
+def test_configure_default_pool_checks_its_fields() -> None:
+    with pytest.raises(ValueError, match="size"):
+        engine.configure_default_pool(size=0)
+    with pytest.raises(ValueError, match="unknown PoolConfig field"):
+        engine.configure_default_pool(sise=2)
+
+
+async def test_configure_default_pool_refuses_once_the_run_has_one() -> None:
+    with trio.fail_after(GUARD):
+        await engine.run_sync(fns.add, 1, 1)
+    with pytest.raises(RuntimeError, match="before the run's first run_sync"):
+        engine.configure_default_pool(size=3)
+
+
+SCRIPT = '''
+import engine, trio
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+def double(point):
+    return Point(point.x * 2)
+
+async def main():
+    engine.configure_default_pool(size=1, worker_output="discard")
+    print((await engine.run_sync(double, Point(21))).x)
+
+if __name__ == "__main__":
+    trio.run(main)
+'''
+
+
+async def test_functions_and_classes_of_the_parents_main_script(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(engine.__file__).parent.parent), os.environ.get("PYTHONPATH"))
+        if p)}
+    with trio.fail_after(GUARD):
+        done = await trio.run_process([sys.executable, str(script)], capture_stdout=True,
+                                      capture_stderr=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == "42"
