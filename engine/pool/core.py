@@ -15,8 +15,9 @@ that has since been given to someone else.
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -24,6 +25,7 @@ import attrs
 from engine.errors import PoolClosed, PoolSaturated, PoolTimeout, SessionLost, WorkerBusy
 from engine.pool.contract import Ok, Remove, Skip, Verdict
 from engine.pool.lifecycle import Lifecycle, Transition, WorkerState
+from engine.pool.lines import FreeSlots, WaiterLine
 from engine.telemetry.events import (
     CONTRACT_VIOLATION,
     HEALTH_FAILED,
@@ -97,6 +99,9 @@ class Waiter:
     generation: int | None = None
     error: BaseException | None = None
     removals: Removals | None = None  # workers removed at hand-off instead of granted
+    # Where it waits (a WaiterLine) and its entry there; see engine.pool.lines.
+    line: WaiterLine | None = attrs.field(default=None, repr=False)
+    entry: int = attrs.field(default=0, repr=False)
 
 
 @attrs.define(eq=False)
@@ -125,6 +130,7 @@ class Slot:
     wanted: bool = False
     health_failures: int = 0
     retire_reason: str | None = None  # retire() asked while the worker was leased
+    free_token: int = 0  # nonzero while READY and unleased (see engine.pool.lines.FreeSlots)
 
     @property
     def state(self) -> WorkerState:
@@ -193,14 +199,33 @@ class PoolCore:
         self.state_counts: dict[WorkerState, int] = {state: 0 for state in S}
         self.state_counts[S.STOPPED] = size
         self.waiters: dict[int, Waiter] = {}
-        self.queue: dict[int, Waiter] = {}  # insertion-ordered: FIFO
+        #: Every queued waiter by id (not in arrival order: see queued_in_order()).
+        self.queue: dict[int, Waiter] = {}
         self.bindings: dict[str, Binding] = {}
+        # The waiting line, split by what a waiter may take, each part in
+        # arrival order: `_any` (anonymous waiters and sessions with no worker
+        # of their own: any free worker), `_bound[slot]` (sessions bound to that
+        # slot, strict or fail_fast affinity). A freed worker only looks at the
+        # heads of `_any` and of its own `_bound` line.
+        self._any = WaiterLine()
+        self._bound: dict[int, WaiterLine] = {}
+        self._by_session: dict[str, dict[int, Waiter]] = {}  # session -> its queued waiters
+        self._queued_calls = 0  # queued call waiters: the unmet demand
+        self._free = FreeSlots(self.slots)
+        # Free slots whose _bound line may hold waiters: at rest (after a
+        # dispatch) none, so a dispatch looks at the few freed since.
+        self._offers: set[int] = set()
+        self._leased = 0
+        self._wanted_stopped = 0  # wanted slots still STOPPED: workers on their way
+        self._unwanted: list[int] = []  # heap of slots to start on demand (lazy deletion)
+        self._unwanted_at: set[int] = set()  # slots currently in that heap
         self.closing = False
         self.restarts = 0
         self.crashes = 0  # workers that died on their own after their hello
         self.start_failures = 0
         self._ids = itertools.count(1)
-        self._tick = itertools.count(1)
+        for slot in self.slots:
+            self._note_unwanted(slot)
         #: Pending actions, oldest first (the shell takes them with take_actions();
         #: a plain list so that "anything to do?" costs no call).
         self.actions: list[Action] = []
@@ -227,6 +252,11 @@ class PoolCore:
         if old is not slot.lifecycle.state:
             self.state_counts[old] -= 1
             self.state_counts[new] += 1
+            if slot.wanted:
+                self._wanted_stopped += (new is S.STOPPED) - (old is S.STOPPED)
+            elif new is S.STOPPED:
+                self._note_unwanted(slot)
+        self._sync_free(slot)
         if transition is not None and self.telemetry_enabled():
             self._emit_transition(slot, transition)
 
@@ -244,7 +274,7 @@ class PoolCore:
                 self._want(slot)
 
     def _want(self, slot: Slot) -> None:
-        slot.wanted = True
+        self._set_wanted(slot, True)
         if slot.state is S.STOPPED and not self.closing:
             self.actions.append(StartWorker(slot.index, slot.generation + 1))
 
@@ -284,6 +314,7 @@ class PoolCore:
         self._move(slot, S.STOPPED, reason)
         if slot.lease is not None:
             lease = self.waiters.get(slot.lease)
+            self._set_lease(slot, None)
             if lease is not None and lease.status is WaiterStatus.GRANTED:
                 # Granted but not yet taken: the waiter goes back to the queue
                 # rather than being handed a dead worker (or, if the pool is
@@ -293,34 +324,37 @@ class PoolCore:
                     self._fail(lease, PoolClosed(pool=self.name))
                 else:
                     self._requeue(lease)
-            slot.lease = None
         self._lose_sessions(slot, reason)
         slot.worker_id = None
         slot.pid = None
         if self.closing or not restart:
-            slot.wanted = False
+            self._set_wanted(slot, False)
         if slot.wanted and not self.closing:
             self.actions.append(StartWorker(slot.index, slot.generation + 1))
         self._ensure_capacity()
         self._dispatch()
 
     def _lose_sessions(self, slot: Slot, reason: str) -> None:
+        heads: list[Waiter] = []
         for session in slot.sessions:
             binding = self.bindings.get(session)
             if binding is not None and binding.slot == slot.index:
                 binding.lost = reason
                 self._emit(SESSION_LOST, session=session, slot=slot.index, reason=reason)
+                queued = self._by_session.get(session)
+                if queued:
+                    heads.append(queued[min(queued)])
         slot.sessions.clear()
-        # A strict waiter queued for a session whose worker just died is the "next
-        # call": it learns that the state is gone.
-        for waiter in list(self.queue.values()):
-            if waiter.session is not None:
-                binding = self.bindings.get(waiter.session)
-                if binding is not None and binding.lost is not None:
-                    self._fail(waiter, self._session_lost(waiter.session, binding))
+        # The session's earliest queued waiter is its "next call": it learns
+        # that the state is gone. Its later waiters start afresh, on any worker.
+        for waiter in sorted(heads, key=lambda w: w.id):
+            assert waiter.session is not None
+            binding = self.bindings[waiter.session]
+            self._fail(waiter, self._session_lost(waiter.session, binding))
 
     def _session_lost(self, session: str, binding: Binding) -> SessionLost:
         del self.bindings[session]
+        self._reroute(session)
         return SessionLost(session=session, worker_id=binding.worker_id,
                            reason=binding.lost or "worker died")
 
@@ -351,7 +385,7 @@ class PoolCore:
         # Not queued yet, so a grant or failure here queues no Wake.
         self._try_serve(waiter, now)
         if waiter.status is WaiterStatus.QUEUED:
-            self.queue[waiter.id] = waiter
+            self._enqueue(waiter)
             self._ensure_capacity()
         return waiter
 
@@ -388,8 +422,13 @@ class PoolCore:
             return
         slot = self.slots[waiter.slot]
         if slot.lease == waiter.id and slot.generation == waiter.generation:
-            slot.lease = None
+            self._set_lease(slot, None)
             self._stop(slot, reason, graceful=False)
+        if self.closing:
+            # As in worker_exited: a closed pool's queue takes nobody back.
+            waiter.slot = waiter.generation = None
+            self._fail(waiter, PoolClosed(pool=self.name))
+            return
         self._requeue(waiter)
         self._dispatch()
 
@@ -399,7 +438,7 @@ class PoolCore:
         if waiter is None:
             return
         if waiter.status is WaiterStatus.QUEUED:
-            self.queue.pop(waiter.id, None)
+            self._unqueue(waiter)
             waiter.status = WaiterStatus.DONE
             self.waiters.pop(waiter.id, None)
         elif waiter.status is WaiterStatus.GRANTED:
@@ -412,7 +451,7 @@ class PoolCore:
         """Fail every queued checkout (not health probes) with a new ``error()``
         each: the shell found that no worker can start (see
         ``FailureTracker.unstartable``), so waiting would only time out."""
-        for waiter in list(self.queue.values()):
+        for waiter in self.queued_in_order():
             if waiter.purpose == "call":
                 self._fail(waiter, error())
 
@@ -452,7 +491,7 @@ class PoolCore:
         slot = self.slots[waiter.slot]
         if slot.lease != waiter.id or slot.generation != waiter.generation:
             return False
-        slot.lease = None
+        self._set_lease(slot, None)
         slot.calls += calls
         slot.last_used = now = self.clock()
         if waiter.session is not None and waiter.session in self.bindings:
@@ -527,7 +566,7 @@ class PoolCore:
         slot = self.slots[waiter.slot]
         if slot.lease != waiter.id or slot.generation != waiter.generation:
             return
-        slot.lease = None
+        self._set_lease(slot, None)
         waiter.status = WaiterStatus.DONE
         if ok:
             slot.health_failures = 0
@@ -556,7 +595,10 @@ class PoolCore:
             return None
         slot = self.slots[binding.slot]
         slot.sessions.discard(session)
+        if slot.free_token:
+            self._free.add(slot)  # it holds one session fewer: re-sort it
         # A strict waiter queued for that worker may now take any worker.
+        self._reroute(session)
         self._dispatch()
         if binding.lost is None and slot.generation == binding.generation:
             return slot.index
@@ -581,7 +623,7 @@ class PoolCore:
     def shrink(self, index: int, reason: str) -> None:
         """Idle retirement: stop the worker and do not restart until demand returns."""
         slot = self.slots[index]
-        slot.wanted = False
+        self._set_wanted(slot, False)
         self.retire(index, reason)
 
     def close(self) -> None:
@@ -589,10 +631,10 @@ class PoolCore:
         if self.closing:
             return
         self.closing = True
-        for waiter in list(self.queue.values()):
+        for waiter in self.queued_in_order():
             self._fail(waiter, PoolClosed(pool=self.name))
         for slot in self.slots:
-            slot.wanted = False
+            self._set_wanted(slot, False)
             if slot.state in (S.READY, S.DEGRADED, S.STARTING):
                 self._stop(slot, "pool closing", graceful=True)
 
@@ -603,33 +645,145 @@ class PoolCore:
         self.actions.append(StopWorker(slot.index, slot.generation, reason, graceful))
 
     # --- dispatch ----------------------------------------------------------------
+    # Every step below is O(log n) in waiters, slots and sessions (amortised):
+    # counts are kept as things change, and the heaps in engine.pool.lines give
+    # the earliest waiter and the best free worker without a scan.
 
     def _ensure_capacity(self) -> None:
         """Lazy pools (and shrunk ones) start workers when waiters outnumber them."""
         if self.closing:
             return
-        unmet = sum(1 for w in self.queue.values() if w.purpose == "call")
-        coming = sum(1 for s in self.slots if s.state is S.STARTING
-                     or (s.wanted and s.state is S.STOPPED))
-        for slot in self.slots:
-            if unmet <= coming:
-                break
+        coming = self.state_counts[S.STARTING] + self._wanted_stopped
+        while self._queued_calls > coming and self._unwanted:
+            index = heapq.heappop(self._unwanted)
+            self._unwanted_at.discard(index)
+            slot = self.slots[index]
             if not slot.wanted and slot.state is S.STOPPED:
                 self._want(slot)
                 coming += 1
 
+    def _note_unwanted(self, slot: Slot) -> None:
+        """``slot`` may be unwanted and STOPPED: a candidate for _ensure_capacity."""
+        if slot.index not in self._unwanted_at:
+            self._unwanted_at.add(slot.index)
+            heapq.heappush(self._unwanted, slot.index)
+
+    def _set_wanted(self, slot: Slot, wanted: bool) -> None:
+        if slot.wanted is wanted:
+            return
+        slot.wanted = wanted
+        if slot.state is S.STOPPED:
+            self._wanted_stopped += 1 if wanted else -1
+            if not wanted:
+                self._note_unwanted(slot)
+
+    def _set_lease(self, slot: Slot, waiter_id: int | None) -> None:
+        self._leased += (waiter_id is not None) - (slot.lease is not None)
+        slot.lease = waiter_id
+        self._sync_free(slot)
+
+    def _sync_free(self, slot: Slot) -> None:
+        """Keep FreeSlots in step with ``slot`` (READY and unleased = free)."""
+        if slot.lifecycle.state is S.READY and slot.lease is None:
+            if not slot.free_token:
+                self._free.add(slot)
+                line = self._bound.get(slot.index)
+                if line is not None and line.live:
+                    self._offers.add(slot.index)
+        elif slot.free_token:
+            self._free.remove(slot)
+
+    # --- the waiting line ----------------------------------------------------------
+
+    def _route(self, waiter: Waiter) -> int | None:
+        """The only slot ``waiter`` may take (its session's worker), or None: any."""
+        if waiter.session is not None and self.affinity != "hint":
+            binding = self.bindings.get(waiter.session)
+            if binding is not None and binding.lost is None:
+                return binding.slot
+        return None
+
+    def _line_for(self, waiter: Waiter) -> WaiterLine:
+        """The line ``waiter`` belongs to: its session's worker's, or the common one."""
+        index = self._route(waiter)
+        if index is None:
+            return self._any
+        line = self._bound.get(index)
+        if line is None:
+            line = self._bound[index] = WaiterLine()
+        if self.slots[index].free_token:
+            self._offers.add(index)
+        return line
+
+    def _enqueue(self, waiter: Waiter) -> None:
+        self.queue[waiter.id] = waiter
+        if waiter.purpose != "call":
+            return  # a health probe asks for one slot now or never: it never waits
+        self._queued_calls += 1
+        self._line_for(waiter).push(waiter)
+        if waiter.session is not None:
+            self._by_session.setdefault(waiter.session, {})[waiter.id] = waiter
+
+    def _unqueue(self, waiter: Waiter) -> bool:
+        """Take ``waiter`` out of the waiting line; False if it was not in it."""
+        if self.queue.pop(waiter.id, None) is None:
+            return False
+        if waiter.line is not None:
+            self._queued_calls -= 1
+            waiter.line.discard(waiter)
+            if waiter.session is not None:
+                queued = self._by_session[waiter.session]
+                del queued[waiter.id]
+                if not queued:
+                    del self._by_session[waiter.session]
+        return True
+
+    def _reroute(self, session: str) -> None:
+        """The session's binding changed: move its queued waiters to their new line."""
+        for waiter in self._by_session.get(session, {}).values():
+            line = self._line_for(waiter)
+            if waiter.line is not line:
+                assert waiter.line is not None
+                waiter.line.discard(waiter)
+                line.push(waiter)
+
+    def queued_in_order(self) -> list[Waiter]:
+        """Every queued waiter, earliest arrival first (O(n log n): for views and
+        for failing them all)."""
+        return sorted(self.queue.values(), key=lambda w: w.id)
+
+    def _next_servable(self) -> Waiter | None:
+        """The earliest queued waiter that some free worker may serve now."""
+        best: Waiter | None = self._any.head()
+        for index in list(self._offers):
+            line = self._bound.get(index)
+            head = line.head() if line is not None and self.slots[index].free_token else None
+            if head is None:
+                self._offers.discard(index)
+            elif best is None or head.id < best.id:
+                best = head
+        return best
+
     def _dispatch(self) -> None:
-        if not self.queue:
+        """Serve queued waiters while a free worker can take one, earliest first.
+
+        Each round serves or fails one waiter, or removes the worker it was
+        offered (the hand-off check): a free worker is gone either way, or the
+        waiter left, so this ends after touching only waiters served now."""
+        if not self._queued_calls:
+            self._offers.clear()
             return
         now = self.clock()
-        for waiter in list(self.queue.values()):
-            if not self._has_free_slot():
+        while self._free.count:
+            waiter = self._next_servable()
+            if waiter is None:
                 return
-            if waiter.status is WaiterStatus.QUEUED:
-                self._try_serve(waiter, now)
-
-    def _has_free_slot(self) -> bool:
-        return any(s.lifecycle.state is S.READY and s.lease is None for s in self.slots)
+            free = self._free.count
+            self._try_serve(waiter, now)
+            if waiter.status is WaiterStatus.QUEUED and self._free.count == free:
+                # No progress can't happen (see above); never spin if it did:
+                # the state machine's "nobody waits beside an idle worker" says so.
+                return  # pragma: no cover
 
     def _try_serve(self, waiter: Waiter, now: float) -> None:
         if waiter.deadline is not None and now >= waiter.deadline:
@@ -657,42 +811,42 @@ class PoolCore:
                 waiter.removals.by_policy += verdict.by_policy
                 waiter.removals.last = decision.reason
                 self._stop(slot, decision.reason, graceful=False)
+            if slot.free_token:  # pragma: no cover - a decision always takes the slot
+                return
 
-    def _candidates(self, waiter: Waiter) -> list[Slot]:
+    def _candidates(self, waiter: Waiter) -> Iterator[Slot]:
+        """The free workers ``waiter`` may take, best first, one at a time (the
+        caller grants, fails or removes each before asking for the next)."""
         if waiter.purpose == "health":
             slot = self.slots[waiter.target] if waiter.target is not None else None
-            ok = slot is not None and slot.lease is None and slot.state in (S.READY, S.DEGRADED)
-            return [slot] if ok and slot is not None else []
-        free = [s for s in self.slots if s.lifecycle.state is S.READY and s.lease is None]
-        if len(free) > 1 or waiter.session is not None:
-            return self._order(waiter, free)
-        return free
-
-    def _order(self, waiter: Waiter, free: list[Slot]) -> list[Slot]:
-        if waiter.session is not None:
-            binding = self.bindings.get(waiter.session)
-            if binding is not None:
-                bound = self.slots[binding.slot]
-                if self.affinity == "hint":
-                    # The session's worker first; any other if it is busy or fails
-                    # the hand-off check.
-                    others = sorted((s for s in free if s is not bound),
-                                    key=lambda s: -s.last_used)
-                    return [bound, *others] if bound in free else others
-                return [bound] if bound in free else []
+            if slot is not None and slot.lease is None and slot.state in (S.READY, S.DEGRADED):
+                yield slot
+            return
+        binding = self.bindings.get(waiter.session) if waiter.session is not None else None
+        if binding is not None:
+            bound = self.slots[binding.slot]
+            if bound.free_token:
+                yield bound
+            if self.affinity != "hint":
+                return
+        elif waiter.session is not None:
             # First use: the worker with the fewest sessions, warmest first.
-            return sorted(free, key=lambda s: (len(s.sessions), -s.last_used))
-        # Anonymous: most recently used first, to keep caches warm.
-        return sorted(free, key=lambda s: -s.last_used)
+            while (slot := self._free.fewest_sessions()) is not None:
+                yield slot
+            return
+        # Anonymous (or hint affinity, its own worker busy): warmest first, to
+        # keep caches hot.
+        while (slot := self._free.warmest()) is not None:
+            yield slot
 
     def _grant(self, waiter: Waiter, slot: Slot, now: float) -> None:
         # Only a queued waiter sleeps: it is woken. One served while asking
         # (inside request()) or re-granted while running reads its status.
-        woken = self.queue.pop(waiter.id, None) is not None
+        woken = self._unqueue(waiter)
         waiter.status = WaiterStatus.GRANTED
         waiter.slot = slot.index
         waiter.generation = slot.generation
-        slot.lease = waiter.id
+        self._set_lease(slot, waiter.id)
         if waiter.purpose == "call":
             slot.leases_granted += 1
         self._move(slot, S.BUSY, "health probe" if waiter.purpose == "health" else "checkout",
@@ -703,13 +857,14 @@ class PoolCore:
                 self.bindings[waiter.session] = Binding(slot.index, slot.generation,
                                                         slot.worker_id, self.clock())
                 slot.sessions.add(waiter.session)
+                self._reroute(waiter.session)
                 self._emit(SESSION_BIND, session=waiter.session, slot=slot.index,
                            worker_id=slot.worker_id)
         if woken:
             self.actions.append(Wake(waiter.id))
 
     def _fail(self, waiter: Waiter, error: BaseException) -> None:
-        woken = self.queue.pop(waiter.id, None) is not None  # as in _grant
+        woken = self._unqueue(waiter)  # as in _grant
         waiter.status = WaiterStatus.FAILED
         waiter.error = error
         if woken:
@@ -719,8 +874,9 @@ class PoolCore:
         waiter.status = WaiterStatus.QUEUED
         waiter.slot = None
         waiter.generation = None
-        # Back at the head of the line: it was first before.
-        self.queue = {waiter.id: waiter, **self.queue}
+        # Back in its own place: its arrival number puts it ahead of everyone
+        # who came after it (the line is ordered by arrival, not by entry).
+        self._enqueue(waiter)
 
     # --- introspection -----------------------------------------------------------
 
@@ -731,7 +887,7 @@ class PoolCore:
             degraded=c[S.DEGRADED], stopping=c[S.STOPPING], stopped=c[S.STOPPED],
             waiting=len(self.queue), sessions=len(self.bindings), restarts=self.restarts,
             crashes=self.crashes, start_failures=self.start_failures,
-            leased=sum(1 for s in self.slots if s.lease is not None),
+            leased=self._leased,
             draining=c[S.DRAINING],
         )
 
@@ -767,3 +923,37 @@ class PoolCore:
                 slot = self.slots[binding.slot]
                 assert slot.state is not S.STOPPED, f"session {session} bound to a dead slot"
                 assert session in slot.sessions
+        self._check_structures()
+
+    def _check_structures(self) -> None:
+        """The incremental structures against a recomputation by scanning."""
+        slots = self.slots
+        assert self._leased == sum(1 for s in slots if s.lease is not None), "leased drifted"
+        free = [s for s in slots if s.lifecycle.state is S.READY and s.lease is None]
+        assert [s for s in slots if s.free_token] == free, "free slots drifted"
+        self._free.check(free)
+        assert self._wanted_stopped == sum(1 for s in slots
+                                           if s.wanted and s.state is S.STOPPED)
+        for slot in slots:
+            if not slot.wanted and slot.state is S.STOPPED:
+                assert slot.index in self._unwanted_at, f"slot {slot.index} can't be started"
+        assert sorted(self._unwanted_at) == sorted(self._unwanted)
+        calls = [w for w in self.queue.values() if w.purpose == "call"]
+        assert self._queued_calls == len(calls), "unmet demand drifted"
+        for waiter in self.queue.values():
+            assert waiter.status is WaiterStatus.QUEUED
+            if waiter.purpose != "call":
+                assert waiter.line is None
+        self._any.check([w for w in calls if self._route(w) is None])
+        for index, line in self._bound.items():
+            line.check([w for w in calls if self._route(w) == index])
+        routed = {self._route(w) for w in calls} - {None}
+        assert routed <= set(self._bound), f"waiters routed to {routed - set(self._bound)}"
+        by_session: dict[str, set[int]] = {}
+        for waiter in calls:
+            if waiter.session is not None:
+                by_session.setdefault(waiter.session, set()).add(waiter.id)
+        assert {s: set(q) for s, q in self._by_session.items()} == by_session
+        for index, line in self._bound.items():
+            if line.live and slots[index].free_token:
+                assert index in self._offers, f"free slot {index} overlooks its waiters"

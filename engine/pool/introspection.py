@@ -193,7 +193,7 @@ def view_of(label: str, core: PoolCore, table: WorkerTable,
         label=label, closing=core.closing,
         slots=tuple(_slot_view(slot, table.worker(slot.index)) for slot in core.slots),
         bindings={s: _binding_view(s, b) for s, b in core.bindings.items()},
-        queue=tuple(_waiter_view(w) for w in core.queue.values()),
+        queue=tuple(_waiter_view(w) for w in core.queued_in_order()),
         last_start_error=last_start_error,
     )
 

@@ -171,6 +171,10 @@ class Pool:
         self._live = trio_util.AsyncValue(0)  # workers ready, busy or degraded
         self._stopped = trio_util.AsyncValue(config.size)
         self._live_count = 0
+        # Counts every change of _live: wait_until waits for the count to move
+        # past what it saw, so a change (even 1 -> 0 -> 1) made before its
+        # waiting task is registered is not missed.
+        self._live_changes = trio_util.AsyncValue(0)
         self._stopped_count = config.size
         supervision = SupervisorContext(
             config=config, label=self.label, core=self._core, flush=self._flush,
@@ -385,13 +389,14 @@ class Pool:
         wrap it in one.
         """
         while True:
+            seen = self._live_changes.value
             view = self.inspect()
             if condition(view):
                 return view
-            # A change since this view, not the next transition: wait_any starts
-            # its waits in child tasks, and a transition in between would be lost.
-            live = self._live.value
-            changed = partial(self._live.wait_value, partial(operator.ne, live))
+            # A change since this view, counted (not the next transition, nor
+            # a value that differs from the view's): wait_any starts its waits
+            # in child tasks, and 2 -> 1 -> 2 in between would be lost.
+            changed = partial(self._live_changes.wait_value, partial(operator.ne, seen))
             if self._closing.is_set():
                 await changed()
             else:
@@ -646,6 +651,7 @@ class Pool:
         # (compared against plain ints: its property getter is not free).
         if self._live_count != live:
             self._live_count = self._live.value = live
+            self._live_changes.value += 1
         if self._stopped_count != stopped:
             self._stopped_count = self._stopped.value = stopped
 

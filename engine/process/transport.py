@@ -291,6 +291,11 @@ def transport_for(send: trio.abc.SendStream, receive: trio.abc.ReceiveStream,
     """The fast pipe path for subprocess pipes, the generic one for anything else.
 
     ``busy_poll``: the pipe path's polling budget in seconds (0: never poll)."""
+    make_transport = getattr(send, "make_transport", None)
+    if make_transport is not None:
+        # A stream that brings its own transport (the test kit's memory pipes).
+        transport: Transport = make_transport(receive)
+        return transport
     if isinstance(send, trio.lowlevel.FdStream) and isinstance(receive, trio.lowlevel.FdStream):
         policy = BusyPollPolicy(busy_poll) if busy_poll > 0 else None
         return PipeTransport(send.fileno(), receive.fileno(), policy)

@@ -1,7 +1,10 @@
 """Scripted fake workers that speak the real wire protocol over in-memory streams.
 
 A :class:`FakeWorker` is a :class:`~engine.process.handle.WorkerHandle` whose
-"process" is a Trio task (the *peer*) on the far side of two memory streams.
+"process" is a Trio task (the *peer*) on the far side of two in-memory pipes
+(:mod:`engine.testing.memory_pipe`: the peer decodes each request as it is
+written, and the parent waits for the reply as on a real pipe, so a call costs
+about what the framing costs).
 The parent side is the real :class:`~engine.process.channel.FramedChannel`, and
 the peer decodes requests with the real :class:`~engine.protocol.FrameDecoder`
 and answers with :func:`~engine.protocol.encode_frame`, so the pool under test
@@ -66,6 +69,7 @@ from engine.protocol import (
     ok_response,
     parse_incoming,
 )
+from engine.testing.memory_pipe import MemoryPipe, pipe_pair
 from engine.workers.programs import object_args
 
 __all__ = [
@@ -320,20 +324,21 @@ DEFAULT_COMMANDS: Mapping[str, Handler] = {
 # --- the fake process ------------------------------------------------------------------
 
 _EOF: Any = object()  # stdin closed
-_BROKEN: Any = object()  # stdin broke
 
 
 class _Peer:
     """The fake worker process: a task reading requests and writing replies."""
 
-    def __init__(self, worker: FakeWorker, stdin: trio.abc.ReceiveStream,
-                 stdout: trio.testing.MemorySendStream,
-                 stdin_closer: Callable[[], None]) -> None:
+    def __init__(self, worker: FakeWorker, stdin: MemoryPipe, stdout: MemoryPipe) -> None:
         self.worker = worker
         self.script = worker.script
-        self.stdin = stdin
         self.stdout = stdout
-        self._close_stdin = stdin_closer
+        self._stdin = stdin
+        # A real worker reads stdin between calls, and while a handler runs
+        # when signalled; here every write is decoded as it arrives.
+        self._decoder = FrameDecoder(worker.request.max_frame_size)
+        self._stdin_done = False
+        stdin.consumer = self._on_stdin
         self.scope = trio.CancelScope()
         self.stopping = False
         self.handlers = {**DEFAULT_COMMANDS, **self.script.handlers}
@@ -377,14 +382,10 @@ class _Peer:
     async def _serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._read_stdin)
             while True:
                 item = await self._next_item()
                 if item is _EOF:
                     self.exit(0)  # stdin closed: the parent asks us to stop
-                    return
-                if item is _BROKEN:
-                    self.exit(5)
                     return
                 if isinstance(item, ProtocolError):
                     await self.send(error_response(0, "ProtocolError", str(item)), "normal")
@@ -404,31 +405,26 @@ class _Peer:
                 if await self._handle(item):
                     return
 
-    async def _read_stdin(self) -> None:
-        """Read requests all the time (a real worker reads them between calls,
-        and while a handler runs when signalled): whole messages go to the
-        inbox, except the abandon of the running request, which stops it."""
-        decoder = FrameDecoder(self.worker.request.max_frame_size)
-        while True:
-            try:
-                data = await self.stdin.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._put(_BROKEN)
-                return
-            if not data:
-                self._put(_EOF)
-                return
-            try:
-                decoder.feed(data)
-                while (message := decoder.next_message()) is not None:
-                    item = parse_incoming(message)
-                    if type(item) is Abandon and item.id == self.running_id:
-                        self._abandon_running()
-                    else:
-                        self._put(item)
-            except ProtocolError as exc:
-                self._put(exc)
-                return
+    def _on_stdin(self, data: bytes) -> None:
+        """Bytes written to the fake's stdin (b"": EOF): whole messages go to
+        the inbox, except the abandon of the running request, which stops it."""
+        if self._stdin_done:
+            return
+        if not data:
+            self._stdin_done = True
+            self._put(_EOF)
+            return
+        try:
+            self._decoder.feed(data)
+            while (message := self._decoder.next_message()) is not None:
+                item = parse_incoming(message)
+                if type(item) is Abandon and item.id == self.running_id:
+                    self._abandon_running()
+                else:
+                    self._put(item)
+        except ProtocolError as exc:
+            self._stdin_done = True
+            self._put(exc)
 
     def _put(self, item: Any) -> None:
         self.inbox.append(item)
@@ -533,7 +529,7 @@ class _Peer:
 
     async def write(self, data: bytes) -> None:
         try:
-            await self.stdout.send_all(data)
+            self.stdout.feed(data)  # no checkpoint: a pipe write that fits doesn't block
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the parent closed its end; the process would get EPIPE and carry on
 
@@ -545,8 +541,8 @@ class _Peer:
     def close_pipes(self) -> None:
         """The process is gone: its ends of stdin and stdout close."""
         self.scope.cancel()
-        self.stdout.close()
-        self._close_stdin()
+        self.stdout.close_write()
+        self._stdin.close_read()
 
 
 class FakeWorker(ChannelWorker):
@@ -558,8 +554,8 @@ class FakeWorker(ChannelWorker):
     """
 
     def __init__(self, request: SpawnRequest, script: Script, pid: int) -> None:
-        to_child, child_stdin = trio.testing.memory_stream_one_way_pair()
-        child_stdout, from_child = trio.testing.memory_stream_one_way_pair()
+        to_child, child_stdin = pipe_pair()
+        child_stdout, from_child = pipe_pair()
         channel = FramedChannel(to_child, from_child, worker_id=request.worker_id,
                                 max_frame_size=request.max_frame_size, pid=lambda: pid,
                                 cancel_grace=request.cancel_grace)
@@ -569,7 +565,7 @@ class FakeWorker(ChannelWorker):
         self.script = script
         self._pid = pid
         self._to_child = to_child
-        self._peer = _Peer(self, child_stdin, child_stdout, child_stdin.close)
+        self._peer = _Peer(self, child_stdin.pipe, child_stdout.pipe)
         self.sessions: dict[str | None, dict[str, Any]] = {}
         self.calls = 0
         self.requests: list[Request] = []
@@ -585,6 +581,12 @@ class FakeWorker(ChannelWorker):
         """Kill the fake process now: ``is_alive()`` is False on return and a call in
         flight gets ``WorkerCrashed``. Call it from inside the Trio run."""
         self._died(ExitInfo(exit_code=None, signal=int(sig), reason="killed"))
+
+    def exit_now(self, code: int = 1) -> None:
+        """Make the fake process exit on its own now (not a kill): ``is_alive()``
+        is False at once, while its channel stays clean until the parent reads
+        the EOF (a real process seen dead by ``poll()`` before its pipe breaks)."""
+        self._peer.exit(code)
 
     async def stop(self, grace: float) -> ExitInfo:
         """Like ProcessWorker.stop: shutdown + stdin EOF, wait ``grace``, then kill."""

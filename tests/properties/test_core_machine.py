@@ -13,6 +13,11 @@ see: who holds which slot (never two waiters), that every served or failed
 waiter is woken, that a dead worker or a waiter past its deadline is never
 granted, that a queued waiter never waits while a worker it may use sits idle,
 that session state is never lost silently, and that nothing starts after close.
+
+It also models the waiting line and checks the order of service (the pool's
+promise, see ``served_in_order``): a waiter's place is its arrival number, kept
+when a grant is taken back; whenever a waiter is granted a worker, no waiter
+that arrived before it and could have taken that same worker is still waiting.
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.closed = False
         self.requested: dict[int, Waiter] = {}  # call waiters not yet checked in/cancelled
         self.draining: dict[int, int] = {}  # slot -> generation the core asked to drain
+        # The model's own arrival numbers (not the core's ids: a core that
+        # renumbered a waiter would fool a model that trusted them).
+        self.arrival: dict[Waiter, int] = {}
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -99,9 +107,15 @@ class CoreMachine(RuleBasedStateMachine):
         """Call the core, then act on its actions and check what it decided."""
         before = {w.id: (w.status, w.slot, w.generation) for w in self.core.waiters.values()}
         result = fn(*args, **kwargs)
-        if isinstance(result, Waiter):
-            before.setdefault(result.id, (W.QUEUED, None, None))
+        # Waiters created by this step (request(), or a burst of them): one
+        # granted inside request() is not woken, its caller reads its status.
+        created = {w.id: w for w in (result if isinstance(result, list) else [result])
+                   if isinstance(w, Waiter)}
+        for waiter_id, waiter in created.items():
+            before.setdefault(waiter_id, (W.QUEUED, None, None))
+            self.arrival[waiter] = len(self.arrival)
         woken = set()
+        granted_now: list[Waiter] = []
         for action in self.core.take_actions():
             if isinstance(action, Wake):
                 woken.add(action.waiter)
@@ -123,20 +137,61 @@ class CoreMachine(RuleBasedStateMachine):
             else:
                 assert isinstance(action, Emit) and action.event[0] == "engine"
         for waiter_id, old in before.items():  # old: (status, slot, generation)
-            waiter = self.core.waiters.get(waiter_id)
-            if waiter is None and isinstance(result, Waiter) and result.id == waiter_id:
-                waiter = result
+            waiter = self.core.waiters.get(waiter_id) or created.get(waiter_id)
             if waiter is None:
                 continue
             now = (waiter.status, waiter.slot, waiter.generation)
             if waiter.status is W.GRANTED and now != old:
                 # A waiter granted by request() itself is not woken (its caller
                 # reads the status); any later grant must wake its sleeper.
-                in_request = isinstance(result, Waiter) and result.id == waiter_id
+                in_request = waiter_id in created
                 self.granted(waiter, woken, fresh=old[0] is not W.GRANTED and not in_request)
+                granted_now.append(waiter)
             if waiter.status is W.FAILED and old[0] is not W.FAILED:
                 self.failed(waiter, woken)
+        if granted_now:
+            self.served_in_order(granted_now)
         return result
+
+    def eligible_slot(self, waiter: Waiter) -> int | None:
+        """The one slot a queued call waiter may take (its session's worker, strict
+        or fail_fast affinity), -1 for any slot, None for none."""
+        if waiter.session is None or self.core.affinity == "hint":
+            return -1
+        binding = self.core.bindings.get(waiter.session)
+        if binding is None:
+            return -1
+        return None if binding.lost is not None else binding.slot
+
+    def served_in_order(self, granted: list[Waiter]) -> None:
+        """The pool's promise on order, checked after every step that granted:
+        a waiter granted worker W arrived before every call waiter still queued
+        that may take W (any queued anonymous waiter, any session waiter whose
+        session has no worker yet or affinity='hint', any waiter whose session
+        is bound to W). Arrival is the request's order; a waiter whose grant was
+        taken back (its worker died before it took it) keeps its arrival, so it
+        is served before everyone who came after it. Health probes take one
+        given worker now or never, and are outside this order."""
+        first_any: int | None = None
+        first_on: dict[int, int] = {}
+        for waiter in self.requested.values():
+            if waiter.status is not W.QUEUED or waiter.purpose != "call":
+                continue
+            where = self.eligible_slot(waiter)
+            came = self.arrival[waiter]
+            if where == -1:
+                first_any = came if first_any is None else min(first_any, came)
+            elif where is not None:
+                first_on[where] = min(first_on.get(where, came), came)
+        for waiter in granted:
+            if waiter.purpose != "call":
+                continue
+            assert waiter.slot is not None
+            came = self.arrival[waiter]
+            for ahead in (first_any, first_on.get(waiter.slot)):
+                assert ahead is None or ahead > came, \
+                    f"arrival #{came} served slot {waiter.slot} before arrival #{ahead}, " \
+                    f"which came first and may take it"
 
     def granted(self, waiter: Waiter, woken: set[int], fresh: bool) -> None:
         assert waiter.slot is not None
@@ -210,6 +265,47 @@ class CoreMachine(RuleBasedStateMachine):
             if then == "cycle":
                 self._checkin(waiter, clean=True, remove=False, calls=1)
         return waiter
+
+    @rule(pick=st.integers(0, 7))
+    def reject_at_receipt(self, pick: int) -> None:
+        """A granted waiter finds its worker dead when it runs (the shell's
+        re-check at receipt): the core stops that worker and puts the waiter
+        back in its place."""
+        waiter = self._pick(W.GRANTED, pick)
+        if waiter is None or waiter.purpose != "call":
+            return
+        assert waiter.slot is not None
+        index = waiter.slot
+        slot = self.core.slots[index]
+        self.release_model(waiter)
+        live = slot.lease == waiter.id
+        self.step(self.core.reject_grant, waiter.id, "process_dead at receipt")
+        if live:
+            assert slot.state in (S.STOPPING, S.STOPPED), slot.state
+        assert waiter.status is not W.GRANTED or waiter.slot != index
+
+    @rule(session=SESSIONS)
+    def hold_every_worker(self, session: str | None) -> None:
+        """Callers take every free worker (a session's first: one of them), so
+        that the next requests queue: the waiting line, where order matters."""
+        for _ in range(self.core.size):
+            if self.core.closing or not any(
+                    s.state is S.READY and s.lease is None for s in self.core.slots):
+                return
+            waiter = self.step(self.core.request, session)
+            self.requested[waiter.id] = waiter
+            if waiter.status is not W.GRANTED:
+                return
+            assert self.step(self.core.receive, waiter.id)
+            session = None
+
+    @rule(sessions=st.lists(SESSIONS, min_size=2, max_size=4))
+    def queue_several(self, sessions: list[str | None]) -> None:
+        """Callers arrive one after the other (each waits if no worker is free):
+        anonymous and session waiters interleaved in the line."""
+        for session in sessions:
+            waiter = self.step(self.core.request, session, 5.0)
+            self.requested[waiter.id] = waiter
 
     def _pick(self, status: WaiterStatus, pick: int) -> Waiter | None:
         found = [w for w in self.requested.values() if w.status is status]
@@ -539,3 +635,95 @@ def test_retire_while_leased_stops_after_checkin() -> None:
     assert waiting.status is W.QUEUED
     stops = [a for a in core.take_actions() if isinstance(a, StopWorker)]
     assert [(a.slot, a.reason, a.graceful) for a in stops] == [(0, "rss above max_rss_mb", True)]
+
+
+class ScaleCoreMachine(CoreMachine):
+    """The same machine and model at scale: hundreds of slots, thousands of
+    waiters (bursts of requests, mass check-ins, cancellations and crashes), so
+    that the core's incremental structures (the waiting line's heaps, the free
+    slots, the counts; see PoolCore.check_invariants) are proven where a scan
+    and a heap would disagree. Invariants only: nothing here measures time."""
+
+    @initialize(size=st.integers(100, 300),
+                affinity=st.sampled_from(["strict", "fail_fast", "hint"]),
+                lazy=st.sampled_from([False, True]), max_calls=st.none() | st.integers(1, 3))
+    def setup(self, size: int, affinity: str, lazy: bool,  # type: ignore[override]
+              max_calls: int | None) -> None:
+        self.core = PoolCore(size, clock=self.clock, affinity=affinity, max_waiters=5000,
+                             lazy=lazy, max_calls_per_worker=max_calls, max_health_failures=2,
+                             vet=self.vet, strict=True, name="core-scale")
+        self.step(self.core.start)
+        while self.starts:
+            self.start_and_ready(0)
+
+    @rule(count=st.integers(100, 2000), sessions=st.integers(0, 400),
+          timeout=st.sampled_from([None, 1.0, 5.0]))
+    def burst(self, count: int, sessions: int, timeout: float | None) -> None:
+        """Many callers at once; ``sessions``: how many distinct sessions share
+        them (each caller picks one, or none, by its number)."""
+        def requests() -> list[Waiter]:
+            return [self.core.request(
+                None if not sessions or i % 3 == 0 else f"s{i % sessions}", timeout)
+                for i in range(count)]
+        for waiter in self.step(requests):
+            self.requested[waiter.id] = waiter
+
+    @rule(share=st.sampled_from([2, 3, 10]))
+    def receive_many(self, share: int) -> None:
+        granted = [w for w in self.requested.values() if w.status is W.GRANTED]
+        taken = granted[::share]
+        self.step(lambda: [self.core.receive(w.id) for w in taken])
+        assert all(w.status is W.HELD for w in taken)
+
+    @rule(share=st.sampled_from([1, 2, 3]), clean=st.booleans())
+    def checkin_many(self, share: int, clean: bool) -> None:
+        held = [w for w in self.requested.values() if w.status is W.HELD][::share]
+        for waiter in held:
+            del self.requested[waiter.id]
+            self.release_model(waiter)
+        self.step(lambda: [self.core.checkin(w.id, clean=clean, calls=1) for w in held])
+
+    @rule(share=st.sampled_from([2, 5]))
+    def cancel_many(self, share: int) -> None:
+        queued = [w for w in self.requested.values() if w.status is W.QUEUED][::share]
+        for waiter in queued:
+            del self.requested[waiter.id]
+        self.step(lambda: [self.core.cancel(w.id) for w in queued])
+        assert not any(w.id in self.core.queue for w in queued)
+
+    @rule(first=st.integers(0, 299), count=st.integers(1, 50), crash=st.booleans())
+    def exit_many(self, first: int, count: int, crash: bool) -> None:
+        for index in range(first, first + count):
+            self.worker_exited(index, crash)
+
+    @rule()
+    def start_all(self) -> None:
+        while self.starts:
+            self.start_and_ready(0)
+
+
+ScaleCoreMachine.TestCase.settings = scaled(max_examples=30, stateful_step_count=20)
+TestScaleCoreMachine = ScaleCoreMachine.TestCase
+
+
+def ready_core(size: int, **kwargs: object) -> PoolCore:
+    core = PoolCore(size, clock=Clock(), strict=True, **kwargs)  # type: ignore[arg-type]
+    core.start()
+    for index in range(size):
+        core.worker_starting(index)
+        core.worker_ready(index, f"w{index}", index)
+    core.take_actions()
+    return core
+
+
+def test_reject_at_receipt_after_close_fails_the_waiter() -> None:
+    """A grant found dead at receipt after close: the waiter gets PoolClosed at
+    once; a closed pool's queue must not take it back (found by the machine's
+    reject_at_receipt rule)."""
+    core = ready_core(1)
+    waiter = core.request(None)
+    assert waiter.status is W.GRANTED
+    core.close()
+    core.reject_grant(waiter.id, "process_dead at receipt")
+    assert waiter.status is W.FAILED and isinstance(waiter.error, PoolClosed)
+    assert not core.queue

@@ -11,7 +11,10 @@ moves forward by random steps, sometimes not at all):
 * ``wake_at`` is never later than the earliest live deadline (the timer can't
   oversleep one), and the earlier-deadline hook fires exactly when it moves;
 * the heap stays proportional to the most entries ever live (removed ones
-  are dropped).
+  are dropped), and exactly as the module says: an add that takes the heap past
+  its threshold (64 at first) drops the removed entries if they are the
+  majority, the threshold becoming twice the live ones (at least 64); if not,
+  nothing is dropped and the threshold becomes twice the heap.
 """
 
 from __future__ import annotations
@@ -54,6 +57,35 @@ class Item:
 @given(ops=OPS)
 def test_each_deadline_fires_once_on_time_and_removed_ones_never(
         ops: list[tuple[str, Any]]) -> None:
+    check_ops(ops)
+
+
+def _add_then_remove(times: int, first: int) -> list[tuple[str, Any]]:
+    """``times`` calls that end in time: each added, then removed (by index)."""
+    ops: list[tuple[str, Any]] = []
+    for n in range(first, first + times):
+        ops += [("add", 10.0), ("remove", n)]
+    return ops
+
+
+@pytest.mark.parametrize("ops", [
+    # 30 in flight, then ended calls until the heap passes 64: mostly removed,
+    # dropped; then again from the smaller threshold.
+    [("add", 10.0)] * 30 + _add_then_remove(35, 30) + _add_then_remove(34, 65),
+    # 60 in flight, a few ended: mostly live at the threshold, nothing dropped,
+    # the threshold doubles.
+    [("add", 10.0)] * 60 + _add_then_remove(5, 60) + [("add", 10.0)] * 70,
+    # The same, then ended calls: the doubled threshold holds until it is passed.
+    [("add", 10.0)] * 60 + _add_then_remove(5, 60) + _add_then_remove(140, 65),
+    # 20 in flight: the heap reaches the threshold exactly, then passes it.
+    [("add", 10.0)] * 20 + _add_then_remove(44, 20) + [("add", 10.0)] * 3,
+], ids=["ended-majority", "live-majority", "live-majority-then-ended", "at-threshold"])
+def test_pruning_follows_the_documented_policy(ops: list[tuple[str, Any]]) -> None:
+    """The thresholds themselves (random interleavings rarely reach them)."""
+    check_ops(ops)
+
+
+def check_ops(ops: list[tuple[str, Any]]) -> None:
     moves: list[float] = []
     deadlines: Deadlines[Item] = Deadlines(on_earlier=moves.append)
     items: list[Item] = []
@@ -61,6 +93,7 @@ def test_each_deadline_fires_once_on_time_and_removed_ones_never(
     now = 0.0
     last_fired: tuple[float, int] = (-math.inf, -1)
     peak = 0
+    prune_at = 64  # the model's threshold
 
     def live() -> list[Item]:
         return [i for i in items if not i.removed and i.fired_at is None]
@@ -68,11 +101,21 @@ def test_each_deadline_fires_once_on_time_and_removed_ones_never(
     for op, value in ops:
         if op == "add":
             before = deadlines.wake_at
+            size, alive = len(deadlines) + 1, deadlines.live() + 1
+            moved = len(moves)
             item = Item(len(items), now + value)
             items.append(item)
             entries.append(deadlines.add(item.deadline, item))
+            assert (len(moves) > moved) == (item.deadline < before), \
+                "the alarm hook must be told exactly when the earliest deadline moves"
             if item.deadline < before:
                 assert moves[-1] == item.deadline == deadlines.wake_at
+            if size > prune_at:
+                if 2 * alive >= size:
+                    prune_at = 2 * size
+                else:
+                    size, prune_at = alive, max(64, 2 * alive)
+            assert len(deadlines) == size, f"heap of {len(deadlines)}, expected {size}"
         elif op == "remove" and items:
             index = value % len(items)
             deadlines.remove(entries[index])
