@@ -23,6 +23,7 @@ from engine.busy_poll import (
     MAX_BUSY_POLL_US,
     PROBE_EVERY,
     SMOOTHING,
+    STRIKES,
     BusyPollPolicy,
 )
 
@@ -46,9 +47,14 @@ class FakeClock:
         return self.now
 
 
-def policy(typical_wait: float = 0.0, budget: float = BUDGET) -> tuple[BusyPollPolicy, FakeClock]:
+def policy(typical_wait: float = 0.0, budget: float = BUDGET,
+           strikes: int = 1) -> tuple[BusyPollPolicy, FakeClock]:
+    """A policy on a fake clock. The contention tests below check the mechanics
+    with one strike (one lost poll is contention); the default of two strikes
+    has tests of its own at the end."""
     clock = FakeClock()
-    return BusyPollPolicy(budget, typical_wait=typical_wait, clock=clock), clock
+    return BusyPollPolicy(budget, typical_wait=typical_wait, clock=clock,
+                          strikes_to_contend=strikes), clock
 
 
 # One pass of a poll loop on a CPU of its own: a few microseconds (exact).
@@ -402,3 +408,35 @@ def test_policy_is_slotted() -> None:
     p: Any = BusyPollPolicy(BUDGET)
     with pytest.raises(AttributeError):
         p.typo = 1
+
+
+# --- strikes: one lost poll on a quiet machine is not contention ---------------------------
+
+HICCUP = 2 * DESCHEDULED  # a short loss: the frames stay fast on average
+
+
+def test_by_default_two_lost_polls_in_a_row_mean_contention() -> None:
+    assert STRIKES == 2 and BusyPollPolicy(BUDGET).strikes_to_contend == STRIKES
+    p, clock = policy(strikes=STRIKES)
+    assert descheduled_wait(p, clock, HICCUP)  # a hiccup: this poll ends...
+    assert not p.contended and p.deschedules == 1 and p.strikes == 1
+    assert descheduled_wait(p, clock, HICCUP)  # ...the next wait polls, and loses its CPU too
+    assert p.contended and p.deschedules == 2
+    assert not p.begin_wait()  # now off until a probe pays
+
+
+def test_a_poll_that_pays_between_two_lost_ones_resets_the_strikes() -> None:
+    p, clock = policy(strikes=STRIKES)
+    descheduled_wait(p, clock, HICCUP)
+    assert frame(p, clock, took=PASS * 4)  # polled and paid
+    assert p.strikes == 0
+    descheduled_wait(p, clock, HICCUP)
+    assert not p.contended and p.strikes == 1
+    assert frame(p, clock, took=PASS * 4)  # still polling: one strike is no contention
+
+
+def test_under_lasting_contention_the_default_stops_after_its_strikes() -> None:
+    p, clock = policy(strikes=STRIKES)
+    polled = [w for w in range(1, 8) if descheduled_wait(p, clock, lost=HICCUP)]
+    assert polled == [1, 2]  # two lost polls, then blocked until the probe (wait 8)
+    assert p.contended and p.deschedules == 2

@@ -220,10 +220,11 @@ class Pool:
                     raise unstartable
                 # Wait for a change since the check above: wait_any starts its
                 # waits in child tasks, so a transition in between would be
-                # missed by wait_transition (a lost wake-up under load).
-                live, outcomes = self._live.value, failures.outcomes.value
+                # missed by wait_transition (a lost wake-up under load). Counters,
+                # not values: a value compare misses a 2 -> 1 -> 2.
+                changes, outcomes = self._live_changes.value, failures.outcomes.value
                 await trio_util.wait_any(
-                    partial(self._live.wait_value, partial(operator.ne, live)),
+                    partial(self._live_changes.wait_value, partial(operator.ne, changes)),
                     self._closing.wait,
                     partial(failures.outcomes.wait_value, partial(operator.ne, outcomes)))
         raise self._explained(PoolTimeout(
