@@ -33,6 +33,14 @@ def load_tool() -> ModuleType:
 tool = load_tool()
 
 
+def root_here(tmp_path: Path) -> None:
+    """Make ``tmp_path`` the inner run's rootdir, so test ids read
+    ``test_soaked::...`` wherever pytest put the temporary directory (without
+    an ini file there, the rootdir depended on the invocation and the ids on
+    the temporary path: red in a soak, green in a plain run)."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+
+
 def test_the_tool_is_executable() -> None:
     assert TOOL.stat().st_mode & 0o111
 
@@ -66,9 +74,11 @@ def test_a_red_run_is_reported_with_its_test_id_and_fails_the_soak(tmp_path: Pat
     # "-n 0" (after soak-ci's own "-n auto") keeps xdist from starting workers for it.
     (tmp_path / "test_soaked.py").write_text(
         "def test_green():\n    pass\n\ndef test_red():\n    assert 1 == 2, 'boom'\n")
+    root_here(tmp_path)
     done = subprocess.run([sys.executable, str(TOOL), "2", "--python", sys.executable,
                            str(tmp_path / "test_soaked.py"), "-n", "0"],
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.count("FAILED test_soaked::test_red  failure: AssertionError: boom") == 2
     assert "run 1/2: RED, 2 tests, 1 failed" in done.stdout
@@ -79,8 +89,10 @@ def test_a_red_run_is_reported_with_its_test_id_and_fails_the_soak(tmp_path: Pat
 
 def test_green_runs_exit_zero(tmp_path: Path) -> None:
     (tmp_path / "test_soaked.py").write_text("def test_green():\n    pass\n")
+    root_here(tmp_path)
     done = subprocess.run([sys.executable, str(TOOL), "1", "--python", sys.executable,
                            str(tmp_path / "test_soaked.py"), "-n", "0"],
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "soak: 1 runs, 1 green, 0 red" in done.stdout
