@@ -500,6 +500,14 @@ def _exception_message(exc: BaseException) -> str:
 # --- the worker ---------------------------------------------------------------
 
 
+def _poll_stats(policy: BusyPollPolicy | None) -> dict[str, Any] | None:
+    """How the worker's busy-polling fares (None: polling is off)."""
+    if policy is None:
+        return None
+    return {"waits": policy.waits, "deschedules": policy.deschedules,
+            "contended": policy.contended, "typical_wait_us": policy.typical_wait * 1e6}
+
+
 class Worker:
     """Serves requests from stdin until EOF, ``shutdown`` or a protocol error."""
 
@@ -514,6 +522,7 @@ class Worker:
         self.calls = 0
         self.errors = 0
         self.cancelled = 0  # requests answered Cancelled (interrupted or never run)
+        self.poll_policy: BusyPollPolicy | None = None  # for stats: is polling paying?
         self.stopping = False
         self.decoder = FrameDecoder(channel.max_frame_size, channel.max_pickle_frame_size)
         # Abandoned requests (module docstring). `running`: the id of the
@@ -577,7 +586,7 @@ class Worker:
         policy = None
         if budget > 0:
             # Nothing is known of the requests to come: the first wait does not poll.
-            policy = BusyPollPolicy(budget, typical_wait=budget)
+            policy = self.poll_policy = BusyPollPolicy(budget, typical_wait=budget)
             poll_until = BusyPoller(stdin_fd, policy.keep_polling).poll_until
         while True:
             if self.stashed:
@@ -857,6 +866,7 @@ class Worker:
             "cancelled": self.cancelled, "sessions": len(self.sessions), "rss_mb": rss_mb(),
             "uptime": time.monotonic() - self.started, "pid": os.getpid(),
             "worker_id": self.worker_id, "app": self.app.name,
+            "busy_poll": _poll_stats(self.poll_policy),
         }
 
     def cleanup_session(self, args: Any, ctx: Context) -> dict[str, Any]:

@@ -379,6 +379,20 @@ def test_health_and_stats(worker: WorkerProcess) -> None:
     stats = worker.call("stats")
     assert stats["calls"] == 2 and stats["sessions"] == 1 and stats["pid"] == worker.pid
     assert stats["uptime"] > 0 and stats["rss_mb"] > 1
+    assert stats["busy_poll"] is None  # the runtime's default: no polling
+
+
+def test_stats_say_how_busy_polling_fares(spawn: Any) -> None:
+    worker = spawn("--busy-poll-us", "100")
+    worker.hello()
+    for _ in range(3):
+        worker.call("ping")
+    polling = worker.call("stats")["busy_poll"]
+    assert polling["waits"] == 4  # every wait for a request, this one's included
+    assert polling["deschedules"] >= 0 and isinstance(polling["contended"], bool)
+    assert polling["typical_wait_us"] >= 0
+
+
 
 
 def test_cleanup_session(worker: WorkerProcess) -> None:
