@@ -80,11 +80,13 @@ async def test_calls_sessions_and_where_workers_run(launcher: Launch, marker: st
                 # A session on the remote worker keeps its state there. A new
                 # session binds to the ready worker with the fewest sessions; a
                 # health probe (every 0.05 s) may hold one worker for a moment,
-                # so bind sessions until each worker has one.
+                # so bind sessions until each worker has one (each try once both
+                # are live: a slow machine may be replacing one).
                 session_on: dict[int, str] = {}
                 for n in range(50):
                     if len(session_on) == 2:
                         break
+                    await pool.wait_ready(2, timeout=READY)
                     async with pool.checkout(session=f"s{n}") as lease:
                         session_on.setdefault(lease.slot, f"s{n}")
                 assert sorted(session_on) == [0, 1]
