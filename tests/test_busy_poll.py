@@ -300,7 +300,19 @@ def test_a_pass_of_exactly_descheduled_is_not_contention() -> None:
     assert p.begin_wait()
 
 
-def test_the_pass_that_finds_the_frame_is_checked_too() -> None:
+def test_a_long_last_pass_within_the_budget_is_polling_that_paid() -> None:
+    # The worker yields its CPU on each pass; when the parent shares that CPU it
+    # runs during the yield and writes the frame, which the pass then finds.
+    p, clock = policy()
+    p.begin_wait()
+    clock.now += 2 * DESCHEDULED  # a long last pass, but within the budget: paid
+    p.frame_arrived()
+    assert not p.contended and p.deschedules == 0 and p.strikes == 0
+    assert p.begin_wait()  # still polling
+
+
+def test_a_long_last_pass_past_the_budget_is_a_lost_cpu() -> None:
+    # Another process held the CPU until after the budget: that counts.
     p, clock = policy()
     p.begin_wait()
     clock.now += 0.01  # descheduled between the last look and the one that found it
@@ -315,6 +327,17 @@ def test_the_pass_that_finds_the_frame_is_checked_too() -> None:
     clock.now += 0.01
     p.frame_arrived()
     assert p.contended and p.deschedules == 2
+
+
+def test_a_short_last_pass_past_the_budget_did_not_pay_and_is_not_contention() -> None:
+    p, clock = policy()
+    until = p.begin_wait()
+    while clock.now + PASS < until:
+        clock.now += PASS
+        assert p.keep_polling(until)
+    clock.now += PASS  # the frame is found by the pass that ends the budget
+    p.frame_arrived()
+    assert not p.contended and p.deschedules == 0
 
 
 def test_a_blocked_wait_is_never_contention() -> None:
@@ -440,3 +463,20 @@ def test_under_lasting_contention_the_default_stops_after_its_strikes() -> None:
     polled = [w for w in range(1, 8) if descheduled_wait(p, clock, lost=HICCUP)]
     assert polled == [1, 2]  # two lost polls, then blocked until the probe (wait 8)
     assert p.contended and p.deschedules == 2
+
+
+def test_the_edges_of_a_lost_last_pass() -> None:
+    # Exactly DESCHEDULED is not a lost CPU, even with the wait at its budget...
+    p, clock = policy(budget=DESCHEDULED)
+    clock.now = 0.0  # from 0 the differences below are exact
+    p.begin_wait()
+    clock.now += DESCHEDULED
+    p.frame_arrived()
+    assert p.deschedules == 0
+    # ...and a wait of exactly its budget, after a long last pass, is one.
+    p, clock = policy()
+    clock.now = 0.0
+    p.begin_wait()
+    clock.now += BUDGET
+    p.frame_arrived()
+    assert p.deschedules == 1
