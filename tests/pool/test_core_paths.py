@@ -1,0 +1,674 @@
+"""The sans-IO core's less travelled paths, one at a time (issue 15, layer 1).
+
+Health probes and their results, drains (cooperative cancellation), check-in's
+branches (closing, dirty, removed, retired, recycled), retirement, shrinking
+and closing, each driven on a small PoolCore with a manual clock and pinned by
+what the core answers: the actions it queues, slot states and transition
+reasons, counts and waiter outcomes, with ``check_invariants()`` after every
+step. The core state machine covers the same ground at random; these are the
+fast, exact tests that mutation testing of the core runs (tools/mutation.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import PoolClosed, PoolTimeout, SessionLost
+from engine.pool.core import (
+    Action,
+    DrainWorker,
+    Emit,
+    PoolCore,
+    StartWorker,
+    StopWorker,
+    Waiter,
+    WaiterStatus,
+    Wake,
+)
+from engine.pool.lifecycle import WorkerState
+from engine.telemetry.events import HEALTH_FAILED, SESSION_LOST
+from tests.properties.test_core_machine import Clock, ready_core
+
+pytestmark = pytest.mark.layer1
+
+S = WorkerState
+W = WaiterStatus
+
+
+def clock_of(core: PoolCore) -> Clock:
+    clock = core.clock
+    assert isinstance(clock, Clock)
+    return clock
+
+
+def take(core: PoolCore) -> list[Action]:
+    """The core's pending actions, events left out, after checking its invariants."""
+    core.check_invariants()
+    return [a for a in core.take_actions() if not isinstance(a, Emit)]
+
+
+def events(actions: list[Action], name: tuple[str, ...]) -> list[Emit]:
+    return [a for a in actions if isinstance(a, Emit) and a.event == name]
+
+
+def last_reason(core: PoolCore, index: int) -> tuple[WorkerState, str]:
+    transition = core.slots[index].lifecycle.history[-1]
+    return transition.new, transition.reason
+
+
+def held(core: PoolCore, session: str | None = None) -> Waiter:
+    waiter = core.request(session)
+    assert waiter.status is W.GRANTED
+    assert core.receive(waiter.id)
+    return waiter
+
+
+def probe(core: PoolCore, index: int) -> Waiter:
+    waiter = core.request(purpose="health", target=index)
+    assert waiter.status is W.GRANTED and waiter.slot == index
+    assert core.slots[index].state is S.BUSY
+    assert last_reason(core, index) == (S.BUSY, "health probe")
+    return waiter
+
+
+def exit_and_restart(core: PoolCore, index: int, worker_id: str) -> None:
+    core.worker_exited(index, "stopped")
+    core.worker_starting(index)
+    core.worker_ready(index, worker_id, 99)
+
+
+# --- health probes ------------------------------------------------------------------
+
+
+def test_health_candidates_are_idle_unleased_ready_or_degraded_slots() -> None:
+    core = ready_core(3)
+    clock = clock_of(core)
+    clock.now = 10.0
+    lease = held(core)
+    assert lease.slot == 0  # leased: never a candidate
+    core.health_result(probe(core, 2).id, ok=False, reason="slow")
+    assert core.slots[2].state is S.DEGRADED
+    core.slots[1].last_used = 4.0
+    core.slots[2].last_used = 5.0
+    # Idle since 4.0 and 5.0: 6 s and 5 s at t=10; the boundary counts.
+    assert core.health_candidates(5.0) == [1, 2]
+    assert core.health_candidates(5.5) == [1]
+    assert core.health_candidates(6.0) == [1]
+    assert core.health_candidates(6.5) == []
+    core.retire(1, "gone")
+    assert core.health_candidates(0.0) == [2]
+
+
+def test_probe_of_a_busy_slot_is_not_granted_and_never_joins_the_line() -> None:
+    core = ready_core(1)
+    lease = held(core)
+    waiter = core.request(purpose="health", target=0)
+    assert waiter.status is W.QUEUED
+    assert core.counts().waiting == 1
+    core.checkin(lease.id, clean=True)
+    # A freed worker is not handed to a queued probe: it asked for "now or never".
+    assert waiter.status is W.QUEUED and core.slots[0].state is S.READY
+    take(core)
+    core.cancel(waiter.id)
+    assert core.counts().waiting == 0 and waiter.id not in core.waiters
+    take(core)
+
+
+def test_probe_without_target_or_of_a_stopped_slot_is_not_granted() -> None:
+    core = ready_core(1)
+    assert core.request(purpose="health").status is W.QUEUED
+    core.retire(0, "gone")
+    assert core.request(purpose="health", target=0).status is W.QUEUED
+    take(core)
+
+
+def test_passed_probe_returns_the_worker_ready_and_clears_failures() -> None:
+    core = ready_core(2, max_health_failures=3)
+    first = probe(core, 1)
+    core.health_result(first.id, ok=False, reason="slow")
+    assert core.slots[1].health_failures == 1
+    second = probe(core, 1)  # a degraded worker can be probed again
+    core.take_actions()
+    core.health_result(second.id, ok=True)
+    slot = core.slots[1]
+    assert slot.state is S.READY and slot.lease is None and slot.health_failures == 0
+    assert last_reason(core, 1) == (S.READY, "health check passed")
+    assert second.status is W.DONE and second.id not in core.waiters
+    assert core.counts().leased == 0
+    assert take(core) == []
+    assert slot.leases_granted == 0  # probes are not leases
+
+
+def test_failed_probe_degrades_and_reports_the_failure_count() -> None:
+    core = ready_core(1, max_health_failures=3)
+    waiter = probe(core, 0)
+    core.take_actions()
+    clock_of(core).now = 2.0
+    core.health_result(waiter.id, ok=False, reason="no pong")
+    actions = core.take_actions()
+    [failed] = events(actions, HEALTH_FAILED)
+    assert failed.metadata == {"slot": 0, "worker_id": "w0", "failures": 1,
+                               "reason": "no pong"}
+    assert not [a for a in actions if isinstance(a, StopWorker)]
+    assert core.slots[0].state is S.DEGRADED and core.slots[0].lease is None
+    assert last_reason(core, 0) == (S.DEGRADED, "health check failed: no pong")
+    assert waiter.status is W.DONE and core.counts().degraded == 1
+    # A degraded worker is not handed out: a call waits.
+    call = core.request(None)
+    assert call.status is W.QUEUED
+    core.check_invariants()
+
+
+def test_failures_in_a_row_up_to_the_limit_replace_the_worker() -> None:
+    core = ready_core(1, max_health_failures=3)
+    for failures in (1, 2):
+        core.health_result(probe(core, 0).id, ok=False, reason="slow")
+        assert core.slots[0].health_failures == failures
+        assert not [a for a in take(core) if isinstance(a, StopWorker)]
+    core.health_result(probe(core, 0).id, ok=False, reason="slow")
+    assert take(core) == [StopWorker(0, 1, "3 health checks failed in a row", False)]
+    assert core.slots[0].state is S.STOPPING
+    core.worker_exited(0, "stopped")
+    assert take(core) == [StartWorker(0, 2)]
+    core.worker_starting(0)
+    core.worker_ready(0, "w0b", 5)
+    assert core.slots[0].health_failures == 0
+
+
+def test_a_pass_resets_the_count_of_failures_in_a_row() -> None:
+    core = ready_core(1, max_health_failures=2)
+    core.health_result(probe(core, 0).id, ok=False, reason="slow")
+    core.health_result(probe(core, 0).id, ok=True)
+    core.health_result(probe(core, 0).id, ok=False, reason="slow")
+    assert core.slots[0].state is S.DEGRADED
+    assert not [a for a in take(core) if isinstance(a, StopWorker)]
+
+
+def test_unusable_after_failed_probe_replaces_the_worker_at_once() -> None:
+    core = ready_core(1, max_health_failures=3)
+    waiter = probe(core, 0)
+    core.health_result(waiter.id, ok=False, reason="timed out", unusable=True)
+    assert take(core) == [StopWorker(
+        0, 1, "its channel can't be used again after a failed health check", False)]
+    assert core.slots[0].health_failures == 1
+
+
+def test_passed_probe_serves_a_queued_call() -> None:
+    core = ready_core(1)
+    waiter = probe(core, 0)
+    call = core.request(None)
+    assert call.status is W.QUEUED
+    core.take_actions()
+    core.health_result(waiter.id, ok=True)
+    assert call.status is W.GRANTED and call.slot == 0
+    assert take(core) == [Wake(call.id)]
+    assert last_reason(core, 0) == (S.BUSY, "checkout")
+
+
+def test_probe_on_a_worker_retired_meanwhile_stops_it_after_the_result() -> None:
+    for ok in (True, False):
+        core = ready_core(1)
+        waiter = probe(core, 0)
+        core.retire(0, "config reloaded")
+        assert take(core) == []  # a leased worker is stopped after its lease
+        core.health_result(waiter.id, ok=ok, reason="slow")
+        assert take(core) == [StopWorker(0, 1, "config reloaded", True)]
+
+
+def test_stale_health_results_are_ignored() -> None:
+    core = ready_core(1)
+    core.health_result(12345, ok=False, reason="unknown waiter")
+    waiter = probe(core, 0)
+    core.worker_exited(0, "killed", crashed=True)
+    core.worker_starting(0)
+    core.worker_ready(0, "w0b", 7)
+    core.take_actions()
+    core.health_result(waiter.id, ok=False, reason="late", unusable=True)
+    assert core.slots[0].state is S.READY and core.slots[0].health_failures == 0
+    assert take(core) == []
+    # A probe that was never granted (no slot) is ignored too.
+    lease = held(core)
+    queued = core.request(purpose="health", target=0)
+    core.health_result(queued.id, ok=False, reason="never ran", unusable=True)
+    assert core.slots[0].state is S.BUSY and core.slots[0].lease == lease.id
+    take(core)
+
+
+def test_probe_result_for_a_slot_leased_to_someone_else_is_ignored() -> None:
+    core = ready_core(1)
+    waiter = probe(core, 0)
+    core.slots[0].lease = waiter.id + 100  # as if the lease moved on: same generation
+    core.health_result(waiter.id, ok=False, reason="late", unusable=True)
+    assert core.slots[0].state is S.BUSY and core.slots[0].health_failures == 0
+
+
+# --- drains (cooperative cancellation) --------------------------------------------
+
+
+def drain(core: PoolCore, lease: Waiter, *, calls: int = 0) -> None:
+    assert lease.slot is not None
+    assert core.checkin(lease.id, clean=False, drain=True, calls=calls)
+    assert core.slots[lease.slot].state is S.DRAINING
+    assert last_reason(core, lease.slot) == (S.DRAINING, "call abandoned in flight")
+
+
+def test_abandoned_call_drains_instead_of_stopping() -> None:
+    core = ready_core(1)
+    lease = held(core, "s")
+    core.take_actions()
+    drain(core, lease, calls=1)
+    assert take(core) == [DrainWorker(0, 1)]
+    counts = core.counts()
+    assert (counts.draining, counts.leased, counts.ready, counts.busy) == (1, 0, 0, 0)
+    assert core.slots[0].sessions == {"s"}  # kept while it drains
+    call = core.request(None)
+    assert call.status is W.QUEUED  # a draining worker is not free
+    core.drained(0, 1, ok=True, reason="reply read back")
+    drained = core.slots[0].lifecycle.history[-2]
+    assert (drained.new, drained.reason) == (S.READY, "drained: reply read back")
+    assert call.status is W.GRANTED and call.slot == 0
+    assert take(core) == [Wake(call.id)]
+    assert core.bindings["s"].lost is None
+
+
+def test_drain_ending_ready_returns_the_worker_to_ready() -> None:
+    core = ready_core(1)
+    lease = held(core)
+    drain(core, lease)
+    core.drained(0, 1, ok=True, reason="within grace")
+    assert core.slots[0].state is S.READY
+    assert last_reason(core, 0) == (S.READY, "drained: within grace")
+    assert take(core) == [DrainWorker(0, 1)]
+
+
+def test_failed_drain_kills_the_worker_and_its_sessions_go() -> None:
+    core = ready_core(1)
+    lease = held(core, "s")
+    drain(core, lease)
+    core.take_actions()
+    core.drained(0, 1, ok=False, reason="grace ended")
+    assert take(core) == [StopWorker(0, 1, "grace ended", False)]
+    core.worker_exited(0, "grace ended")
+    actions = core.take_actions()
+    assert [e.metadata["session"] for e in events(actions, SESSION_LOST)] == ["s"]
+    waiter = core.request("s")
+    assert waiter.status is W.FAILED and isinstance(waiter.error, SessionLost)
+
+
+def test_stale_drain_reports_are_ignored() -> None:
+    core = ready_core(1)
+    core.drained(0, 1, ok=False, reason="not draining")  # READY: ignored
+    assert core.slots[0].state is S.READY
+    lease = held(core)
+    drain(core, lease)
+    core.take_actions()
+    core.drained(0, 2, ok=False, reason="other generation")
+    assert core.slots[0].state is S.DRAINING
+    assert take(core) == []
+
+
+def test_drain_of_a_worker_retired_meanwhile_stops_it() -> None:
+    core = ready_core(1)
+    drain(core, held(core))
+    core.retire(0, "shrunk")
+    assert core.slots[0].retire_reason == "shrunk"
+    core.take_actions()
+    core.drained(0, 1, ok=True, reason="ok")
+    assert take(core) == [StopWorker(0, 1, "shrunk", True)]
+
+
+def test_drain_ending_at_the_call_limit_recycles_the_worker() -> None:
+    core = ready_core(1, max_calls_per_worker=2)
+    lease = held(core)
+    drain(core, lease, calls=2)
+    core.take_actions()
+    core.drained(0, 1, ok=True, reason="ok")
+    assert take(core) == [StopWorker(0, 1, "recycled after 2 calls", True)]
+
+
+def test_drain_below_the_call_limit_keeps_the_worker() -> None:
+    core = ready_core(1, max_calls_per_worker=3)
+    drain(core, held(core), calls=2)
+    core.take_actions()
+    core.drained(0, 1, ok=True, reason="ok")
+    assert core.slots[0].state is S.READY and take(core) == []
+
+
+def test_drain_ending_after_close_stops_the_worker_gracefully() -> None:
+    core = ready_core(1)
+    drain(core, held(core))
+    core.close()
+    assert core.slots[0].state is S.DRAINING  # close stops idle workers only
+    core.take_actions()
+    core.drained(0, 1, ok=True, reason="ok")
+    assert take(core) == [StopWorker(0, 1, "pool closing", True)]
+
+
+def test_drain_with_a_removal_stops_instead() -> None:
+    core = ready_core(1)
+    lease = held(core)
+    core.take_actions()
+    assert core.checkin(lease.id, clean=True, drain=True, remove="policy said so")
+    assert take(core) == [StopWorker(0, 1, "policy said so", True)]
+
+
+# --- check-in -------------------------------------------------------------------------
+
+
+def test_clean_checkin_returns_the_worker_ready() -> None:
+    core = ready_core(1)
+    clock = clock_of(core)
+    lease = held(core, "s")
+    clock.now = 3.0
+    assert core.checkin(lease.id, clean=True, calls=2)
+    slot = core.slots[0]
+    assert slot.state is S.READY and slot.calls == 2 and slot.last_used == 3.0
+    assert last_reason(core, 0) == (S.READY, "checked in")
+    assert core.bindings["s"].last_used == 3.0
+    assert lease.status is W.DONE and lease.id not in core.waiters
+    assert take(core) == []
+    clock.now = 9.0
+    assert core.expired_sessions(6.0) == ["s"]
+    assert core.expired_sessions(6.5) == []
+
+
+def test_cancel_between_grant_and_receipt_returns_the_worker() -> None:
+    core = ready_core(1)
+    waiter = core.request(None)
+    core.cancel(waiter.id)
+    assert core.slots[0].state is S.READY
+    assert last_reason(core, 0) == (S.READY, "waiter cancelled before receipt")
+    assert waiter.status is W.DONE and take(core) == []
+
+
+def test_stale_or_unknown_tokens_are_refused() -> None:
+    core = ready_core(1)
+    assert not core.checkin(999, clean=True)
+    lease = held(core)
+    core.worker_exited(0, "killed", crashed=True)
+    core.worker_starting(0)
+    core.worker_ready(0, "w0b", 3)
+    core.take_actions()
+    assert not core.checkin(lease.id, clean=True)
+    assert core.slots[0].state is S.READY and core.slots[0].calls == 0
+    queued = core.request(purpose="health")  # never granted: no slot
+    assert not core.checkin(queued.id, clean=True)
+    take(core)
+
+
+def test_dirty_checkin_stops_the_worker_at_once() -> None:
+    core = ready_core(1)
+    lease = held(core)
+    core.take_actions()
+    assert core.checkin(lease.id, clean=False)
+    assert take(core) == [StopWorker(0, 1, "dirty after its lease", False)]
+    assert core.slots[0].state is S.STOPPING
+    assert [t.new for t in core.slots[0].lifecycle.history][-2:] == [S.READY, S.STOPPING]
+
+
+def test_checkin_with_removal_stops_with_that_reason() -> None:
+    for clean in (True, False):
+        core = ready_core(1)
+        lease = held(core)
+        core.take_actions()
+        assert core.checkin(lease.id, clean=clean, remove="too much memory")
+        assert take(core) == [StopWorker(0, 1, "too much memory", clean)]
+
+
+def test_checkin_of_a_retired_worker_stops_it_gracefully() -> None:
+    core = ready_core(2)
+    lease = held(core)
+    assert lease.slot is not None
+    core.retire(lease.slot, "scaled down", graceful=False)
+    assert take(core) == [] and core.slots[lease.slot].state is S.BUSY
+    assert core.checkin(lease.id, clean=True)
+    assert take(core) == [StopWorker(lease.slot, 1, "scaled down", True)]
+
+
+def test_recycle_after_the_call_limit() -> None:
+    core = ready_core(1, max_calls_per_worker=3)
+    core.checkin(held(core).id, clean=True, calls=2)
+    assert core.slots[0].state is S.READY and take(core) == []
+    core.checkin(held(core).id, clean=True, calls=1)
+    assert take(core) == [StopWorker(0, 1, "recycled after 3 calls", True)]
+    core.worker_exited(0, "recycled")
+    assert take(core) == [StartWorker(0, 2)]
+    core.worker_starting(0)
+    core.worker_ready(0, "w0b", 4)
+    assert core.slots[0].calls == 0 and core.counts().restarts == 1
+
+
+def test_no_call_limit_never_recycles() -> None:
+    core = ready_core(1, max_calls_per_worker=None)
+    core.checkin(held(core).id, clean=True, calls=10_000)
+    assert core.slots[0].state is S.READY and take(core) == []
+
+
+def test_checkin_after_close_stops_the_worker() -> None:
+    core = ready_core(2)
+    lease = held(core)
+    assert lease.slot is not None
+    core.close()
+    core.take_actions()
+    assert core.checkin(lease.id, clean=True)
+    assert take(core) == [StopWorker(lease.slot, 1, "pool closing", True)]
+    assert core.counts().stopping == 2
+
+
+def test_checkin_serves_the_next_waiter() -> None:
+    core = ready_core(1)
+    lease = held(core)
+    nxt = core.request(None)
+    core.take_actions()
+    core.checkin(lease.id, clean=True)
+    assert nxt.status is W.GRANTED and take(core) == [Wake(nxt.id)]
+
+
+# --- retirement, shrinking, closing ------------------------------------------------------
+
+
+def test_retire_stops_idle_and_starting_workers_now() -> None:
+    core = ready_core(2)
+    core.retire(0, "old", graceful=False)
+    assert take(core) == [StopWorker(0, 1, "old", False)]
+    core.worker_exited(0, "old")
+    assert take(core) == [StartWorker(0, 2)]  # still wanted: replaced
+    core.worker_starting(0)
+    core.retire(0, "older")
+    assert take(core) == [StopWorker(0, 2, "older", True)]
+    core.retire(0, "again")  # already stopping: nothing more
+    assert take(core) == []
+    core.worker_exited(0, "older")
+    assert take(core) == [StartWorker(0, 3)]
+    core.retire(0, "stopped")  # a stopped slot: nothing to do
+    assert take(core) == [] and core.slots[0].retire_reason is None
+
+
+def test_retire_a_degraded_worker() -> None:
+    core = ready_core(1)
+    core.health_result(probe(core, 0).id, ok=False, reason="slow")
+    take(core)
+    core.retire(0, "degraded too long")
+    assert take(core) == [StopWorker(0, 1, "degraded too long", True)]
+
+
+def test_retire_reason_is_forgotten_by_the_next_worker() -> None:
+    core = ready_core(1)
+    lease = held(core)
+    core.retire(0, "later")
+    core.worker_exited(0, "killed", crashed=True)
+    assert core.counts().crashes == 1
+    core.worker_starting(0)
+    assert core.slots[0].retire_reason is None
+    core.worker_ready(0, "w0b", 3)
+    take(core)
+    core.checkin(held(core).id, clean=True)
+    assert core.slots[0].state is S.READY
+    assert not core.checkin(lease.id, clean=True)
+
+
+def test_shrink_stops_the_worker_and_restarts_it_on_demand_only() -> None:
+    core = ready_core(2)
+    core.shrink(1, "idle")
+    assert take(core) == [StopWorker(1, 1, "idle", True)]
+    assert not core.slots[1].wanted
+    core.worker_exited(1, "idle")
+    assert take(core) == []  # not restarted
+    assert core.counts().stopped == 1
+    first = core.request(None)
+    assert first.status is W.GRANTED and take(core) == []  # slot 0 serves it
+    second = core.request(None)
+    assert second.status is W.QUEUED
+    assert take(core) == [StartWorker(1, 2)]  # demand: the shrunk slot comes back
+    assert core.slots[1].wanted
+    third = core.request(None)
+    assert third.status is W.QUEUED and take(core) == []  # one on its way already
+    core.worker_starting(1)
+    core.worker_ready(1, "w1b", 9)
+    assert second.status is W.GRANTED and second.slot == 1
+    assert take(core) == [Wake(second.id)]
+
+
+def test_shrink_of_a_busy_worker_waits_for_its_lease() -> None:
+    core = ready_core(1)
+    lease = held(core)
+    core.shrink(0, "idle")
+    assert take(core) == [] and core.slots[0].retire_reason == "idle"
+    core.checkin(lease.id, clean=True)
+    assert take(core) == [StopWorker(0, 1, "idle", True)]
+    core.worker_exited(0, "idle")
+    assert take(core) == []
+
+
+def test_lazy_pool_starts_workers_on_demand() -> None:
+    core = PoolCore(2, clock=Clock(), strict=True, lazy=True)
+    core.start()
+    assert take(core) == []
+    waiter = core.request(None)
+    assert waiter.status is W.QUEUED and take(core) == [StartWorker(0, 1)]
+    core.worker_starting(0)
+    core.worker_ready(0, "w0", 1)
+    assert waiter.status is W.GRANTED and take(core) == [Wake(waiter.id)]
+
+
+def test_close_fails_queued_waiters_in_order_and_stops_idle_workers() -> None:
+    core = ready_core(3)
+    lease = held(core)
+    core.retire(2, "r")
+    core.worker_exited(2, "r")
+    core.worker_starting(2)  # slot 2 is STARTING
+    other = held(core)
+    first, second = core.request(None), core.request("s")
+    probe_waiter = core.request(purpose="health", target=0)
+    core.take_actions()
+    core.close()
+    assert core.closing
+    assert first.status is second.status is W.FAILED
+    assert isinstance(first.error, PoolClosed) and isinstance(second.error, PoolClosed)
+    assert probe_waiter.status is W.FAILED
+    assert not core.queue and core.counts().waiting == 0
+    actions = take(core)
+    assert actions == [Wake(first.id), Wake(second.id), Wake(probe_waiter.id),
+                       StopWorker(2, 2, "pool closing", True)]
+    assert core.slots[2].state is S.STOPPING
+    assert all(not slot.wanted for slot in core.slots)
+    core.close()  # twice: nothing more
+    assert take(core) == []
+    for lease_ in (lease, other):
+        assert lease_.slot is not None
+        core.checkin(lease_.id, clean=True)
+    assert {a.slot for a in take(core) if isinstance(a, StopWorker)} == {0, 1}
+    late = core.request(None)
+    assert late.status is W.FAILED and isinstance(late.error, PoolClosed)
+    core.worker_ready(2, "w2b", 3)  # stopped while starting: never served
+    assert core.slots[2].state is S.STOPPING
+    for index in range(3):
+        core.worker_exited(index, "closed")
+    assert take(core) == []  # nothing restarts
+    assert core.counts().stopped == 3
+
+
+def test_close_stops_an_idle_and_a_degraded_worker() -> None:
+    core = ready_core(2)
+    core.health_result(probe(core, 1).id, ok=False, reason="slow")
+    take(core)
+    core.close()
+    assert take(core) == [StopWorker(0, 1, "pool closing", True),
+                          StopWorker(1, 1, "pool closing", True)]
+
+
+def test_worker_ready_after_close_stops_it() -> None:
+    core = PoolCore(1, clock=Clock(), strict=True)
+    core.start()
+    core.worker_starting(0)
+    core.take_actions()
+    core.closing = True  # the shell closed while the hello was in flight
+    core.worker_ready(0, "w0", 1)
+    assert take(core) == [StopWorker(0, 1, "pool closing", True)]
+
+
+def test_worker_dying_with_a_granted_lease_after_close_fails_the_waiter() -> None:
+    core = ready_core(1)
+    waiter = core.request(None)
+    assert waiter.status is W.GRANTED
+    core.close()
+    core.worker_exited(0, "killed", crashed=True)
+    assert waiter.status is W.FAILED and isinstance(waiter.error, PoolClosed)
+    assert waiter.slot is None and take(core) == []
+
+
+def test_worker_dying_with_a_granted_lease_requeues_the_waiter() -> None:
+    core = ready_core(2)
+    waiter = core.request(None)
+    assert waiter.status is W.GRANTED and waiter.slot is not None
+    dead = waiter.slot
+    core.take_actions()
+    core.worker_exited(dead, "killed", crashed=True)
+    # Back in the line, then served by the other worker at once.
+    assert waiter.status is W.GRANTED and waiter.slot == 1 - dead
+    assert take(core) == [StartWorker(dead, 2), Wake(waiter.id)]
+
+
+def test_worker_exit_without_restart_is_not_replaced() -> None:
+    core = ready_core(1)
+    core.worker_exited(0, "start failed", restart=False, start_failed=True)
+    assert take(core) == []
+    assert core.counts().start_failures == 1 and not core.slots[0].wanted
+
+
+# --- queued waiters: expiry, failure, timeouts ---------------------------------------------
+
+
+def test_expired_waiter_is_told_why() -> None:
+    core = ready_core(2)
+    held(core)
+    held(core)
+    waiter = core.request(None, timeout=2.0)
+    core.expire(waiter.id)
+    assert waiter.status is W.FAILED and isinstance(waiter.error, PoolTimeout)
+    assert "2 busy, 0 starting, 0 degraded of 2" in str(waiter.error)
+    assert take(core) == [Wake(waiter.id)]
+    core.expire(waiter.id)  # not queued any more: nothing
+    assert take(core) == []
+
+
+def test_expired_session_waiter_names_its_busy_worker() -> None:
+    core = ready_core(2)
+    held(core, "s")
+    waiter = core.request("s", timeout=1.0)
+    assert waiter.status is W.QUEUED
+    core.expire(waiter.id)
+    assert "session worker busy, affinity=strict" in str(waiter.error)
+
+
+def test_fail_queued_fails_calls_but_not_probes() -> None:
+    core = ready_core(1)
+    held(core)
+    calls = [core.request(None), core.request(None)]
+    health = core.request(purpose="health", target=0)
+    core.take_actions()
+    core.fail_queued(lambda: RuntimeError("cannot start"))
+    assert all(w.status is W.FAILED for w in calls)
+    assert calls[0].error is not calls[1].error
+    assert health.status is W.QUEUED
+    assert take(core) == [Wake(calls[0].id), Wake(calls[1].id)]
