@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import PoolClosed, PoolTimeout, SessionLost
+from engine.errors import (
+    ContractViolation,
+    PoolClosed,
+    PoolSaturated,
+    PoolTimeout,
+    SessionLost,
+    WorkerBusy,
+)
+from engine.pool.contract import Ok, Remove, Skip, Verdict
 from engine.pool.core import (
     Action,
+    CoreCounts,
     DrainWorker,
     Emit,
     PoolCore,
+    Slot,
     StartWorker,
     StopWorker,
     Waiter,
@@ -26,7 +36,13 @@ from engine.pool.core import (
     Wake,
 )
 from engine.pool.lifecycle import WorkerState
-from engine.telemetry.events import HEALTH_FAILED, SESSION_LOST
+from engine.telemetry.events import (
+    CONTRACT_VIOLATION,
+    HEALTH_FAILED,
+    SESSION_BIND,
+    SESSION_LOST,
+    WORKER_TRANSITION,
+)
 from tests.properties.test_core_machine import Clock, ready_core
 
 pytestmark = pytest.mark.layer1
@@ -672,3 +688,289 @@ def test_fail_queued_fails_calls_but_not_probes() -> None:
     assert calls[0].error is not calls[1].error
     assert health.status is W.QUEUED
     assert take(core) == [Wake(calls[0].id), Wake(calls[1].id)]
+
+
+# --- the hand-off's verdicts -----------------------------------------------------------
+
+
+class Script:
+    """A checkout policy answering from a list, then Ok; records who it was asked about."""
+
+    def __init__(self, *verdicts: Verdict) -> None:
+        self.verdicts = list(verdicts)
+        self.asked: list[tuple[int, int]] = []
+
+    def __call__(self, slot: Slot, waiter: Waiter) -> Verdict:
+        self.asked.append((slot.index, waiter.id))
+        return self.verdicts.pop(0) if self.verdicts else Verdict(Ok())
+
+
+def test_removed_worker_is_stopped_and_the_waiter_offered_the_next() -> None:
+    script = Script(Verdict(Remove("process_dead"), by_policy=False))
+    core = ready_core(2, vet=script)
+    waiter = core.request(None)
+    assert waiter.status is W.GRANTED and waiter.slot == 1
+    assert script.asked == [(0, waiter.id), (1, waiter.id)]
+    assert take(core) == [StopWorker(0, 1, "process_dead", False)]
+    assert waiter.removals is not None
+    assert (waiter.removals.total, waiter.removals.by_policy,
+            waiter.removals.last) == (1, 0, "process_dead")
+
+
+def test_every_worker_removed_times_out_saying_who_removed_them() -> None:
+    for by_policy, who in ((True, "the checkout policy removed"),
+                           (False, "the hand-off check or the checkout policy removed")):
+        script = Script(Verdict(Remove("a"), by_policy=True),
+                        Verdict(Remove("b"), by_policy=by_policy))
+        core = ready_core(2, vet=script)
+        waiter = core.request(None, timeout=1.0)
+        assert waiter.status is W.QUEUED
+        assert waiter.removals is not None
+        assert (waiter.removals.total, waiter.removals.by_policy) == (2, 1 + by_policy)
+        core.expire(waiter.id)
+        assert isinstance(waiter.error, PoolTimeout)
+        assert f"{who} every worker offered to this checkout (2 removed; the last: b)" \
+            in str(waiter.error)
+
+
+def test_skip_fails_the_waiter_and_keeps_the_worker() -> None:
+    error = RuntimeError("not now")
+    core = ready_core(1, vet=Script(Verdict(Skip(error))))
+    waiter = core.request(None)
+    assert waiter.status is W.FAILED and waiter.error is error
+    assert core.slots[0].state is S.READY and take(core) == []
+    assert core.request(None).status is W.GRANTED
+
+
+def test_skip_of_a_queued_waiter_wakes_it() -> None:
+    script = Script()
+    core = ready_core(1, vet=script)
+    lease = held(core)
+    waiter = core.request(None)
+    core.take_actions()
+    script.verdicts.append(Verdict(Skip(RuntimeError("no"))))
+    core.checkin(lease.id, clean=True)
+    assert waiter.status is W.FAILED and take(core) == [Wake(waiter.id)]
+
+
+def test_contract_violation_is_reported_with_the_slot() -> None:
+    violation = ContractViolation(callback="P.on_checkout", value=42, expected="Ok()")
+    core = ready_core(2, vet=Script(Verdict(Remove("contract"), violation=violation)))
+    core.request(None)
+    [event] = events(core.take_actions(), CONTRACT_VIOLATION)
+    assert event.metadata == {"callback": "P.on_checkout", "value": "42", "slot": 0}
+
+
+def test_health_probes_skip_the_checkout_policy() -> None:
+    script = Script(Verdict(Remove("never asked")))
+    core = ready_core(1, vet=script)
+    probe(core, 0)
+    assert script.asked == []
+
+
+# --- refusals and affinity -------------------------------------------------------------
+
+
+def test_saturated_queue_refuses_calls_not_probes() -> None:
+    core = ready_core(1, max_waiters=2)
+    held(core)
+    queued = [core.request(None), core.request(None)]
+    assert all(w.status is W.QUEUED for w in queued)
+    refused = core.request(None)
+    assert refused.status is W.FAILED and isinstance(refused.error, PoolSaturated)
+    assert refused.error.max_waiters == 2
+    assert core.request(purpose="health", target=0).status is W.QUEUED
+    core.cancel(refused.id)
+    assert refused.id not in core.waiters
+    take(core)
+
+
+def test_fail_fast_refuses_a_session_whose_worker_is_busy() -> None:
+    core = ready_core(2, affinity="fail_fast")
+    lease = held(core, "s")
+    busy = core.request("s")
+    assert busy.status is W.FAILED and isinstance(busy.error, WorkerBusy)
+    assert busy.error.worker_id == "w0"
+    core.checkin(lease.id, clean=True)
+    assert core.request("s").status is W.GRANTED
+    take(core)
+
+
+def test_fail_fast_refuses_a_session_whose_worker_is_draining() -> None:
+    core = ready_core(2, affinity="fail_fast")
+    drain(core, held(core, "s"))
+    assert isinstance(core.request("s").error, WorkerBusy)
+
+
+def test_strict_session_waits_for_its_worker_hint_takes_another() -> None:
+    strict = ready_core(2, affinity="strict")
+    held(strict, "s")
+    assert strict.request("s").status is W.QUEUED
+    hint = ready_core(2, affinity="hint")
+    held(hint, "s")
+    other = hint.request("s")
+    assert other.status is W.GRANTED and other.slot == 1
+    assert hint.bindings["s"].slot == 0  # the binding stays with its first worker
+    take(strict)
+    take(hint)
+
+
+def test_new_session_goes_to_the_worker_with_fewest_sessions() -> None:
+    core = ready_core(3)
+    core.checkin(held(core, "a").id, clean=True)
+    assert core.slots[0].sessions == {"a"}
+    core.take_actions()
+    clock_of(core).now = 1.0
+    second = held(core, "b")
+    assert second.slot == 1  # not slot 0, the warmest: it already holds a session
+    [bind] = [e for e in events(core.take_actions(), SESSION_BIND)]
+    assert bind.metadata == {"session": "b", "slot": 1, "worker_id": "w1"}
+    anonymous = held(core)
+    assert anonymous.slot == 0  # anonymous calls take the warmest
+
+
+def test_lost_session_is_reported_once_then_starts_afresh() -> None:
+    core = ready_core(2)
+    core.checkin(held(core, "s").id, clean=True)
+    core.worker_exited(0, "oom killed", crashed=True)
+    lost = core.request("s")
+    assert lost.status is W.FAILED and isinstance(lost.error, SessionLost)
+    assert lost.error.reason == "oom killed" and lost.error.worker_id == "w0"
+    again = core.request("s")
+    assert again.status is W.GRANTED and again.slot == 1
+    take(core)
+
+
+def test_queued_session_waiter_learns_its_worker_died() -> None:
+    core = ready_core(1)
+    lease = held(core, "s")
+    first, second = core.request("s"), core.request("s")
+    core.take_actions()
+    core.worker_exited(0, "segfault", crashed=True)
+    assert first.status is W.FAILED and isinstance(first.error, SessionLost)
+    assert second.status is W.QUEUED  # starts afresh, on any worker
+    assert "s" not in core.bindings
+    actions = core.take_actions()
+    [lost_event] = events(actions, SESSION_LOST)
+    assert lost_event.metadata == {"session": "s", "slot": 0, "reason": "segfault"}
+    assert [a for a in actions if not isinstance(a, Emit)] == [Wake(first.id), StartWorker(0, 2)]
+    assert not core.checkin(lease.id, clean=True)
+    core.check_invariants()
+
+
+def test_unbind_frees_a_strict_waiter_for_any_worker() -> None:
+    core = ready_core(2)
+    lease = held(core, "s")
+    held(core)
+    waiter = core.request("s")
+    assert waiter.status is W.QUEUED
+    core.checkin(lease.id, clean=False)  # slot 0 stops; the session's state lives on it
+    core.take_actions()
+    assert core.unbind("s") == 0  # still there while its worker stops
+    assert core.unbind("s") is None
+    assert waiter.status is W.QUEUED
+    core.worker_exited(0, "dirty")  # no binding any more: nothing lost, nobody failed
+    assert waiter.status is W.QUEUED
+    core.worker_starting(0)
+    core.worker_ready(0, "w0b", 4)
+    assert waiter.status is W.GRANTED and waiter.slot == 0
+    take(core)
+
+
+def test_unbind_of_a_live_session_names_its_slot() -> None:
+    core = ready_core(2)
+    other = held(core)
+    lease = held(core, "s")
+    assert lease.slot == 1
+    core.checkin(lease.id, clean=True)
+    assert core.unbind("s") == 1
+    assert core.slots[1].sessions == set() and "s" not in core.bindings
+    core.checkin(other.id, clean=True)
+    take(core)
+
+
+def test_session_waiter_queued_behind_its_worker_is_rerouted_by_unbind() -> None:
+    core = ready_core(2)
+    bound = held(core, "s")
+    other = held(core)
+    waiter = core.request("s")
+    core.checkin(other.id, clean=True)
+    assert waiter.status is W.QUEUED  # strict: not the other worker
+    core.take_actions()
+    assert core.unbind("s") == 0
+    assert waiter.status is W.GRANTED and waiter.slot == 1
+    assert take(core) == [Wake(waiter.id)]
+    assert core.bindings["s"].slot == 1
+    core.checkin(bound.id, clean=True)
+
+
+def test_expired_sessions_skip_leased_and_lost_ones() -> None:
+    core = ready_core(3)
+    clock = clock_of(core)
+    core.checkin(held(core, "idle").id, clean=True)
+    busy = held(core, "busy")
+    core.checkin(held(core, "lost").id, clean=True)
+    core.worker_exited(2, "killed")
+    clock.now = 100.0
+    assert core.expired_sessions(50.0) == ["idle"]
+    core.checkin(busy.id, clean=True)
+    assert core.expired_sessions(50.0) == ["idle"]  # checked in just now
+    take(core)
+
+
+# --- counts and telemetry -------------------------------------------------------------------
+
+
+def test_counts_follow_every_state() -> None:
+    core = ready_core(4)
+    lease = held(core, "s")
+    drain(core, held(core))
+    core.health_result(probe(core, 2).id, ok=False, reason="slow")
+    core.retire(3, "old")
+    waiter = core.request(None)
+    counts = core.counts()
+    assert counts == CoreCounts(size=4, ready=0, busy=1, starting=0, degraded=1, stopping=1,
+                                stopped=0, waiting=1, sessions=1, restarts=0, crashes=0,
+                                start_failures=0, leased=1, draining=1)
+    core.worker_exited(3, "old")
+    core.worker_starting(3)
+    counts = core.counts()
+    assert (counts.starting, counts.stopping, counts.restarts) == (1, 0, 1)
+    assert lease.status is W.HELD and waiter.status is W.QUEUED
+    take(core)
+
+
+def test_transitions_are_reported_with_their_duration() -> None:
+    core = ready_core(1)
+    clock = clock_of(core)
+    clock.now = 2.0
+    lease = held(core)
+    clock.now = 5.0
+    core.take_actions()
+    core.checkin(lease.id, clean=True)
+    [event] = events(core.take_actions(), WORKER_TRANSITION)
+    assert event.measurements == {"duration": 3.0}
+    assert event.metadata == {"slot": 0, "worker_id": "w0", "old": "busy", "new": "ready",
+                              "reason": "checked in"}
+
+
+def test_no_events_when_telemetry_is_off() -> None:
+    core = PoolCore(1, clock=Clock(), strict=True, telemetry_enabled=lambda: False)
+    core.start()
+    core.worker_starting(0)
+    core.worker_ready(0, "w0", 1)
+    core.checkin(held(core, "s").id, clean=False)
+    core.worker_exited(0, "dirty")
+    assert not [a for a in core.take_actions() if isinstance(a, Emit)]
+    assert core.slots[0].lifecycle.history[-1].new is S.STOPPED
+
+
+def test_unbind_of_a_lost_session_names_no_slot() -> None:
+    core = ready_core(1)
+    core.checkin(held(core, "s").id, clean=True)
+    core.worker_exited(0, "killed", crashed=True)
+    core.worker_starting(0)
+    core.worker_ready(0, "w0b", 2)
+    assert core.bindings["s"].lost == "killed"
+    assert core.unbind("s") is None and "s" not in core.bindings
+    take(core)
