@@ -974,3 +974,188 @@ def test_unbind_of_a_lost_session_names_no_slot() -> None:
     assert core.bindings["s"].lost == "killed"
     assert core.unbind("s") is None and "s" not in core.bindings
     take(core)
+
+
+def test_defaults_queue_a_thousand_and_replace_after_three_failed_probes() -> None:
+    core = ready_core(1)
+    held(core)
+    queued = [core.request(None) for _ in range(1000)]
+    assert queued[-1].status is W.QUEUED
+    assert isinstance(core.request(None).error, PoolSaturated)
+    fresh = ready_core(1)
+    for _ in range(2):
+        fresh.health_result(probe(fresh, 0).id, ok=False, reason="slow")
+    assert fresh.slots[0].state is S.DEGRADED
+    fresh.health_result(probe(fresh, 0).id, ok=False, reason="slow")
+    assert fresh.slots[0].state is S.STOPPING
+
+
+# --- what each error says ----------------------------------------------------------------
+
+
+def test_errors_name_the_pool_and_the_waiter() -> None:
+    core = ready_core(1, name="p", max_waiters=1, affinity="fail_fast")
+    clock = clock_of(core)
+    clock.now = 10.0
+    lease = held(core, "s")
+    busy = core.request("s")
+    assert isinstance(busy.error, WorkerBusy)
+    assert (busy.error.session, busy.error.worker_id, busy.error.pid) == ("s", "w0", 0)
+    queued = core.request(None, timeout=4.0)
+    assert queued.status is W.QUEUED
+    saturated = core.request(None)
+    assert isinstance(saturated.error, PoolSaturated)
+    assert (saturated.error.max_waiters, saturated.error.pool) == (1, "p")
+    core.expire(queued.id)
+    error = queued.error
+    assert isinstance(error, PoolTimeout)
+    assert (error.timeout, error.session, error.pool, error.waiting) == (4.0, None, "p", 1)
+    assert core.has_actions()
+    take(core)
+    assert not core.has_actions()
+    later = core.request("t", timeout=1.0)  # a new session: not refused, queued
+    assert later.status is W.QUEUED
+    core.expire(later.id)
+    assert isinstance(later.error, PoolTimeout)
+    assert (later.error.session, later.error.waiting) == ("t", 1)  # itself
+    assert "1 busy, 0 starting, 0 degraded of 1" in str(later.error)  # no worker of its own
+    core.close()
+    closed = core.request(None)
+    assert isinstance(closed.error, PoolClosed) and closed.error.pool == "p"
+    core.checkin(lease.id, clean=True)
+
+
+def test_waiters_failed_by_close_name_the_pool() -> None:
+    core = ready_core(1, name="p")
+    lease = held(core)
+    waiter = core.request(None)
+    core.close()
+    assert isinstance(waiter.error, PoolClosed) and waiter.error.pool == "p"
+    granted_core = ready_core(1, name="q")
+    granted = granted_core.request(None)
+    granted_core.close()
+    granted_core.worker_exited(0, "killed")
+    assert isinstance(granted.error, PoolClosed) and granted.error.pool == "q"
+    assert granted.slot is None and granted.generation is None
+    core.checkin(lease.id, clean=True)
+
+
+def test_expire_of_a_waiter_without_deadline_or_unknown_is_harmless() -> None:
+    core = ready_core(1)
+    held(core)
+    waiter = core.request(None)
+    core.expire(12345)
+    assert waiter.status is W.QUEUED
+    core.expire(waiter.id)  # the shell never does this; the timeout reads 0
+    assert isinstance(waiter.error, PoolTimeout) and waiter.error.timeout == 0.0
+
+
+def test_session_lost_with_no_reason_says_worker_died() -> None:
+    core = ready_core(2)
+    core.checkin(held(core, "s").id, clean=True)
+    core.worker_exited(0, "")
+    lost = core.request("s")
+    assert isinstance(lost.error, SessionLost)
+    assert (lost.error.session, lost.error.worker_id, lost.error.reason) == \
+        ("s", "w0", "worker died")
+
+
+def test_worker_exit_forgets_the_process_and_counts_only_crashes() -> None:
+    core = ready_core(2)
+    core.worker_exited(0, "stopped on request")
+    assert last_reason(core, 0) == (S.STOPPED, "stopped on request")
+    assert (core.slots[0].worker_id, core.slots[0].pid) == (None, None)
+    counts = core.counts()
+    assert (counts.crashes, counts.start_failures) == (0, 0)
+    core.worker_exited(1, "segfault", crashed=True)
+    core.worker_starting(0)
+    core.worker_exited(0, "bad hello", start_failed=True)
+    core.worker_starting(1)
+    core.worker_exited(1, "segfault", crashed=True)
+    counts = core.counts()
+    assert (counts.crashes, counts.start_failures) == (2, 1)
+    take(core)
+
+
+def test_reject_grant_stops_the_worker_at_once_and_requeues() -> None:
+    core = ready_core(1)
+    waiter = core.request(None)
+    core.take_actions()
+    core.reject_grant(waiter.id, "process_dead at receipt")
+    assert take(core) == [StopWorker(0, 1, "process_dead at receipt", False)]
+    assert waiter.status is W.QUEUED
+    assert (waiter.slot, waiter.generation) == (None, None)
+    core.worker_exited(0, "process_dead")
+    core.worker_starting(0)
+    core.worker_ready(0, "w0b", 1)
+    assert waiter.status is W.GRANTED and waiter.generation == 2
+
+
+def test_reject_grant_after_close_fails_the_waiter_and_wakes_nobody() -> None:
+    core = ready_core(1, name="p")
+    waiter = core.request(None)
+    core.close()
+    core.take_actions()
+    core.reject_grant(waiter.id, "dead")
+    assert waiter.status is W.FAILED and isinstance(waiter.error, PoolClosed)
+    assert waiter.error.pool == "p"
+    assert (waiter.slot, waiter.generation) == (None, None)
+    assert take(core) == [StopWorker(0, 1, "dead", False)]
+
+
+def test_reject_grant_of_a_held_or_unknown_waiter_is_ignored() -> None:
+    core = ready_core(1)
+    core.reject_grant(12345, "unknown")
+    lease = held(core)
+    core.take_actions()
+    core.reject_grant(lease.id, "too late: it holds the lease")
+    assert lease.status is W.HELD and core.slots[0].state is S.BUSY
+    assert take(core) == []
+    core.cancel(lease.id)  # a held lease is returned by checkin, not cancel
+    assert lease.status is W.HELD and core.checkin(lease.id, clean=True)
+
+
+def test_cancelled_queued_waiter_is_done_and_forgotten() -> None:
+    core = ready_core(1)
+    lease = held(core)
+    waiter = core.request(None)
+    core.cancel(waiter.id)
+    assert waiter.status is W.DONE and waiter.id not in core.waiters
+    core.cancel(waiter.id)
+    core.checkin(lease.id, clean=True)
+    assert core.slots[0].state is S.READY and take(core) == []
+
+
+def test_health_failure_without_a_reason() -> None:
+    core = ready_core(1)
+    core.health_result(probe(core, 0).id, ok=False)
+    assert last_reason(core, 0) == (S.DEGRADED, "health check failed: ")
+
+
+def test_shrunk_slot_stays_consistent_through_close() -> None:
+    core = ready_core(2)
+    core.shrink(1, "idle")
+    core.worker_exited(1, "idle")
+    take(core)
+    core.close()
+    take(core)
+    core.worker_exited(0, "closed")
+    assert take(core) == [] and core.counts().stopped == 2
+
+
+def test_a_stale_offer_never_holds_back_a_waiter() -> None:
+    """A worker freed while a session waits for it goes to an earlier anonymous
+    waiter; when another worker frees, the next anonymous waiter gets it (the
+    session's waiter, still waiting for its own busy worker, is not in the way)."""
+    core = ready_core(2)
+    bound = held(core, "s")
+    other = held(core)
+    assert (bound.slot, other.slot) == (0, 1)
+    first, session_waiter, second = core.request(None), core.request("s"), core.request(None)
+    core.checkin(bound.id, clean=True)
+    assert first.status is W.GRANTED and first.slot == 0
+    assert session_waiter.status is W.QUEUED
+    core.checkin(other.id, clean=True)
+    assert second.status is W.GRANTED and second.slot == 1
+    assert session_waiter.status is W.QUEUED
+    take(core)
