@@ -11,6 +11,8 @@ fast, exact tests that mutation testing of the core runs (tools/mutation.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from engine.errors import (
@@ -1159,3 +1161,45 @@ def test_a_stale_offer_never_holds_back_a_waiter() -> None:
     assert second.status is W.GRANTED and second.slot == 1
     assert session_waiter.status is W.QUEUED
     take(core)
+
+
+# --- check_invariants catches what it claims to --------------------------------------------
+
+
+def corrupt_free_token(core: PoolCore) -> None:
+    core.slots[0].free_token = 0  # a READY, unleased worker no longer offered
+
+
+def corrupt_queue(core: PoolCore) -> None:
+    core.queue[999] = Waiter(999, None, None, 0.0)  # queued behind the core's back
+
+
+def corrupt_probe_lease(core: PoolCore) -> None:
+    core.waiters[999] = Waiter(999, None, None, 0.0, "health", 0, W.GRANTED, 0, 1)
+    core.slots[0].lease = 999  # not counted as leased
+
+
+def corrupt_call_lease(core: PoolCore) -> None:
+    core.waiters[999] = Waiter(999, None, None, 0.0, "call", None, W.GRANTED, 0, 1)
+    core.slots[0].lease = 999  # a READY worker leased to a call
+
+
+def corrupt_capacity(core: PoolCore) -> None:
+    core.state_counts[S.STARTING] += 1  # three live workers counted in a pool of two
+
+
+@pytest.mark.parametrize(("corrupt", "message"), [
+    (corrupt_free_token, "free slots drifted"),
+    (corrupt_queue, "unmet demand drifted"),
+    (corrupt_probe_lease, "leased drifted"),  # a probe's lease on a READY slot is allowed
+    (corrupt_call_lease, "leased slot 0 is WorkerState.READY"),
+    (corrupt_capacity, ""),  # the capacity check comes first, bare
+])
+def test_check_invariants_names_each_corruption(corrupt: Callable[[PoolCore], None],
+                                                message: str) -> None:
+    core = ready_core(2)
+    core.check_invariants()
+    corrupt(core)
+    with pytest.raises(AssertionError) as raised:
+        core.check_invariants()
+    assert str(raised.value) == message
