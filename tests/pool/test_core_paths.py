@@ -1203,3 +1203,83 @@ def test_check_invariants_names_each_corruption(corrupt: Callable[[PoolCore], No
     with pytest.raises(AssertionError) as raised:
         core.check_invariants()
     assert str(raised.value) == message
+
+
+# --- capacity on demand, lease counts, check-in's transitions ----------------------------
+
+
+def last_moves(core: PoolCore, index: int, count: int) -> list[tuple[WorkerState, str]]:
+    return [(t.new, t.reason) for t in core.slots[index].lifecycle.history][-count:]
+
+
+def test_lazy_pool_starts_one_worker_per_queued_call() -> None:
+    core = PoolCore(3, clock=Clock(), strict=True, lazy=True)
+    core.start()
+    first = core.request(None)
+    assert take(core) == [StartWorker(0, 1)]
+    second = core.request(None)
+    assert take(core) == [StartWorker(1, 1)]  # one on its way already: one more
+    core.worker_starting(0)
+    core.worker_starting(1)
+    core.cancel(second.id)
+    third = core.request(None)
+    assert take(core) == []  # two waiters, two workers coming
+    core.worker_ready(0, "w0", 1)
+    assert first.status is W.GRANTED and third.status is W.QUEUED
+    take(core)
+
+
+def test_lazy_pool_starts_as_many_workers_as_calls_queued_at_once() -> None:
+    core = PoolCore(3, clock=Clock(), strict=True, lazy=True)
+    core.start()
+    core.take_actions()
+    core.worker_starting(0)  # started by hand: counts as coming
+    core.worker_ready(0, "w0", 1)
+    lease = held(core)
+    waiters = [core.request(None), core.request(None)]
+    assert all(w.status is W.QUEUED for w in waiters)
+    assert take(core) == [StartWorker(1, 1), StartWorker(2, 1)]
+    core.checkin(lease.id, clean=True)
+
+
+def test_eager_pool_does_not_start_a_worker_twice_under_demand() -> None:
+    core = ready_core(2)
+    lease = held(core)
+    core.worker_exited(1, "killed", crashed=True)
+    assert take(core) == [StartWorker(1, 2)]
+    core.request(None)
+    core.request(None)
+    assert take(core) == []  # the restart on its way is the only one
+    core.checkin(lease.id, clean=True)
+
+
+def test_leases_granted_counts_calls_not_probes() -> None:
+    core = ready_core(1)
+    for _ in range(2):
+        lease = held(core)
+        core.checkin(lease.id, clean=True)
+    core.health_result(probe(core, 0).id, ok=True)
+    slot = core.slots[0]
+    assert (slot.leases_granted, slot.calls) == (2, 0)  # no calls reported at check-in
+
+
+def test_checkin_moves_through_ready_before_each_stop() -> None:
+    core = ready_core(3, max_calls_per_worker=1)
+    dirty, retired, recycled = held(core), held(core), held(core)
+    core.retire(1, "retired")
+    core.checkin(dirty.id, clean=False)
+    core.checkin(retired.id, clean=True)
+    core.checkin(recycled.id, clean=True, calls=1)
+    assert last_moves(core, 0, 2) == [(S.READY, "checked in"),
+                                      (S.STOPPING, "dirty after its lease")]
+    assert last_moves(core, 1, 2) == [(S.READY, "checked in"), (S.STOPPING, "retired")]
+    assert last_moves(core, 2, 2) == [(S.READY, "checked in"),
+                                      (S.STOPPING, "recycled after 1 calls")]
+    closing = ready_core(1)
+    lease = held(closing)
+    closing.close()
+    closing.checkin(lease.id, clean=True)
+    assert last_moves(closing, 0, 2) == [(S.READY, "checked in"),
+                                         (S.STOPPING, "pool closing")]
+    take(core)
+    take(closing)
