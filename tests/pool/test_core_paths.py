@@ -1184,6 +1184,11 @@ def corrupt_call_lease(core: PoolCore) -> None:
     core.slots[0].lease = 999  # a READY worker leased to a call
 
 
+def corrupt_served_and_queued(core: PoolCore) -> None:
+    lease = core.request(None)  # granted; a queued twin under its id
+    core.queue[lease.id] = Waiter(lease.id, None, None, 0.0)
+
+
 def corrupt_capacity(core: PoolCore) -> None:
     core.state_counts[S.STARTING] += 1  # three live workers counted in a pool of two
 
@@ -1193,6 +1198,7 @@ def corrupt_capacity(core: PoolCore) -> None:
     (corrupt_queue, "unmet demand drifted"),
     (corrupt_probe_lease, "leased drifted"),  # a probe's lease on a READY slot is allowed
     (corrupt_call_lease, "leased slot 0 is WorkerState.READY"),
+    (corrupt_served_and_queued, "waiter both queued and served"),
     (corrupt_capacity, ""),  # the capacity check comes first, bare
 ])
 def test_check_invariants_names_each_corruption(corrupt: Callable[[PoolCore], None],
