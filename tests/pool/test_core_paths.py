@@ -731,8 +731,8 @@ def test_every_worker_removed_times_out_saying_who_removed_them() -> None:
         assert (waiter.removals.total, waiter.removals.by_policy) == (2, 1 + by_policy)
         core.expire(waiter.id)
         assert isinstance(waiter.error, PoolTimeout)
-        assert f"{who} every worker offered to this checkout (2 removed; the last: b)" \
-            in str(waiter.error)
+        assert waiter.error.reason == \
+            f"{who} every worker offered to this checkout (2 removed; the last: b)"
 
 
 def test_skip_fails_the_waiter_and_keeps_the_worker() -> None:
@@ -971,9 +971,14 @@ def test_unbind_of_a_lost_session_names_no_slot() -> None:
     core = ready_core(1)
     core.checkin(held(core, "s").id, clean=True)
     core.worker_exited(0, "killed", crashed=True)
+    assert core.bindings["s"].lost == "killed"
+    assert core.unbind("s") is None  # same worker generation, but its state is gone
     core.worker_starting(0)
     core.worker_ready(0, "w0b", 2)
-    assert core.bindings["s"].lost == "killed"
+    core.checkin(held(core, "s").id, clean=True)
+    core.worker_exited(0, "killed", crashed=True)
+    core.worker_starting(0)
+    core.worker_ready(0, "w0c", 3)
     assert core.unbind("s") is None and "s" not in core.bindings
     take(core)
 
@@ -1289,3 +1294,76 @@ def test_checkin_moves_through_ready_before_each_stop() -> None:
                                          (S.STOPPING, "pool closing")]
     take(core)
     take(closing)
+
+
+# --- start-up, deadlines, hint affinity, session loss order ------------------------------------
+
+
+def test_workers_start_spawn_then_hello_and_restarts_are_counted() -> None:
+    core = ready_core(1)
+    assert last_moves(core, 0, 2) == [(S.STARTING, "spawn"), (S.READY, "hello received")]
+    for generation in (2, 3):
+        core.worker_exited(0, "recycled")
+        assert core.worker_starting(0) == generation
+        core.worker_ready(0, f"w0-{generation}", generation)
+    assert core.counts().restarts == 2
+
+
+def test_nothing_starts_after_close() -> None:
+    core = PoolCore(2, clock=Clock(), strict=True)
+    core.close()
+    core.start()
+    assert take(core) == []
+
+
+def test_a_waiter_taken_back_at_receipt_counts_as_demand() -> None:
+    core = PoolCore(4, clock=Clock(), strict=True, lazy=True)
+    core.start()
+    core.worker_starting(0)  # started by hand, not on demand
+    core.worker_ready(0, "w0", 1)
+    first = core.request(None)
+    assert first.status is W.GRANTED and take(core) == []
+    core.reject_grant(first.id, "process_dead at receipt")
+    assert first.status is W.QUEUED
+    take(core)
+    second = core.request(None)
+    assert second.status is W.QUEUED
+    assert take(core) == [StartWorker(1, 1), StartWorker(2, 1)]  # one for each
+
+
+def test_a_waiter_is_not_served_at_its_deadline() -> None:
+    core = ready_core(1)
+    clock = clock_of(core)
+    lease = held(core)
+    waiter = core.request(None, timeout=1.0)
+    clock.now = 1.0  # the timer has not fired yet; the worker frees at the deadline
+    core.checkin(lease.id, clean=True)
+    assert waiter.status is W.FAILED and isinstance(waiter.error, PoolTimeout)
+    assert core.slots[0].state is S.READY
+
+
+def test_hint_session_waiter_takes_the_first_worker_to_free() -> None:
+    core = ready_core(2, affinity="hint")
+    bound = held(core, "s")
+    other = held(core)
+    waiter = core.request("s")
+    assert waiter.status is W.QUEUED
+    core.checkin(other.id, clean=True)
+    assert waiter.status is W.GRANTED and waiter.slot == 1
+    core.checkin(bound.id, clean=True)
+    take(core)
+
+
+def test_sessions_lost_together_are_told_in_arrival_order() -> None:
+    core = ready_core(1)
+    names = ["a", "b", "c", "d", "e", "f"]
+    for name in names:
+        core.checkin(held(core, name).id, clean=True)
+    lease = held(core)
+    waiters = [core.request(name) for name in reversed(names)]
+    core.take_actions()
+    core.worker_exited(0, "killed", crashed=True)
+    assert all(isinstance(w.error, SessionLost) for w in waiters)
+    wakes = [a for a in core.take_actions() if isinstance(a, Wake)]
+    assert wakes == [Wake(w.id) for w in waiters]  # earliest first, whatever the set order
+    assert not core.checkin(lease.id, clean=True)
