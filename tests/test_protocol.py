@@ -887,3 +887,23 @@ def test_pickle_frames_back_to_back_and_a_header_written_apart_decode_alike() ->
     second = decoder.next_message()
     assert first is not None and second is not None and decoder.buffered == 0
     assert bytes(first["result"].data) == bytes(second["result"].data) == payload
+
+
+def test_an_error_hello_carries_what_the_worker_reported() -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_hello(error_response(0, "ImportError", "no module x"))
+    assert (info.value.remote_type, info.value.remote_message) == ("ImportError", "no module x")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"host": 5}, "hello 'host' must be a string when present"),
+    ({"schemas": ["ping"]}, "hello 'schemas' must map command names to schema objects"),
+    ({"schemas": {"incr": {}}},
+     "hello 'schemas' describes ['incr'], which are not in its 'commands'"),
+    ({"codecs": "pickle5"}, "hello 'codecs' must be a list of strings when present"),
+    ({"codecs": [5]}, "hello 'codecs' must be a list of strings when present"),
+])
+def test_a_bad_hello_says_exactly_what_is_wrong(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_hello(_hello_with(**changes))
+    assert str(info.value) == message
