@@ -371,9 +371,11 @@ class CoreMachine(RuleBasedStateMachine):
         waiter = self._pick(W.HELD, pick)
         if waiter is None:
             return
-        index = waiter.slot
+        index, generation = waiter.slot, waiter.generation
         self._checkin(waiter, False, remove, 1, drain=True)
-        if index is not None and index in self.draining:
+        # This worker drains (an entry for an earlier worker of the slot, never
+        # reported drained before it exited, does not count).
+        if index is not None and self.draining.get(index) == generation:
             assert not self.core.closing and not remove
 
     @precondition(lambda self: self.draining)
