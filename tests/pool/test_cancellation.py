@@ -237,8 +237,8 @@ async def test_fake_close_while_draining_waits_at_most_the_grace(
 class StartMarker:
     """A FIFO the ``block`` handler writes ``started <tag>`` to; the test awaits it."""
 
-    def __init__(self, directory: Path) -> None:
-        self.path = str(directory / "started")
+    def __init__(self, directory: Path, name: str = "started") -> None:
+        self.path = str(directory / name)
         os.mkfifo(self.path)
         self._read = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         # Our own writer keeps the FIFO from reading as EOF between handlers.

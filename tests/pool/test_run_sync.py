@@ -32,6 +32,7 @@ from engine.errors import (
 )
 from tests.apps import run_sync_functions as fns
 from tests.leaks import child_pids, pid_alive
+from tests.pool.test_cancellation import StartMarker
 
 pytestmark = pytest.mark.layer3
 
@@ -39,45 +40,23 @@ GUARD = 30.0  # real seconds: a hang fails the test; never a timing assertion
 APP = "engine.workers.bare"
 
 
-class Fifo:
+class Fifo(StartMarker):
     """A FIFO a function writes ``started <tag>`` lines to (or reads a line from)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        os.mkfifo(self.path)
-        self._read = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        self._keep = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
-        self._lines: list[str] = []
-        self._partial = b""
-
-    async def wait(self, tag: str) -> None:
-        while f"started {tag}" not in self._lines:
-            try:
-                data = os.read(self._read, 4096)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._read)
-                continue
-            *lines, self._partial = (self._partial + data).split(b"\n")
-            self._lines.extend(line.decode() for line in lines)
 
     def write_line(self) -> None:
         os.write(self._keep, b"go\n")
 
-    def close(self) -> None:
-        os.close(self._read)
-        os.close(self._keep)
-
 
 @pytest.fixture
 def marker(tmp_path: Path) -> Iterator[Fifo]:
-    fifo = Fifo(tmp_path / "marker")
+    fifo = Fifo(tmp_path, "marker")
     yield fifo
     fifo.close()
 
 
 @pytest.fixture
 def release(tmp_path: Path) -> Iterator[Fifo]:
-    fifo = Fifo(tmp_path / "release")
+    fifo = Fifo(tmp_path, "release")
     yield fifo
     fifo.close()
 
