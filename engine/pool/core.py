@@ -421,13 +421,28 @@ class PoolCore:
         if waiter is None or waiter.status is not WaiterStatus.GRANTED or waiter.slot is None:
             return
         slot = self.slots[waiter.slot]
-        if slot.lease == waiter.id and slot.generation == waiter.generation:
+        live = slot.lease == waiter.id and slot.generation == waiter.generation
+        if live:
             self._set_lease(slot, None)
             self._stop(slot, reason, graceful=False)
         if self.closing:
             # As in worker_exited: a closed pool's queue takes nobody back.
             waiter.slot = waiter.generation = None
             self._fail(waiter, PoolClosed(pool=self.name))
+            return
+        binding = self.bindings.get(waiter.session) if waiter.session is not None else None
+        if live and binding is not None and binding.lost is None \
+                and binding.slot == slot.index and binding.generation == slot.generation:
+            # The re-check at receipt is part of the hand-off: this waiter is the
+            # first to see its session's worker dead, so it reports the loss now
+            # (under "hint" it would otherwise run elsewhere as if the state were
+            # there; under "strict" it would wait for the exit to hear it).
+            assert waiter.session is not None
+            binding.lost = f"died before the call was sent (found at hand-off: {reason})"
+            self._emit(SESSION_LOST, session=waiter.session, slot=slot.index, reason=reason)
+            waiter.slot = waiter.generation = None
+            self._fail(waiter, self._session_lost(waiter.session, binding))
+            self._dispatch()
             return
         self._requeue(waiter)
         self._dispatch()
@@ -789,6 +804,15 @@ class PoolCore:
         if waiter.deadline is not None and now >= waiter.deadline:
             self.expire(waiter.id)
             return
+        if waiter.session is not None and waiter.purpose == "call":
+            binding = self.bindings.get(waiter.session)
+            if binding is not None and binding.lost is not None:
+                # Its worker died while this waiter held another's grant (hint
+                # affinity) that was then taken back: it is the session's next
+                # call, so it hears of the loss rather than take the dead
+                # worker's replacement (same slot index) as if the state were there.
+                self._fail(waiter, self._session_lost(waiter.session, binding))
+                return
         for slot in self._candidates(waiter):
             if waiter.purpose == "health":
                 self._grant(waiter, slot, now)

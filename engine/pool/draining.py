@@ -17,11 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import attrs
+import trio
 
 from engine import telemetry
 from engine.pool.core import PoolCore
 from engine.pool.table import WorkerTable
 from engine.process.handle import DrainFailed
+
+# How long a worker whose pipe closed under a drain may take to exit before it
+# is stopped as any failed drain is (a process that closed its pipes and lives
+# on is not dying: stop it).
+EXIT_AFTER_PIPE_CLOSED = 1.0
 
 
 @attrs.frozen
@@ -48,6 +54,14 @@ async def drain_worker(context: DrainContext, index: int, generation: int) -> No
                 how = await drain()
             except DrainFailed as exc:
                 reason = str(exc)
+                if exc.worker_gone:
+                    # The pipe closed first; the process's exit follows at once
+                    # (a signal, a crash). Wait for it, so that the slot task
+                    # reports the exit with its real cause ("crashed: signal
+                    # 9") before this drain's failure could stop the worker
+                    # as if the pool had removed it.
+                    with trio.move_on_after(EXIT_AFTER_PIPE_CLOSED):
+                        await worker.wait_exited()
             else:
                 ok, reason = True, f"abandoned request {how}"
     finally:

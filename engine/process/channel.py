@@ -282,7 +282,7 @@ class FramedChannel:
             self.broken = True
             self.drain_failed = True
             raise DrainFailed(f"worker {self._worker_id} went away while {what} drained "
-                              f"({self._aborted or exc})") from None
+                              f"({self._aborted or exc})", worker_gone=True) from None
         except ProtocolError as exc:
             self.drain_failed = True
             raise DrainFailed(f"{exc} (while {what} drained)") from None

@@ -38,7 +38,14 @@ class ExitInfo:
 
 class DrainFailed(Exception):
     """An abandoned request was not given back cleanly (``cancel_grace`` ended
-    first, the worker died, or it answered out of step): kill the worker."""
+    first, the worker died, or it answered out of step): kill the worker.
+
+    ``worker_gone``: the pipe closed under the drain, so the worker is dying on
+    its own; its exit status, not this error, says why."""
+
+    def __init__(self, message: str, *, worker_gone: bool = False) -> None:
+        super().__init__(message)
+        self.worker_gone = worker_gone
 
 
 @attrs.frozen

@@ -16,6 +16,7 @@ pool's own state, never by sleeps or wall-clock assertions.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -405,6 +406,29 @@ async def test_the_next_call_on_the_same_lease_waits_for_the_drain(
                 assert await lease.call("recall") == "kept"
                 assert lease.pid == pid
             assert pool.statistics().restarts == 0
+
+
+@pytest.mark.layer3
+async def test_a_draining_worker_killed_by_a_signal_is_reported_as_killed(
+        marker: StartMarker) -> None:
+    """A worker SIGKILLed while it drains: its exit is reported with the signal
+    (what the stress runner's ledger and an operator read), not as the drain's
+    "went away" (the pipe's EOF can beat the process's exit to the drain task,
+    which then stopped the worker as if the pool had removed it)."""
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(app=APP, size=1, cancel_grace=HANG_GUARD) as pool:
+            await pool.wait_ready(1, timeout=HANG_GUARD)
+            pid = await pid_of(pool)
+            with telemetry.capture() as seen:
+                await block_then_cancel(pool, marker, "k1", session="a", stubborn=True)
+                assert pool.statistics().draining == 1
+                os.kill(pid, signal.SIGKILL)
+                assert await pid_of(pool) != pid  # served by the replacement
+            [exit_event] = [c.metadata for c in seen if c.event == telemetry.WORKER_EXIT]
+            assert exit_event["reason"] == f"crashed: signal {int(signal.SIGKILL)}", exit_event
+            assert exit_event["signal"] == int(signal.SIGKILL)
+            [event] = drained(seen)
+            assert event["outcome"] == "killed" and event["pid"] == pid
 
 
 @pytest.mark.layer3
