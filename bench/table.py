@@ -203,7 +203,11 @@ def scale_rows(s: dict[str, Any]) -> list[Row]:
                 verdict(ratio <= 1.3))
 
     q, w = s["queue_many"], s["workers_many"]
-    out.append(row("queue_1", "1 worker, 1 caller", None))
+    if "queue_0" in s:  # runs before 2026-12-02 evening compared 1 caller (none queued)
+        out.append(row("queue_0", "1 worker, 1 caller (none queued, no hand-off)", None))
+    one = s["queue_1"]
+    out.append(row("queue_1", f"1 worker, {one['callers']:,} caller(s) "
+                              f"({one['waiting_at_open']:,} queued)", None))
     out.append(row("queue_many", f"1 worker, {q['callers']:,} callers "
                                  f"({q['waiting_at_open']:,} queued)", "queue_1"))
     out.append(row("workers_1", f"1 worker, {w['callers']:,} callers", None))
