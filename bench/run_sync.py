@@ -15,7 +15,10 @@ Rows:
 * 10 MB: ``bytes(value)`` of 10 MB (10 MB each way) on 1 worker, in the same
   run and rounds; best round median;
 * throughput: 8 callers of ``operator.add`` on 2 workers, each contender in its
-  own ``trio.run``, best of the interleaved runs, that run's CPU;
+  own ``trio.run``, best of the interleaved runs, that run's CPU; with a
+  breakdown row, ``engine.run_sync(kill_on_cancel=True)``: the same call
+  without the shielded cancel scope that the default (a running function is
+  not cancelled) enters for every call, so the price of that scope is seen;
 * batch: ``cpu_task.spin`` on every core: one task's time alone (on one
   worker, median of 3), then 4 tasks per core at once; the speed-up is
   ``tasks x alone / batch``, the ideal the number of cores.
@@ -81,7 +84,19 @@ async def _anyio(workers: int) -> AsyncIterator[tuple[Run, None]]:
     yield run, None
 
 
-OPENERS = {"engine": _engine, "trio_parallel": _trio_parallel, "anyio": _anyio}
+@asynccontextmanager
+async def _engine_kill(workers: int) -> AsyncIterator[tuple[Run, Callable[[], list[int]]]]:
+    async with _engine(workers) as (_run, pids):
+        async def run(fn: Callable[..., Any], *args: Any) -> Any:
+            return await engine.run_sync(fn, *args, kill_on_cancel=True)
+
+        yield run, pids
+
+
+OPENERS = {"engine": _engine, "engine_kill": _engine_kill, "trio_parallel": _trio_parallel,
+           "anyio": _anyio}
+# The throughput rows add the breakdown row (see the module doc).
+THROUGHPUT_CONTENDERS = ("engine", "engine_kill", "trio_parallel", "anyio")
 
 
 class Opened:
@@ -194,7 +209,7 @@ def measure(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
     seconds, runs, workers = (0.5, 2, 2) if quick else (1.0, 3, 2)
     best: dict[str, Window] = {}
     for attempt in range(runs):
-        for name in CONTENDERS:
+        for name in THROUGHPUT_CONTENDERS:
             log(f"run_sync: throughput, {name}, {workers} workers (run {attempt + 1} of {runs})")
             window = trio.run(_throughput, name, workers, seconds)
             if name not in best or window.rate > best[name].rate:

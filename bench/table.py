@@ -306,6 +306,11 @@ def run_sync_rows(r: dict[str, Any]) -> list[Row]:
     rate = tp["engine"]["rate"]
     out.append((labels["engine"], f"{rate:,.0f} calls/s", window_cpu(tp["engine"]), "1.00x",
                 "", ""))
+    if "engine_kill" in tp:  # breakdown: the same call without the shielded scope
+        kill = tp["engine_kill"]
+        out.append(("  the same with kill_on_cancel=True (no shielded cancel scope)",
+                    f"{kill['rate']:,.0f} calls/s", window_cpu(kill),
+                    versus(kill["rate"] / rate, "ahead", "behind", "it"), "", ""))
     for name in ("trio_parallel", "anyio"):
         ahead = rate / tp[name]["rate"]
         out.append((labels[name], f"{tp[name]['rate']:,.0f} calls/s", window_cpu(tp[name]),

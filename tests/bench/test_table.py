@@ -197,7 +197,8 @@ def _run_sync(*, tp_us: float = 60.0, anyio_us: float = 48.0, tp_rate: float = 7
                         "anyio": best(anyio_us * US)},
             "big": {"engine": best(0.05), "trio_parallel": best(big_tp), "anyio": best(0.05)},
             "per_round": 300, "bytes": 10_000_000,
-            "throughput": {"engine": _window(13_000.0), "trio_parallel": _window(tp_rate),
+            "throughput": {"engine": _window(13_000.0), "engine_kill": _window(14_300.0),
+                           "trio_parallel": _window(tp_rate),
                            "anyio": _window(10_000.0)},
             "throughput_setup": {"seconds": 1.0, "runs": 3, "workers": 2, "callers": 8},
             "batch": {"engine": batch(speedup), "trio_parallel": batch(1.5),
@@ -248,3 +249,14 @@ def test_hung_worker_out_of_service_within_5_seconds(seconds: float, verdict: st
     row = _row(rows(results(hung_s=seconds)), "hung worker")
     assert row["result"] == verdict
     assert row["ratio"] == f"{seconds / 4.0:.2f}x interval + timeout"
+
+
+def test_run_sync_throughput_shows_the_price_of_the_shielded_scope_apart() -> None:
+    """The breakdown row (kill_on_cancel=True: no shielded scope per call) is
+    compared with engine.run_sync and judged against no target."""
+    table = rows(results())
+    start = next(i for i, row in enumerate(table) if row[0].startswith("[run_sync: throughput"))
+    row = dict(zip(COLUMNS, table[start + 2], strict=True))
+    assert row["measurement"].strip().startswith("the same with kill_on_cancel=True")
+    assert row["value"] == "14,300 calls/s"
+    assert row["ratio"] == "it 1.10x ahead" and row["target"] == row["result"] == ""
