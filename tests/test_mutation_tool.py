@@ -82,6 +82,26 @@ def test_a_mutant_is_keyed_by_function_and_change_not_by_number() -> None:
         "engine/protocol.py:decode_body: ")
 
 
+def test_the_same_change_twice_in_a_function_gets_an_occurrence_number() -> None:
+    def diff(line: int) -> str:
+        return (f"--- m\n+++ m\n@@ -{line},1 +{line},1 @@\n"
+                "-        return True\n+        return False")
+
+    prefix = "engine.pool.core.xǁPoolCoreǁcheckin__mutmut_"
+    diffs = {f"{prefix}10": diff(40), f"{prefix}9": diff(20), f"{prefix}2": "-a\n+b",
+             "engine.pool.core.xǁPoolCoreǁcancel__mutmut_1": diff(60)}
+    keys = {m.name.rpartition(".")[2]: m.key for m in tool.keyed_mutants("engine/pool/core.py",
+                                                                         diffs)}
+    plain = "engine/pool/core.py:PoolCore.checkin: return True -> return False"
+    # Numbered in mutmut's order (9 before 10, though "10" < "9" as text).
+    assert keys["xǁPoolCoreǁcheckin__mutmut_9"] == plain
+    assert keys["xǁPoolCoreǁcheckin__mutmut_10"] == plain + " #2"
+    assert keys["xǁPoolCoreǁcheckin__mutmut_2"] == "engine/pool/core.py:PoolCore.checkin: a -> b"
+    # Another function's identical change starts its own count.
+    assert keys["xǁPoolCoreǁcancel__mutmut_1"] == \
+        "engine/pool/core.py:PoolCore.cancel: return True -> return False"
+
+
 def test_the_score_leaves_accepted_equivalents_out() -> None:
     mutants = [tool.Mutant(f"m{i}", code) for i, code in enumerate([1, 1, 36, -24, 0, 0, 33])]
     result = tool.ModuleResult("engine/x.py", mutants, seconds=1.0, cpu=1.0)

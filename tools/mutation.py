@@ -31,7 +31,9 @@ module scores below the bar:
 
 An equivalent is keyed by what the mutation does, not by mutmut's numbering
 (which shifts when the function changes): ``<module>:<function>: <line> ->
-<mutated line>``, with the reason after `` :: ``. Unreviewed survivors are
+<mutated line>``, with the reason after `` :: ``; the same change made at two
+places of one function is told apart by `` #2`` (and so on, in source order)
+after the second's key. Unreviewed survivors are
 printed in that form, ready to paste once reviewed. To look at a mutant
 yourself: ``cd build/mutation/<module> && ../../../.venv/bin/mutmut show NAME``
 (or ``browse``).
@@ -221,6 +223,27 @@ def mutant_key(module: str, name: str, diff: str) -> str:
     return f"{module}:{function}: {' / '.join(removed)} -> {' / '.join(added)}"
 
 
+def keyed_mutants(module: str, diffs: dict[str, str]) -> list[Mutant]:
+    """Mutmut's mutants (name -> diff) with their keys, in mutmut's order.
+
+    Two mutations of a function can make the same change to the same text (a
+    ``return True`` that occurs twice): the first keeps the plain key, the
+    later ones get `` #2``, `` #3``... in source order, so that each can be
+    accepted (or not) on its own.
+    """
+    def order(name: str) -> tuple[str, int]:
+        function, _, number = name.rpartition("__mutmut_")
+        return function, int(number) if number.isdigit() else 0
+
+    seen: dict[str, int] = {}
+    out = []
+    for name in sorted(diffs, key=order):
+        key = mutant_key(module, name, diffs[name])
+        seen[key] = count = seen.get(key, 0) + 1
+        out.append(Mutant(name, None, key if count == 1 else f"{key} #{count}"))
+    return out
+
+
 def _squash(code: str) -> str:
     return re.sub(r"\s+", " ", code).strip()
 
@@ -240,8 +263,7 @@ def run_module(module: str, tests: list[str], pyproject: str, accepted: dict[str
     python = str(Path(sys.executable))
     cpu = run_logged([python, "-c", GENERATE, module], workdir, workdir / "generate.log", verbose)
     diffs: dict[str, str] = json.loads((workdir / "mutants" / "diffs.json").read_text())
-    mutants = [Mutant(name, None, mutant_key(module, name, diff))
-               for name, diff in sorted(diffs.items())]
+    mutants = keyed_mutants(module, diffs)
     chosen = [m.name for m in mutants if recheck or m.key not in accepted]
     if chosen:
         # Names are given only when some are left out: a full run needs none.
