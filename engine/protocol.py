@@ -442,13 +442,18 @@ class Pickled:
     reader decides when (and catches what it raises). As a request's ``args``
     it is a call to run; as a reply's ``result``, the call's value, or what it
     raised when ``raised`` is set. JSON never decodes to one, so a handler can
-    tell a pickle request from a JSON one naming the same command."""
+    tell a pickle request from a JSON one naming the same command.
 
-    __slots__ = ("data", "raised")
+    ``finish_on_cancel`` (a request's, parent side only): once written, the
+    call is not given up when its caller is cancelled; it completes (see
+    ``FramedChannel``), as ``run_sync`` promises by default."""
+
+    __slots__ = ("data", "finish_on_cancel", "raised")
 
     def __init__(self, data: bytes | bytearray | memoryview, raised: bool = False) -> None:
         self.data = data
         self.raised = raised
+        self.finish_on_cancel = False
 
     def __repr__(self) -> str:
         return f"Pickled({len(self.data)} bytes{', raised' if self.raised else ''})"

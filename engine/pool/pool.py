@@ -310,11 +310,10 @@ class Pool:
         try:
             if PICKLE_CODEC not in lease.codecs:
                 raise PickleNotAllowed(worker_id=lease.worker_id, pool=self.label)
-            if kill_on_cancel:
-                reply = await lease.call(PICKLE_COMMAND, call, timeout=timeout)
-            else:
-                with trio.CancelScope(shield=True):
-                    reply = await lease.call(PICKLE_COMMAND, call, timeout=timeout)
+            # Not kill_on_cancel: once sent, the call completes even if this
+            # task is cancelled (the channel shields it only then).
+            call.finish_on_cancel = not kill_on_cancel
+            reply = await lease.call(PICKLE_COMMAND, call, timeout=timeout)
         except BaseException as exc:
             release(lease, exc, kill=kill_on_cancel and isinstance(exc, trio.Cancelled))
             raise

@@ -169,10 +169,12 @@ class FramedChannel:
         request_id = next(self._ids)
         # Encoded before anything is marked or written: arguments that cannot
         # be sent raise ArgumentError here and leave the channel as it was.
+        finish = False
         if type(args) is not Pickled:
             frame = encode_request(request_id, command, args, session, self._max_frame_size)
         else:
             frame = self._pickle_request(request_id, args, session)
+            finish = args.finish_on_cancel
         if self.broken or self.dirty:
             await self._recover(command, session)
         self._busy = True
@@ -183,9 +185,26 @@ class FramedChannel:
         try:
             # EPIPE on the write (the worker died before reading the request)
             # and EOF on the read both raise PeerGone.
-            await self._io.write(frame)
-            written = True
-            message = await self._read_message()
+            try:
+                await self._io.write(frame)
+                written = True
+                message = await self._read_message()
+            except trio.Cancelled:
+                if not finish:
+                    raise
+                # A call that must complete once sent (run_sync's default: a
+                # running function is not cancelled). Shielded from here on
+                # only: a scope entered for every call costs more than the
+                # rest of the parent's work on it. The caller's scope is still
+                # cancelled, so its next checkpoint raises Cancelled. Both
+                # transports resume: a cut write keeps the rest in ``unsent``,
+                # a read keeps what it had in the decoder.
+                with trio.CancelScope(shield=True):
+                    if not written:
+                        rest, self._io.unsent = self._io.unsent, b""
+                        await self._io.write(rest)
+                        written = True
+                    message = await self._read_message()
         except PeerGone:
             self.broken = True
             timed_out = self._end_timeout()

@@ -245,6 +245,34 @@ async def test_by_default_cancellation_waits_for_the_function(marker: Fifo,
     assert got == ["released w1", "cancelled"]
 
 
+async def test_cancelled_while_its_large_argument_is_written_the_call_completes() -> None:
+    """Default (kill_on_cancel=False): a cancel that lands while the request is
+    still being written (20 MiB through a 64 KiB pipe) or read back does not cut
+    the call: it completes on the same worker, and the caller's scope sees the
+    cancel at its next checkpoint."""
+    big = b"x" * (20 * 2**20)
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            before = await pool.run_sync(fns.pid)
+            got: list[object] = []
+            async with trio.open_nursery() as nursery:
+                scope = trio.CancelScope()
+
+                async def caller() -> None:
+                    with scope:
+                        got.append(await pool.run_sync(len, big))
+                        await trio.lowlevel.checkpoint()
+                    got.append("cancelled" if scope.cancelled_caught else "not cancelled")
+
+                nursery.start_soon(caller)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not got  # the call is under way
+                scope.cancel()
+            assert got == [len(big), "cancelled"]
+            assert await pool.run_sync(fns.pid) == before
+            assert pool.statistics().restarts == 0
+
+
 async def test_kill_on_cancel_kills_the_worker_at_once_and_the_pool_replaces_it(
         marker: Fifo) -> None:
     with trio.fail_after(GUARD):
