@@ -1413,8 +1413,10 @@ def test_a_session_waiter_that_finds_its_own_worker_dead_at_receipt_reports_the_
         assert waiter.status is W.FAILED and isinstance(waiter.error, SessionLost), \
             (affinity, waiter)
         assert "died before the call was sent" in str(waiter.error)
+        assert waiter.slot is None and waiter.generation is None  # it holds no worker
         [lost] = events(core.take_actions(), SESSION_LOST)
-        assert lost.metadata["session"] == "a" and lost.metadata["slot"] == own
+        assert lost.metadata == {"session": "a", "slot": own,
+                                 "reason": "process_dead at receipt"}, lost.metadata
         assert "a" not in core.bindings
         assert core.slots[own].state is S.STOPPING  # type: ignore[index]
         again = core.request("a")  # a fresh state, on the live worker
