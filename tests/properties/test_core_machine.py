@@ -280,13 +280,15 @@ class CoreMachine(RuleBasedStateMachine):
         self.release_model(waiter)
         live = slot.lease == waiter.id
         session = waiter.session
-        if live and session is not None and self.bound.get(session) == index:
+        found_dead = live and session is not None and self.bound.get(session) == index
+        if found_dead:
             # This waiter is the first to see its session's worker dead: the
             # state is lost, and it must be told so now (checked in failed()).
+            assert session is not None
             self.lost.add(session)
             del self.bound[session]
         self.step(self.core.reject_grant, waiter.id, "process_dead at receipt")
-        if session is not None and session in self.lost and live and not self.core.closing:
+        if found_dead and not self.core.closing:
             assert waiter.status is W.FAILED and isinstance(waiter.error, SessionLost), \
                 f"session {session!r}: its worker found dead at receipt, loss not reported"
         if live:
