@@ -60,6 +60,8 @@ from engine.process.handle import ExitInfo, SpawnRequest
 from engine.protocol import (
     CANCELLED,
     HEADER_SIZE,
+    PICKLE_CODEC,
+    PICKLE_COMMAND,
     Abandon,
     FrameDecoder,
     Request,
@@ -70,6 +72,8 @@ from engine.protocol import (
     parse_incoming,
 )
 from engine.testing.memory_pipe import MemoryPipe, pipe_pair
+from engine.workers.app import Context, SessionStore
+from engine.workers.pickled import make_handler
 from engine.workers.programs import object_args
 
 __all__ = [
@@ -326,8 +330,32 @@ DEFAULT_COMMANDS: Mapping[str, Handler] = {
 _EOF: Any = object()  # stdin closed
 
 
+class _FakeSessions(SessionStore):
+    """The worker-side session store over a fake's ``sessions`` dict, so that a
+    function run by ``run_sync`` finds its state with ``current_session()``."""
+
+    def __init__(self, sessions: dict[str | None, dict[str, Any]]) -> None:
+        super().__init__()
+        self.sessions = sessions
+
+    def get(self, session: str | None) -> dict[str, Any]:
+        return self.sessions.setdefault(session, {})
+
+    def drop(self, session: str | None) -> bool:
+        return bool(self.sessions.pop(session, None))
+
+
+def _format_exception(exc: BaseException, skip_frames: int = 0) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
 class _Peer:
-    """The fake worker process: a task reading requests and writing replies."""
+    """The fake worker process: a task reading requests and writing replies.
+
+    A worker whose spawn request allows pickle frames (``run_sync``) runs the
+    pickled function here, in this process and synchronously, with the real
+    worker's handler (:mod:`engine.workers.pickled`), and answers with the
+    same pickle frames; the script's reply modes apply to them too."""
 
     def __init__(self, worker: FakeWorker, stdin: MemoryPipe, stdout: MemoryPipe) -> None:
         self.worker = worker
@@ -336,7 +364,11 @@ class _Peer:
         self._stdin = stdin
         # A real worker reads stdin between calls, and while a handler runs
         # when signalled; here every write is decoded as it arrives.
-        self._decoder = FrameDecoder(worker.request.max_frame_size)
+        pickle_size = worker.request.pickle_frame_size
+        self._decoder = FrameDecoder(worker.request.max_frame_size, pickle_size)
+        self._run_pickled = make_handler(pickle_size, _format_exception) \
+            if pickle_size else None
+        self._store = _FakeSessions(worker.sessions)
         self._stdin_done = False
         stdin.consumer = self._on_stdin
         self.scope = trio.CancelScope()
@@ -366,8 +398,10 @@ class _Peer:
                 await self.write(encode_frame({"id": 0, "ok": True, "result": "not a hello"}))
                 await trio.sleep_forever()
             commands = list(script.commands if script.commands is not None else self.handlers)
+            codecs = (PICKLE_CODEC,) if self._run_pickled is not None else ()
             await self.send(hello_message(self.worker.worker_id, self.worker.pid, script.app,
-                                          commands, schemas=dict(script.schemas)), "normal")
+                                          commands, schemas=dict(script.schemas),
+                                          codecs=codecs), "normal")
             async with trio.open_nursery() as nursery:
                 if script.crash_after is not None:
                     nursery.start_soon(self._crash_later, script.crash_after)
@@ -466,6 +500,12 @@ class _Peer:
         if mode == "crash":
             self.exit(self.script.crash_code)
             return True
+        if request.command == PICKLE_COMMAND and self._run_pickled is not None:
+            # Synchronous, as in a real worker: nothing can abandon it midway.
+            call = Context(request.session, worker.worker_id, request.id, self._store,
+                           self.write_now)
+            frame = b"".join(self._run_pickled(request.args, call).parts)
+            return await self.send_frame(frame, mode)
         handler = self.handlers.get(request.command)
         if handler is None:
             reply = error_response(request.id, "UnknownCommand",
@@ -506,7 +546,12 @@ class _Peer:
         """Write one reply the way ``mode`` says; True if the peer died doing so."""
         if mode == "wrong_id":
             message = {**message, "id": message["id"] + 1000}
-        frame = encode_frame(message, self.worker.request.max_frame_size)
+        return await self.send_frame(encode_frame(message, self.worker.request.max_frame_size),
+                                     mode)
+
+    async def send_frame(self, frame: bytes, mode: ReplyMode) -> bool:
+        """Write one encoded reply the way ``mode`` says (``wrong_id`` is the
+        message's: see :meth:`send`); True if the peer died doing so."""
         if mode == "garbage":
             frame = garbage_frame()
         if mode == "truncated":
@@ -528,8 +573,11 @@ class _Peer:
         return False
 
     async def write(self, data: bytes) -> None:
+        self.write_now(data)  # no checkpoint: a pipe write that fits doesn't block
+
+    def write_now(self, data: bytes) -> None:
         try:
-            self.stdout.feed(data)  # no checkpoint: a pipe write that fits doesn't block
+            self.stdout.feed(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the parent closed its end; the process would get EPIPE and carry on
 
@@ -558,15 +606,16 @@ class FakeWorker(ChannelWorker):
         child_stdout, from_child = pipe_pair()
         channel = FramedChannel(to_child, from_child, worker_id=request.worker_id,
                                 max_frame_size=request.max_frame_size, pid=lambda: pid,
-                                cancel_grace=request.cancel_grace)
+                                cancel_grace=request.cancel_grace,
+                                max_pickle_frame_size=request.pickle_frame_size)
         super().__init__(request.worker_id, channel, request.stderr_tail_lines,
                          kind="fake process", spawned_pid=pid)
         self.request = request
         self.script = script
         self._pid = pid
         self._to_child = to_child
-        self._peer = _Peer(self, child_stdin.pipe, child_stdout.pipe)
         self.sessions: dict[str | None, dict[str, Any]] = {}
+        self._peer = _Peer(self, child_stdin.pipe, child_stdout.pipe)
         self.calls = 0
         self.requests: list[Request] = []
         self.reaped = False

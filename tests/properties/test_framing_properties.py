@@ -64,14 +64,17 @@ def splitter(cuts: list[int]) -> Any:
     return split
 
 
+# A local worker's request: its channel takes pickle frames too (run_sync).
+REQUEST = SpawnRequest(worker_id="w", app="fake", start_timeout=5.0)
+
+
 def run_with_worker(script: Script, body: Any) -> Any:
     """Start one fake worker with ``script`` and run ``body(worker)`` under a MockClock."""
 
     async def main() -> Any:
         factory = FakeWorkerFactory(script)
-        request = SpawnRequest(worker_id="w", app="fake", start_timeout=5.0)
         with trio.fail_after(60):  # virtual seconds: a hang fails instead of blocking
-            async with factory(request) as worker:
+            async with factory(REQUEST) as worker:
                 return await body(worker)
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -144,7 +147,8 @@ def test_a_garbage_frame_is_always_a_protocol_error(body: bytes, then: str,
        cuts=cut_points)
 def test_arbitrary_bytes_end_the_call_with_a_typed_error(data: bytes, then: str,
                                                          cuts: list[int]) -> None:
-    decoder = FrameDecoder()
+    # The parent's channel decodes as this decoder does (pickle frames allowed).
+    decoder = FrameDecoder(REQUEST.max_frame_size, REQUEST.pickle_frame_size)
     rejected = complete = False
     try:
         decoder.feed(data)
