@@ -4,7 +4,8 @@
 what every rule uses: ``start_pool`` (the initial rule), ``settle`` (let the
 run go, then bring the model up to date and check it: ``after_settle``),
 ``quiet`` (real workers: nothing in transit) and ``teardown``. Each rule
-group subclasses it.
+group subclasses it; with real workers no rule's precondition reads the pool's
+state (why: the comment above ``CheckoutRules.checkout``).
 """
 
 from __future__ import annotations

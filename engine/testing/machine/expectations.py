@@ -10,7 +10,6 @@ here, and from the checkout task, which only records.
 from __future__ import annotations
 
 import trio
-import trio.testing
 
 from engine import shapes
 from engine.errors import (

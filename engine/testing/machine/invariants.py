@@ -21,8 +21,6 @@ S = WorkerState
 class Invariants(MachineBase):
     """The pool's invariants, checked after every step."""
 
-    # --- invariants ------------------------------------------------------------------------
-
     @invariant()
     def consistent(self) -> None:
         if self.pool is None:

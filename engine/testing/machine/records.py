@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 import attrs
 import trio
-import trio.testing
 
 from engine.testing.driver import TaskHandle
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-import trio.testing
 from hypothesis import strategies as st
 
 from engine.errors import EngineError, SessionLost
