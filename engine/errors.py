@@ -310,17 +310,43 @@ def start_cause(error: WorkerStartError) -> tuple[str, str]:
 
 
 class CallTimeout(WorkerError):
-    """A call did not get its reply within ``call_timeout``; the worker is replaced."""
+    """A call did not get its reply within its timeout (``call_timeout``, or the
+    call's own ``timeout``).
+
+    ``outcome`` says what became of the worker, and the message says it too:
+
+    * ``"abandoned"``: the worker was asked to abandon the request; it is kept,
+      with its sessions, if it gives the request back within ``cancel_grace``,
+      else killed and replaced;
+    * ``"late"``: the reply came after the deadline and was dropped; the worker
+      is kept, with its sessions;
+    * ``"unsent"``: the request was never sent; the worker is kept;
+    * ``"killed"``: the worker is killed and replaced (``cancel_grace=0``, or
+      it broke).
+    """
 
     def __init__(
         self, *, timeout: float, worker_id: str | None = None, pid: int | None = None,
         command: str | None = None, session: str | None = None,
+        outcome: str = "killed", cancel_grace: float = 0.0,
     ) -> None:
         self.timeout = timeout
+        self.outcome = outcome
+        if outcome == "late":
+            what = f"got its reply only after its {timeout:g}s deadline; the reply was " \
+                   "dropped and the worker is kept, with its sessions"
+        else:
+            fate = {
+                "abandoned": "the worker was asked to abandon the request: it is kept, "
+                             "with its sessions, if it gives the request back within "
+                             f"cancel_grace={cancel_grace:g}s, else killed and replaced",
+                "unsent": "the request was never sent; the worker is kept, with its "
+                          "sessions",
+            }.get(outcome, "the worker is killed and replaced")
+            what = f"got no reply within {timeout:g}s; {fate}"
         super().__init__(
-            f"call {command!r} on worker {worker_id} (pid {pid}) got no reply within "
-            f"{timeout:g}s; the worker is killed and replaced: raise call_timeout if "
-            "the command is legitimately slow",
+            f"call {command!r} on worker {worker_id} (pid {pid}) {what}: raise the "
+            "call's timeout (or the pool's call_timeout) if the command is legitimately slow",
             worker_id=worker_id, pid=pid, command=command, session=session,
         )
 

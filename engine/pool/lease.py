@@ -204,11 +204,23 @@ class Lease:
 
 
 def _kept(context: LeaseContext, worker: WorkerHandle, failure: BaseException) -> bool:
-    """Does the worker survive this failed call (with its sessions)? Only a timed-out
-    call that the worker can give back (cooperative cancellation: see
-    :func:`release`) leaves it alive; a crash or a protocol error costs it."""
-    return type(failure) is CallTimeout and context.cancel_grace > 0 \
-        and worker.exit_info is None and getattr(worker, "abandoned", False) is True
+    """Does the worker survive this failed call (with its sessions)? A timed-out
+    call whose channel is clean (its reply came just after the deadline, or it
+    was never sent) leaves it alive, as does one the worker can still give back
+    (cooperative cancellation: see :func:`release`); a crash or a protocol
+    error costs it."""
+    if type(failure) is not CallTimeout or worker.exit_info is not None:
+        return False
+    return _clean_after_timeout(worker) or (
+        context.cancel_grace > 0 and getattr(worker, "abandoned", False) is True)
+
+
+def _clean_after_timeout(worker: WorkerHandle) -> bool:
+    """A timed-out call left the worker clean: nothing of it is on the pipe (the
+    reply was read after the deadline, or the request never went out). Such a
+    worker is not killed, whatever ``cancel_grace`` says: a reply that arrived
+    is no sign of a stuck worker."""
+    return not worker.dirty and worker.exit_info is None
 
 
 def session_lost(lease: Lease, command: str, failure: BaseException) -> SessionLost | None:
@@ -259,8 +271,9 @@ def release(lease: Lease, error: BaseException | None, *, kill: bool = False) ->
     # No poll here: a death is reported by the exit watcher (exit_info) or the
     # channel (dirty), and the next hand-off polls anyway.
     failure = lease._error
-    if failure is not None and type(failure) is CallTimeout and context.cancel_grace > 0:
-        failure = None  # cooperative cancellation: the worker is drained, not killed
+    if failure is not None and type(failure) is CallTimeout and (
+            context.cancel_grace > 0 or _clean_after_timeout(worker)):
+        failure = None  # cooperative cancellation (drained, not killed), or clean
     if kill and worker.dirty:
         failure = error  # a dirty worker stopped as unclean is killed (not drained)
     clean = failure is None and not worker.dirty and worker.exit_info is None

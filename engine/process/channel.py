@@ -230,7 +230,7 @@ class FramedChannel:
             # scheduling), but the reply was read: the channel is clean.
             timed_out = self._end_timeout()
             self.dirty = False
-            raise self._timeout_error(timed_out or 0.0, command, session)
+            raise self._timeout_error(timed_out or 0.0, command, session, late=True)
         self.dirty = False
         return self._result(request_id, command, session, message)
 
@@ -341,10 +341,23 @@ class FramedChannel:
                 f"{abandoned.request_id}; the worker's stream is out of step")
         return response
 
-    def _timeout_error(self, timeout: float, command: str,
-                       session: str | None) -> CallTimeout:
+    def _timeout_error(self, timeout: float, command: str, session: str | None, *,
+                       late: bool = False) -> CallTimeout:
+        """The CallTimeout of a call that just ended, saying what becomes of the
+        worker (read from the channel's state after the call gave up)."""
+        if late:
+            outcome = "late"
+        elif self.broken:
+            outcome = "killed"
+        elif not self.dirty:
+            outcome = "unsent"
+        elif self.abandoned and self._cancel_grace > 0:
+            outcome = "abandoned"
+        else:
+            outcome = "killed"
         return CallTimeout(timeout=timeout, worker_id=self._worker_id, pid=self._pid(),
-                           command=command, session=session)
+                           command=command, session=session, outcome=outcome,
+                           cancel_grace=self._cancel_grace)
 
     def _result(self, request_id: int, command: str, session: str | None,
                 message: dict[str, Any]) -> Any:

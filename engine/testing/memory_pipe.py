@@ -138,14 +138,17 @@ class PipeTransport:
         while True:
             if self._aborted or pipe.read_closed:
                 raise PeerGone("aborted")
-            if self._interrupted:
-                self._interrupted = False
-                raise Interrupted
             if pipe.buffer:
+                # Before the interrupt, as the real transport reads before it
+                # looks: a reply already there when the deadline passed is
+                # read (the call is then "late", and the pipe is clean).
                 if not waited:
                     # Already there: still a schedule point, as for a real pipe.
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return pipe.take()
+            if self._interrupted:
+                self._interrupted = False
+                raise Interrupted
             if pipe.write_closed:
                 raise PeerGone("end of stream")
             await pipe.park()
