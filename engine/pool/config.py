@@ -25,6 +25,18 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         raise ValueError(f"PoolConfig.{attribute.name} must be a positive number, got {value!r}")
 
 
+def check_seconds(name: str, value: float, default: str) -> None:
+    """A per-call ``timeout`` / ``checkout_timeout`` (not None): a positive,
+    non-NaN number of seconds, as the pool's own settings are. ``default``
+    names the setting that None would use."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None (the pool's "
+                        f"{default}), got {type(value).__name__} {value!r}")
+    if not value > 0:  # also NaN
+        raise ValueError(f"{name} must be a positive number of seconds or None (the "
+                         f"pool's {default}), got {value!r}")
+
+
 def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return

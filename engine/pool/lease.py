@@ -29,6 +29,7 @@ from engine.errors import (
     SessionLost,
     WorkerCrashed,
 )
+from engine.pool.config import check_seconds
 from engine.pool.core import PoolCore
 from engine.pool.deadlines import Deadlines
 from engine.pool.timer import Expirable
@@ -166,6 +167,8 @@ class Lease:
         context = self._context
         if timeout is None:
             timeout = context.call_timeout
+        else:
+            check_seconds("timeout", timeout, "call_timeout")
         started = context.clock()
         entry = None
         if timeout is not None:

@@ -59,7 +59,7 @@ from engine.errors import (
     SessionLost,
     start_cause,
 )
-from engine.pool.config import PoolConfig, make_config
+from engine.pool.config import PoolConfig, check_seconds, make_config
 from engine.pool.contract import (
     CheckinOutcome,
     CheckoutRequest,
@@ -244,6 +244,8 @@ class Pool:
     async def checkout(self, session: str | None = None,
                        timeout: float | None = None) -> AsyncIterator[Lease]:
         """Check a worker out (for ``session``, routed to its bound worker)."""
+        if timeout is not None:
+            check_seconds("timeout", timeout, "checkout_timeout")
         lease = await self._acquire(session, timeout)
         try:
             yield lease
@@ -265,6 +267,11 @@ class Pool:
         # checkout() + lease.call() without the generator-based context manager,
         # and without the checkout's own checkpoint: the call checkpoints anyway.
         # The usual case (breaker closed) skips a coroutine layer too.
+        # Bad timeouts are refused before a worker is reserved (or a session bound).
+        if timeout is not None:
+            check_seconds("timeout", timeout, "call_timeout")
+        if checkout_timeout is not None:
+            check_seconds("checkout_timeout", checkout_timeout, "checkout_timeout")
         decision = self._breaker.allow()
         if decision.allowed and not decision.probe:
             lease = await self._acquire_lease(session, checkout_timeout, False)
@@ -305,6 +312,8 @@ class Pool:
         worker without ``allow_pickle=True``), and what ``call`` raises.
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing reserved
+        if timeout is not None:
+            check_seconds("timeout", timeout, "call_timeout")
         call = pickle_call(fn, args)
         lease = await self._acquire(session, None, checkpoint=False)
         try:
