@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -140,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_STRESS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     pool = stress.add_argument_group("pool")
     pool.add_argument("--app", default="engine.workers.programs",
-                      help="worker app, MODULE or MODULE:ATTR (default: %(default)s)")
+                      help="worker app, MODULE or MODULE:ATTR, found on sys.path and in "
+                           "the current directory (default: %(default)s)")
     pool.add_argument("--workers", type=_positive_int, default=4, metavar="N",
                       help="pool size (default: %(default)s)")
     pool.add_argument("--call-timeout", type=_positive_float, default=5.0, metavar="S",
@@ -323,8 +325,19 @@ def run_campaign(argv: Sequence[str]) -> int:
     return int(result or 0)
 
 
+def _search_current_directory() -> None:
+    """Find ``--app`` modules in the current directory, as ``python -m`` does
+    (a console script's ``sys.path[0]`` is its own bin directory, so
+    ``engine stress --app myapp`` next to ``myapp.py`` failed to import it).
+    Workers inherit the parent's ``sys.path``, so they find it too."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``engine`` console script; returns the exit code."""
+    _search_current_directory()
     args_list = list(sys.argv[1:] if argv is None else argv)
     # The campaign has its own parser: hand it everything after the subcommand.
     if args_list and args_list[0] == "campaign":

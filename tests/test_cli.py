@@ -37,6 +37,23 @@ def test_console_script_stress_help() -> None:
     assert "invariants checked at the end" in proc.stdout
 
 
+@pytest.mark.layer3
+def test_an_app_module_in_the_current_directory_is_found(tmp_path: Path) -> None:
+    """``engine stress --app myapp`` next to ``myapp.py`` (a console script's
+    sys.path does not hold the current directory; ``python -m`` does): the
+    parent and its workers find it (new-user audit)."""
+    script = shutil.which("engine", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the engine console script is not installed in this environment")
+    (tmp_path / "myapp_in_cwd.py").write_text(
+        "from engine.workers.programs import app  # the default app's commands\n")
+    proc = subprocess.run([script, "stress", "--app", "myapp_in_cwd", "--workers", "1",
+                           "--clients", "2", "--calls", "20", "-q"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "engine stress: PASS" in proc.stdout
+
+
 def test_stress_help_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stress", "--help"]) == 0
     out = capsys.readouterr().out

@@ -42,6 +42,7 @@ from engine.stress.workload import (
     SessionState,
     Workload,
     WorkloadSettings,
+    missing_commands,
 )
 
 __all__ = ["DEFAULT_MIX", "KINDS", "LiveStatus", "StressConfig", "parse_mix", "run_stress"]
@@ -215,6 +216,23 @@ class _Run:
         self.facts: dict[str, Any] = {}
         self._rate_mark = (0.0, 0)  # (time, calls ended) of the last rate sample
 
+    def _check_commands(self, pool: Pool) -> None:
+        """Refuse an app that lacks the commands of the mix: every call of those
+        kinds would fail, and a run of failures is no test of the pool."""
+        workers = pool.inspect().live_workers()
+        if not workers or workers[0].hello is None:
+            return
+        missing = missing_commands(dict(self.config.mix), workers[0].hello.commands)
+        if missing:
+            lacking = "; ".join(f"{kind} needs {', '.join(repr(c) for c in commands)}"
+                                for kind, commands in missing.items())
+            raise StressSetupError(
+                f"app {self.config.app!r} does not serve the commands of the call mix "
+                f"({lacking}): every such call would fail. The stress runner tests the "
+                "pool with the default app's commands (engine.workers.programs): run it "
+                "with that app (the default), or with an app module that serves these "
+                "commands too")
+
     async def run(self) -> dict[str, Any]:
         handler_id = f"engine.stress-{next(_run_ids)}"
         telemetry.attach(handler_id, [telemetry.WORKER_EVENTS], self.watch.handle)
@@ -228,6 +246,7 @@ class _Run:
                                           timeout=self.config.start_timeout * 2)
                 except EngineError as exc:
                     raise StressSetupError(f"the pool never became ready: {exc}") from exc
+                self._check_commands(pool)
                 self.facts["start_seconds"] = trio.current_time() - started
                 await self._load(pool)
                 await self._verify(pool)

@@ -25,7 +25,7 @@ import logging
 import random
 import traceback
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -43,6 +43,21 @@ logger = logging.getLogger("engine.stress")
 
 KINDS = ("anon", "session", "slow", "fail", "crash", "hang", "garbage", "cancel", "timeout")
 FAULT_KINDS = frozenset({"crash", "hang", "garbage"})
+# The commands each kind sends (the default app's, engine.workers.programs):
+# an app under test must serve them, or every call of the kind would fail.
+COMMANDS_OF_KIND: dict[str, tuple[str, ...]] = {
+    "anon": ("echo", "cpu"), "session": ("create_program", "execute_program", "list_programs"),
+    "slow": ("sleep",), "fail": ("fail",), "crash": ("crash",), "hang": ("hang",),
+    "garbage": ("garbage",), "cancel": ("sleep",), "timeout": ("sleep",)}
+
+
+def missing_commands(mix: Mapping[str, float],
+                     served: Sequence[str]) -> dict[str, list[str]]:
+    """The mix's kinds (with a weight) whose commands the app does not serve:
+    kind -> the commands it lacks."""
+    have = set(served)
+    return {kind: lacking for kind, weight in mix.items() if weight
+            if (lacking := [c for c in COMMANDS_OF_KIND.get(kind, ()) if c not in have])}
 #: Calls whose caller gives up mid-call (cancelled, or its timeout), on a session.
 ABANDON_KINDS = frozenset({"cancel", "timeout"})
 #: The quick calls: their latency is the pool's overhead plus a little work, so

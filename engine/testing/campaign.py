@@ -70,6 +70,26 @@ class CampaignResult:
     #: Worker deaths the campaign caused on purpose (kills, crash calls): the
     #: pool counted them instead of logging each (``Pool.expect_death``).
     expected_deaths: int = 0
+    #: The app's worker could not start: nothing was run (``failure`` says why).
+    setup_failed: bool = False
+
+
+def _app_start_problem(app: str) -> str | None:
+    """Start one worker of ``app``: None if it starts, else why not."""
+    import trio
+
+    from engine.errors import EngineError
+    from engine.pool.pool import open_pool
+
+    async def start() -> str | None:
+        try:
+            async with open_pool(app=app, size=1, worker_output="discard") as pool:
+                await pool.wait_ready(1)
+        except EngineError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    return trio.run(start)
 
 
 def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = None,
@@ -91,6 +111,13 @@ def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = 
         raise ValueError(f"minutes must be positive, got {minutes!r}")
     if size < 1:
         raise ValueError(f"size must be at least 1, got {size!r}")
+    unusable = _app_start_problem(app)
+    if unusable is not None:
+        # Every example would wait for a worker that never starts, and the
+        # first report would be the driver's time-out, not the cause.
+        out(f"engine campaign: app {app!r} cannot start, so nothing was run: {unusable}")
+        return CampaignResult(app, False, 0, 0, 0, 0.0, seed or 0,
+                              f"app {app!r} cannot start: {unusable}", setup_failed=True)
     allowed = frozenset(commands) if commands is not None else (
         None if app == DEFAULT_APP else GENERIC_COMMANDS)
     declared = commands is None and app != DEFAULT_APP
@@ -241,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``engine campaign``: 0 if everything passed, 1 if a failure or a finding (app
-    commands that mostly failed) was found, 2 on usage."""
+    commands that mostly failed) was found, 2 on usage, 3 if the app's worker
+    cannot start."""
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -252,4 +280,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_campaign(args.app, args.minutes, size=args.size, seed=args.seed,
                           batch=args.batch, steps=args.steps, commands=commands,
                           shrink=not args.no_shrink)
+    if result.setup_failed:
+        return 3  # as engine stress: the run could not be set up
     return 0 if result.passed else 1

@@ -20,7 +20,13 @@ import attrs
 import pytest
 
 from engine.stress.chaos import classify_exit
-from engine.stress.runner import LiveStatus, StressConfig, parse_mix, run_stress
+from engine.stress.runner import (
+    LiveStatus,
+    StressConfig,
+    StressSetupError,
+    parse_mix,
+    run_stress,
+)
 from tests.leaks import child_pids
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,6 +130,21 @@ async def test_a_death_the_runner_did_not_cause_fails_the_deaths_invariant(
     # The other invariants still hold: the pool coped with the death.
     others = [i for i in report["invariants"] if i["name"] != deaths["name"]]
     assert all(i["ok"] for i in others), others
+
+
+@pytest.mark.layer3
+async def test_an_app_without_the_mixs_commands_is_refused_before_the_load() -> None:
+    """An app that lacks the commands the mix sends would make every call fail
+    (a new user's app reported PASS with 0 calls succeeded): refused at start,
+    naming the kinds and the commands, and no process is left."""
+    before = child_pids()
+    config = StressConfig(app="tests.apps.counters", workers=1, clients=2, duration=5.0,
+                          mix={"anon": 1.0, "slow": 1.0}, sessions_per_client=0)
+    with pytest.raises(StressSetupError, match=r"app 'tests.apps.counters' does not serve the "
+                                               r"commands of the call mix \(anon needs "
+                                               r"'cpu'; slow needs 'sleep'\)"):
+        await run_stress(config)
+    assert child_pids(settle=2.0) <= before
 
 
 @pytest.mark.layer3

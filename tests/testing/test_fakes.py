@@ -398,6 +398,20 @@ def test_campaign_reports_a_broken_app_with_its_step_sequence(
     sys.modules.pop(app, None)
 
 
+@pytest.mark.layer3
+def test_campaign_of_an_app_that_cannot_start_says_so_at_once(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in the app's name: the cause (the import error) at once, exit 3,
+    nothing run; it used to run examples against a pool that never became
+    ready and report the driver's time-out after 80 s (new-user audit)."""
+    code = campaign_main(["--app", "no_such_campaign_app", "--minutes", "1", "--size", "1"])
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert "app 'no_such_campaign_app' cannot start, so nothing was run" in out
+    assert "No module named 'no_such_campaign_app'" in out
+    assert "examples" not in out  # no batch ran: the cause comes first, not a time-out
+
+
 @pytest.mark.layer1
 def test_campaign_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert campaign_main([]) == 2
