@@ -382,6 +382,11 @@ class SessionLost(WorkerError):
 
     def __init__(self, *, session: str, worker_id: str | None = None,
                  pid: int | None = None, reason: str = "worker died") -> None:
+        # Reasons written for logs often name the worker already ("worker w1
+        # did not give ... back"): said once here.
+        prefix = f"worker {worker_id} "
+        if worker_id is not None and reason.startswith(prefix):
+            reason = reason[len(prefix):]
         self.reason = reason
         super().__init__(
             f"session {session!r} lost its state: worker {worker_id} {reason}; the "

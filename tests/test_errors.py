@@ -163,3 +163,16 @@ async def test_start_and_discovery_errors_carry_their_fields() -> None:
     with pytest.raises(ResponseShapeError) as shape:
         parse_program_list({"programs": [], "total_count": 2})
     assert shape.value.what and "total_count" in shape.value.problem
+
+
+def test_session_lost_names_its_worker_once() -> None:
+    """A reason written for logs ("worker w1 did not give ... back") is not
+    prefixed with the worker a second time (new-user audit)."""
+    lost = SessionLost(session="s", worker_id="w1",
+                       reason="worker w1 did not give request 7 ('x') back within "
+                              "cancel_grace=1s")
+    assert "worker w1 did not give request 7" in str(lost)
+    assert str(lost).count("w1") == 1
+    assert lost.reason.startswith("did not give")
+    other = SessionLost(session="s", worker_id="w1", reason="worker w2 vanished")
+    assert "worker w1 worker w2 vanished" in str(other)  # another worker's name stays

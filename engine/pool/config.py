@@ -304,8 +304,13 @@ def make_config(config: PoolConfig | None, overrides: Mapping[str, Any]) -> Pool
     known = {a.name for a in attrs.fields(PoolConfig) if a.init}
     unknown = sorted(set(overrides) - known)
     if unknown:
+        import difflib
+
+        guesses = [f"{key!r} (did you mean {close[0]!r}?)"
+                   if (close := difflib.get_close_matches(key, known, n=1)) else repr(key)
+                   for key in unknown]
         raise ValueError(
-            f"unknown PoolConfig field(s): {', '.join(unknown)}; known fields: "
+            f"unknown PoolConfig field(s): {', '.join(guesses)}; known fields: "
             f"{', '.join(sorted(known))}"
         )
     try:

@@ -128,9 +128,14 @@ class StressConfig:
             raise ValueError("give a duration or a number of calls")
         if self.sessions_per_client < 0 or self.payload_bytes < 0:
             raise ValueError("sessions_per_client and payload_bytes must be >= 0")
-        if self.abandon_after >= min(self.abandon_sleep, self.call_timeout):
-            raise ValueError("abandon_after must be shorter than abandon_sleep and "
-                             "call_timeout: the call is given up mid-call")
+        gives_up = any(self.mix.get(kind, 0) > 0 for kind in ("cancel", "timeout"))
+        if gives_up and self.abandon_after >= min(self.abandon_sleep, self.call_timeout):
+            # Only the cancel and timeout kinds give a call up mid-way.
+            raise ValueError(
+                f"the cancel and timeout kinds give a call up {self.abandon_after:g}s into "
+                f"a {self.abandon_sleep:g}s sleep, so the call timeout "
+                f"(--call-timeout, {self.call_timeout:g}s) must be longer than "
+                f"{self.abandon_after:g}s; raise it, or drop those kinds from --mix")
         if self.hang_timeout >= self.call_timeout and self.mix.get("hang", 0) > 0:
             # A hang call's own timeout must fire first, or it would look like
             # any other slow call.

@@ -814,10 +814,16 @@ class Worker:
             "its handler started")
 
     def _unknown_command(self, request: Request) -> None:
-        known = ", ".join(self.commands())
+        import difflib  # the error path only: not at start-up
+
+        own = self.app.commands()
+        close = difflib.get_close_matches(str(request.command), own, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        known = ", ".join(own) or "none"
         self.channel.send_error(
             request.id, "UnknownCommand",
-            f"unknown command {request.command!r} for app {self.app.name!r}; known: {known}",
+            f"unknown command {request.command!r} for app {self.app.name!r}{hint}; its "
+            f"commands: {known} (besides the built-in {', '.join(BUILTIN_COMMANDS)})",
         )
 
     def _handler_failed(self, request: Request, exc: Exception) -> None:

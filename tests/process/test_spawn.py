@@ -79,6 +79,14 @@ async def test_remote_errors_keep_the_worker_alive() -> None:
             with pytest.raises(RemoteError) as info:
                 await worker.call("no_such_command")
             assert info.value.type == "UnknownCommand"
+            # A typo gets a suggestion among the app's own commands, which are
+            # listed apart from the built-ins (new-user audit).
+            with pytest.raises(RemoteError) as typo:
+                await worker.call("ecko", 1)
+            assert "unknown command 'ecko' for app 'programs' (did you mean 'echo'?)" \
+                in str(typo.value)
+            assert "(besides the built-in ping, health, stats, cleanup_session, shutdown)" \
+                in str(typo.value)
             assert worker.is_alive() and not worker.dirty
             assert await worker.call("echo", 5) == 5
 

@@ -192,6 +192,12 @@ def test_stress_config_validation() -> None:
         StressConfig(mix={"hang": 1}, hang_timeout=5.0, call_timeout=5.0)
     with pytest.raises(ValueError, match="workers"):
         StressConfig(workers=0)
+    # The call timeout must outlast the give-up point only when calls are given up,
+    # and the message names the flag, not an internal field (new-user audit).
+    with pytest.raises(ValueError, match=r"call timeout \(--call-timeout, 0.01s\) must be "
+                                         r"longer than 0.05s; raise it, or drop those kinds"):
+        StressConfig(mix={"anon": 1, "cancel": 1}, call_timeout=0.01)
+    assert StressConfig(mix={"anon": 1}, call_timeout=0.01).call_timeout == 0.01
 
 
 @pytest.mark.layer1
