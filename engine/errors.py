@@ -250,6 +250,16 @@ class WorkerStartError(WorkerError):
         )
 
 
+def _missing_module(message: str) -> str | None:
+    """The name in a "No module named 'x'" message, if there is one."""
+    start = message.find("No module named '")
+    if start < 0:
+        return None
+    start += len("No module named '")
+    end = message.find("'", start)
+    return message[start:end] if end > start else None
+
+
 class AppStartFailed(WorkerStartError):
     """No worker of the pool can start: checkouts fail at once with the cause.
 
@@ -277,9 +287,20 @@ class AppStartFailed(WorkerStartError):
             signal=last.signal, stderr_tail=last.stderr_tail, argv=last.argv,
             launcher=last.launcher, remote_type=last.remote_type,
             remote_message=last.remote_message)
-        if stage.startswith("cannot load app"):
+        module = app.partition(":")[0]
+        missing = last.remote_type == "ModuleNotFoundError"
+        gone = _missing_module(last.remote_message or "")
+        names_app = gone is not None and (module == gone or module.startswith(gone + "."))
+        if stage.startswith("cannot load app") and missing and names_app:
             check = (f"that {app!r} is the right module name and importable by the workers "
-                     "(they get the parent's sys.path) and that its import succeeds")
+                     "(they get the parent's sys.path)")
+        elif stage.startswith("cannot load app") and missing:
+            check = (f"the import above: app {app!r} was found, but a module it imports "
+                     "is not importable by the workers (they get the parent's sys.path)")
+        elif stage.startswith("cannot load app"):
+            # Found: its own code (an import-time error, a bad command
+            # declaration) failed, not its name.
+            check = f"the error above, in the code of app {app!r} (its module was found)"
         elif stage.startswith("on_start"):
             check = f"the on_start hooks of app {app!r}"
         elif last.remote_type:

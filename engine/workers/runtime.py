@@ -460,7 +460,7 @@ def load_app(spec: str) -> App:
         found = getattr(module, attr, None)
         if not isinstance(found, App):
             raise AppNotFound(f"{module_name}.{attr} is {_describe(found)}, not an engine "
-                              "App; point --app at MODULE:ATTR holding App(...)")
+                              "App; name a MODULE:ATTR that holds App(...) as the pool's app")
         return found
     default = getattr(module, "app", None)
     if isinstance(default, App):
@@ -469,8 +469,8 @@ def load_app(spec: str) -> App:
     if len(apps) == 1:
         return apps[0]
     what = "no App instance" if not apps else f"{len(apps)} App instances"
-    raise AppNotFound(f"module {module_name!r} has {what}; define `app = App(...)` or "
-                      "use --app MODULE:ATTR")
+    raise AppNotFound(f"module {module_name!r} has {what}; define `app = App(...)` in "
+                      "it, or give the pool's app as MODULE:ATTR naming the one to use")
 
 
 def _describe(value: object) -> str:

@@ -6,6 +6,9 @@ Layer 2 over fake workers under a MockClock (times are virtual, compared with
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
@@ -193,3 +196,26 @@ async def test_an_app_whose_import_raises_is_reported_with_its_cause() -> None:
                 await pool.call("ping")
             assert str(info.value).startswith(
                 "RuntimeError: always_fails: this app never starts")
+            # Found and imported: its own code failed, so its name is not suspect.
+            assert "check the error above, in the code of app 'tests.apps.always_fails'" \
+                in str(info.value)
+            assert "right module name" not in str(info.value)
+
+
+@pytest.mark.layer3
+async def test_an_app_importing_a_missing_module_is_not_blamed_for_its_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The advice follows the cause (new-user audit: a found app was told to
+    check its module name): a missing dependency is named as such."""
+    app = f"app_with_missing_dependency_{os.getpid()}"
+    (tmp_path / f"{app}.py").write_text("import no_such_dependency_of_this_app\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the workers get the parent's sys.path
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(app=app, size=1) as pool:
+            with pytest.raises(AppStartFailed) as info:
+                await pool.wait_ready()
+    message = str(info.value)
+    assert message.startswith(
+        "ModuleNotFoundError: No module named 'no_such_dependency_of_this_app'")
+    assert f"app '{app}' was found, but a module it imports is not importable" in message
+    assert "right module name" not in message
