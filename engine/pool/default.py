@@ -25,7 +25,7 @@ import trio
 
 from engine.errors import EngineError
 from engine.pool.config import PoolConfig, make_config
-from engine.pool.pool import Pool, open_pool
+from engine.pool.pool import Pool, open_pool, refuse_while_adopting
 
 T = TypeVar("T")
 
@@ -122,6 +122,7 @@ async def current_default_pool() -> Pool:
 async def _started() -> _DefaultPool:
     state = _STATE.get()
     if state is None:
+        refuse_while_adopting()  # before the pool's system task: its error is the caller's
         state = _DefaultPool()
         _STATE.set(state)
         config = default_config()

@@ -107,6 +107,7 @@ from engine.pool.table import WorkerTable
 from engine.pool.timer import PoolTimer
 from engine.process.handle import WorkerHandle
 from engine.protocol import PICKLE_CODEC, PICKLE_COMMAND
+from engine.workers.pickled import adopting_parent_main
 
 logger = logging.getLogger("engine.pool")
 _pool_ids = itertools.count(1)
@@ -785,6 +786,20 @@ def set_fault(point: str, hook: Any) -> None:
         _FAULTS[point] = hook
 
 
+def refuse_while_adopting() -> None:
+    """Refuse to start a pool in a worker that is running its parent's main
+    script for ``run_sync`` (see :mod:`engine.workers.pickled`): that script
+    lacks the ``if __name__ == "__main__":`` guard, and would start pools of
+    grandchildren and fail obscurely (``No module named '__mp_main__'``)."""
+    script = adopting_parent_main()
+    if script is not None:
+        raise RuntimeError(
+            f"a run_sync worker ran the parent's main script ({script}) to find the "
+            "function it was sent, and the script started a pool while being imported: "
+            "put the script's start-up (trio.run(...)) under "
+            "`if __name__ == \"__main__\":`, as with multiprocessing")
+
+
 @asynccontextmanager
 async def open_pool(config: PoolConfig | None = None, **overrides: Any) -> AsyncIterator[Pool]:
     """Start a pool; leaving the block closes it and waits for every worker process.
@@ -792,6 +807,7 @@ async def open_pool(config: PoolConfig | None = None, **overrides: Any) -> Async
     ``open_pool(config=None, **overrides)``: any PoolConfig field may be given as a
     keyword. Invalid values raise ValueError naming the field.
     """
+    refuse_while_adopting()
     cfg = make_config(config, overrides)
     body_error: BaseException | None = None
     try:

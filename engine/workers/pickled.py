@@ -160,6 +160,17 @@ def make_handler(max_size: int,
     return run_pickled
 
 
+_adopting: list[str] = []  # the parent's main module, while it runs here
+
+
+def adopting_parent_main() -> str | None:
+    """The parent's main script (path or module) while this worker runs it to
+    find a function (see the module doc), else None. A script without the
+    ``if __name__ == "__main__":`` guard starts its own pool then: the pool
+    refuses, saying so (``engine.pool.pool.refuse_while_adopting``)."""
+    return _adopting[0] if _adopting else None
+
+
 def _adopt_parent_main(spec: str) -> None:
     """Run the parent's main module as ``__mp_main__`` and make it this
     process's ``__main__`` as pickle sees it (``sys.modules``); the runtime's
@@ -168,10 +179,14 @@ def _adopt_parent_main(spec: str) -> None:
     import types
 
     kind, _, target = spec.partition(":")
-    if kind == "module":
-        namespace = runpy.run_module(target, run_name="__mp_main__", alter_sys=False)
-    else:
-        namespace = runpy.run_path(target, run_name="__mp_main__")
+    _adopting[:] = [target]
+    try:
+        if kind == "module":
+            namespace = runpy.run_module(target, run_name="__mp_main__", alter_sys=False)
+        else:
+            namespace = runpy.run_path(target, run_name="__mp_main__")
+    finally:
+        _adopting.clear()
     module = types.ModuleType("__mp_main__")
     module.__dict__.update(namespace)
     sys.modules["__mp_main__"] = sys.modules["__main__"] = module
@@ -187,4 +202,4 @@ def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)[:80]
 
 
-__all__ = ["ReadyFrame", "make_handler"]
+__all__ = ["ReadyFrame", "adopting_parent_main", "make_handler"]

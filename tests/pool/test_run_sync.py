@@ -423,3 +423,39 @@ async def test_functions_and_classes_of_the_parents_main_script(tmp_path: Path) 
                                       capture_stderr=True, env=env, check=False)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().strip() == "42"
+
+
+UNGUARDED = """
+import engine, trio
+
+
+def double(x):
+    return 2 * x
+
+
+async def main():
+    print(await engine.run_sync(double, 21))
+
+
+trio.run(main)  # no `if __name__ == "__main__":` guard
+"""
+
+
+async def test_a_main_script_without_the_guard_is_told_what_to_do(tmp_path: Path) -> None:
+    """The worker runs the parent's script to find ``double``; without the guard
+    the script starts its own pool there. That is refused with the fix in the
+    message (a new user got 59 lines ending in "No module named '__mp_main__'")."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(engine.__file__).parent.parent), os.environ.get("PYTHONPATH"))
+        if p)}
+    with trio.fail_after(GUARD):
+        done = await trio.run_process([sys.executable, str(script)], capture_stdout=True,
+                                      capture_stderr=True, env=env, check=False)
+    err = done.stderr.decode()
+    assert done.returncode != 0 and not done.stdout
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: a run_sync worker ran the parent's main script ("), err
+    assert 'under `if __name__ == "__main__":`' in last
+    assert "__mp_main__" not in err.split("RuntimeError:")[-1]
