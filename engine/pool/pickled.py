@@ -56,14 +56,19 @@ def unpickle_reply(reply: Any, worker_id: str) -> Any:
         return value
     type_name, message, traceback, pickled = value
     error: BaseException | None = None
+    why = "it could not be pickled in the worker"
     if pickled is not None:
         try:
             error = pickle.loads(pickled)
-        except Exception:  # e.g. its class cannot be imported here
+        except Exception as exc:  # e.g. its class cannot be imported here
             error = None
+            why = f"it could not be rebuilt here ({type(exc).__name__}: {exc})"
     if not isinstance(error, BaseException):
         remote = RemoteError.from_reply(type=type_name, message=message, traceback=traceback,
                                         command="run_sync", worker_id=worker_id)
+        remote.add_note(f"engine: the function raised {type_name}, passed on as "
+                        f"{type(remote).__name__} because {why}; make the exception class "
+                        "importable and its args enough to rebuild it to get it as itself")
         raise remote from remote.__cause__
     raise error from RemoteTraceback(traceback, worker_id=worker_id)
 

@@ -142,6 +142,10 @@ async def test_an_exception_that_cannot_be_pickled_keeps_its_name_and_message() 
         assert caught.value.type == "Unpicklable"
         assert caught.value.remote_message == "held a lock"
         assert "in raise_unpicklable" in str(caught.value.__cause__)
+        # Why it is not an Unpicklable here is said (new-user audit).
+        [note] = caught.value.__notes__
+        assert note.startswith("engine: the function raised Unpicklable, passed on as "
+                               "RemoteError because it could not be pickled in the worker")
 
 
 async def test_unpicklable_arguments_raise_typeerror_before_anything_is_sent() -> None:
