@@ -39,7 +39,9 @@ class PoolStatistics(CoreCounts):
     ``size``). ``hosts``: the workers present per machine, ``(node name,
     count)`` sorted by name (the name each worker gave in its hello; ``"?"``
     for one that gave none); ``remote``: how many of them were started through
-    a remote launcher (see ``SlotView``).
+    a remote launcher (see ``SlotView``). ``name``: the pool's configured
+    name (None when it has none); ``label``: what its logs, errors and
+    telemetry call it (the name, or ``pool1``, ``pool2``... when unnamed).
     """
 
     name: str | None
@@ -48,16 +50,18 @@ class PoolStatistics(CoreCounts):
     closed: bool
     hosts: tuple[tuple[str, int], ...] = ()
     remote: int = 0
+    label: str = ""
 
     @classmethod
     def from_counts(cls, counts: CoreCounts, *, name: str | None, leases: int, breaker: str,
-                    closed: bool, workers: Iterable[WorkerHandle | None] = ()
-                    ) -> PoolStatistics:
+                    closed: bool, workers: Iterable[WorkerHandle | None] = (),
+                    label: str = "") -> PoolStatistics:
         present = [w for w in workers if w is not None]
         hosts = Counter(placement(w).host or "?" for w in present)
         return cls(**attrs.asdict(counts, recurse=False), name=name, leases=leases,
                    breaker=breaker, closed=closed, hosts=tuple(sorted(hosts.items())),
-                   remote=sum(1 for w in present if placement(w).remote_launcher))
+                   remote=sum(1 for w in present if placement(w).remote_launcher),
+                   label=label or name or "")
 
 
 @attrs.frozen

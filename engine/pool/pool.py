@@ -356,7 +356,7 @@ class Pool:
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics.from_counts(
-            self._core.counts(), name=self.name, leases=len(self._held),
+            self._core.counts(), name=self.name, label=self.label, leases=len(self._held),
             breaker=self._breaker.state.value, closed=self.closed,
             workers=(row.worker for row in self._table))
 

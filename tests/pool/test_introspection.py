@@ -85,6 +85,8 @@ async def test_statistics_are_the_core_counts_plus_the_shells_figures(
     assert (stats.size, stats.ready, stats.busy, stats.leased, stats.leases) == (3, 2, 1, 1, 1)
     assert (stats.crashes, stats.restarts, stats.start_failures) == (1, 1, 0)
     assert stats.breaker == "closed" and not stats.closed and stats.name is None
+    # Unnamed: the label its logs and errors use is there too (new-user audit).
+    assert stats.label == pool.label and stats.label.startswith("pool")
     assert pool.statistics().closed
 
 
