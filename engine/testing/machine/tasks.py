@@ -92,6 +92,9 @@ class CheckoutTasks(MachineState):
                 and lease.worker_id in self.fault.worker_ids
             if killed_after_grant and "dead_worker_after_grant" in self.tolerate:
                 self.tolerated["dead_worker_after_grant"] += 1
+                # In the class's totals too: a tolerated bug must leave a trace
+                # in what a campaign or a test reads afterwards.
+                type(self).totals["tolerated_dead_worker_after_grant"] += 1
                 c.broken = True
             else:
                 self.violations.append(f"{c!r} was handed dead worker {lease.worker_id}")
