@@ -308,7 +308,7 @@ def run_sync_rows(r: dict[str, Any]) -> list[Row]:
                 "", ""))
     if "engine_kill" in tp:  # breakdown: the same call without the shielded scope
         kill = tp["engine_kill"]
-        out.append(("  the same with kill_on_cancel=True (no shielded cancel scope)",
+        out.append(("  the same with kill_on_cancel=True (never shielded)",
                     f"{kill['rate']:,.0f} calls/s", window_cpu(kill),
                     versus(kill["rate"] / rate, "ahead", "behind", "it"), "", ""))
     for name in ("trio_parallel", "anyio"):
