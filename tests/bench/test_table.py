@@ -252,7 +252,7 @@ def test_hung_worker_out_of_service_within_5_seconds(seconds: float, verdict: st
 
 
 def test_run_sync_throughput_shows_the_price_of_the_shielded_scope_apart() -> None:
-    """The breakdown row (kill_on_cancel=True: no shielded scope per call) is
+    """The breakdown row (kill_on_cancel=True: never shielded) is
     compared with engine.run_sync and judged against no target."""
     table = rows(results())
     start = next(i for i, row in enumerate(table) if row[0].startswith("[run_sync: throughput"))
