@@ -23,6 +23,7 @@ must after any failure with ``cancel_grace=0``.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -50,6 +51,11 @@ from engine.protocol import (
 )
 
 __all__ = ["DrainFailed", "FramedChannel", "PeerGone"]
+
+logger = logging.getLogger("engine.pool")
+# A call that must complete after its caller was cancelled (run_sync's
+# default) says why the caller still waits once it has waited this long.
+FINISH_NOTICE_AFTER = 1.0
 
 
 def _no_nudge() -> None:
@@ -204,7 +210,7 @@ class FramedChannel:
                         rest, self._io.unsent = self._io.unsent, b""
                         await self._io.write(rest)
                         written = True
-                    message = await self._read_message()
+                    message = await self._finish_cancelled(command)
         except PeerGone:
             self.broken = True
             timed_out = self._end_timeout()
@@ -233,6 +239,23 @@ class FramedChannel:
             raise self._timeout_error(timed_out or 0.0, command, session, late=True)
         self.dirty = False
         return self._result(request_id, command, session, message)
+
+    async def _finish_cancelled(self, command: str) -> dict[str, Any]:
+        """Read the reply of a call whose caller was cancelled but which must
+        complete (shielded by the caller). If it takes a while, say why the
+        caller is still waiting: a Ctrl-C that seems ignored is the usual way
+        to meet this promise."""
+        message: dict[str, Any] | None = None
+        with trio.move_on_after(FINISH_NOTICE_AFTER):
+            message = await self._read_message()
+        if message is None:
+            logger.warning(
+                "worker %s: the caller of %r was cancelled while its function runs; "
+                "waiting for it to return (run_sync's kill_on_cancel=False: a running "
+                "function is not cancelled; pass kill_on_cancel=True to kill its worker "
+                "at once instead)", self._worker_id, command)
+            message = await self._read_message()
+        return message
 
     def _pickle_request(self, request_id: int, args: Pickled, session: str | None) -> bytes:
         if not self._max_pickle_frame_size:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
 import sys
 import traceback
@@ -247,6 +248,47 @@ async def test_by_default_cancellation_waits_for_the_function(marker: Fifo,
             assert got == []  # still waiting for the function
             release.write_line()
     assert got == ["released w1", "cancelled"]
+
+
+async def test_a_long_wait_after_a_cancel_says_why(marker: Fifo, release: Fifo) -> None:
+    """A cancel (a Ctrl-C, say) that the default run_sync does not act on
+    while its function runs: after a second of waiting, a warning says why
+    and what to pass instead (new-user audit: the wait looked like a hang)."""
+    noticed = trio.Event()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "was cancelled while its function runs" in record.getMessage():
+                seen.append(record)
+                noticed.set()
+
+    seen: list[logging.LogRecord] = []
+    handler = Catch(logging.WARNING)
+    logging.getLogger("engine.pool").addHandler(handler)
+    try:
+        with trio.fail_after(GUARD):
+            async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+                got: list[object] = []
+                async with trio.open_nursery() as nursery:
+                    scope = trio.CancelScope()
+
+                    async def caller() -> None:
+                        with scope:
+                            got.append(await pool.run_sync(
+                                fns.wait_for_release, marker.path, "n1", release.path))
+                            await trio.lowlevel.checkpoint()
+
+                    nursery.start_soon(caller)
+                    await marker.wait("n1")
+                    scope.cancel()
+                    await noticed.wait()  # the function is still running
+                    assert got == []
+                    release.write_line()
+                assert got == ["released n1"]
+    finally:
+        logging.getLogger("engine.pool").removeHandler(handler)
+    [record] = seen
+    assert "pass kill_on_cancel=True to kill its worker at once instead" in record.getMessage()
 
 
 async def test_cancelled_while_its_large_argument_is_written_the_call_completes() -> None:
