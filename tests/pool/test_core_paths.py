@@ -45,7 +45,7 @@ from engine.telemetry.events import (
     SESSION_LOST,
     WORKER_TRANSITION,
 )
-from tests.properties.test_core_machine import Clock, ready_core
+from tests.properties.test_core_machine import Clock, hint_core, ready_core
 
 pytestmark = pytest.mark.layer1
 
@@ -1374,16 +1374,7 @@ def test_hint_waiter_requeued_after_its_session_was_lost_learns_of_it() -> None:
     busy) whose grant is taken back after its own worker died must get
     SessionLost, not the dead worker's replacement as if the state were there
     (found by the machine's random profile)."""
-    dead: set[int] = set()
-
-    def vet(slot: Slot, waiter: Waiter) -> Verdict:
-        return Verdict(Remove("process_dead") if slot.index in dead else Ok())
-
-    core = PoolCore(2, clock=Clock(), affinity="hint", vet=vet, strict=True)
-    core.start()
-    for index in (0, 1):
-        core.worker_starting(index)
-        core.worker_ready(index, f"w{index}", index)
+    core = hint_core(set())
     first = core.request("a")
     assert first.status is W.GRANTED
     core.receive(first.id)

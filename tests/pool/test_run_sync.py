@@ -12,9 +12,11 @@ import functools
 import itertools
 import logging
 import os
+import subprocess
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -208,6 +210,33 @@ async def test_a_worker_without_pickle_refuses_and_stays_untouched() -> None:
 # --- cancellation ----------------------------------------------------------------------
 
 
+class CancellableCall:
+    """One call in its own task and cancel scope (see :func:`cancellable`):
+    ``got`` receives its value, then "cancelled" or "not cancelled" once the
+    task's next checkpoint has run."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.got: list[object] = []
+
+
+@asynccontextmanager
+async def cancellable(call: Callable[[], Awaitable[object]]) -> AsyncIterator[CancellableCall]:
+    """Start ``call`` in a task; the block cancels it when it likes; leaving
+    the block waits for the task."""
+    handle = CancellableCall()
+
+    async def caller() -> None:
+        with handle.scope:
+            handle.got.append(await call())
+            await trio.lowlevel.checkpoint()
+        handle.got.append("cancelled" if handle.scope.cancelled_caught else "not cancelled")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller)
+        yield handle
+
+
 async def test_a_cancelled_scope_reserves_and_starts_nothing(tmp_path: Path) -> None:
     path = tmp_path / "ran"
     children = child_pids(settle=0)
@@ -229,25 +258,15 @@ async def test_a_cancelled_scope_reserves_and_starts_nothing(tmp_path: Path) -> 
 
 async def test_by_default_cancellation_waits_for_the_function(marker: Fifo,
                                                               release: Fifo) -> None:
-    got: list[object] = []
     with trio.fail_after(GUARD):
-        async with trio.open_nursery() as nursery:
-            scope = trio.CancelScope()
-
-            async def caller() -> None:
-                with scope:
-                    got.append(await engine.run_sync(fns.wait_for_release, marker.path,
-                                                     "w1", release.path))
-                    await trio.lowlevel.checkpoint()
-                got.append("cancelled" if scope.cancelled_caught else "not cancelled")
-
-            nursery.start_soon(caller)
+        async with cancellable(lambda: engine.run_sync(
+                fns.wait_for_release, marker.path, "w1", release.path)) as call:
             await marker.wait("w1")
-            scope.cancel()
+            call.scope.cancel()
             await trio.testing.wait_all_tasks_blocked()
-            assert got == []  # still waiting for the function
+            assert call.got == []  # still waiting for the function
             release.write_line()
-    assert got == ["released w1", "cancelled"]
+    assert call.got == ["released w1", "cancelled"]
 
 
 async def test_a_long_wait_after_a_cancel_says_why(marker: Fifo, release: Fifo) -> None:
@@ -268,23 +287,14 @@ async def test_a_long_wait_after_a_cancel_says_why(marker: Fifo, release: Fifo) 
     try:
         with trio.fail_after(GUARD):
             async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
-                got: list[object] = []
-                async with trio.open_nursery() as nursery:
-                    scope = trio.CancelScope()
-
-                    async def caller() -> None:
-                        with scope:
-                            got.append(await pool.run_sync(
-                                fns.wait_for_release, marker.path, "n1", release.path))
-                            await trio.lowlevel.checkpoint()
-
-                    nursery.start_soon(caller)
+                async with cancellable(lambda: pool.run_sync(
+                        fns.wait_for_release, marker.path, "n1", release.path)) as call:
                     await marker.wait("n1")
-                    scope.cancel()
+                    call.scope.cancel()
                     await noticed.wait()  # the function is still running
-                    assert got == []
+                    assert call.got == []
                     release.write_line()
-                assert got == ["released n1"]
+                assert call.got == ["released n1", "cancelled"]
     finally:
         logging.getLogger("engine.pool").removeHandler(handler)
     [record] = seen
@@ -300,21 +310,11 @@ async def test_cancelled_while_its_large_argument_is_written_the_call_completes(
     with trio.fail_after(GUARD):
         async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
             before = await pool.run_sync(fns.pid)
-            got: list[object] = []
-            async with trio.open_nursery() as nursery:
-                scope = trio.CancelScope()
-
-                async def caller() -> None:
-                    with scope:
-                        got.append(await pool.run_sync(len, big))
-                        await trio.lowlevel.checkpoint()
-                    got.append("cancelled" if scope.cancelled_caught else "not cancelled")
-
-                nursery.start_soon(caller)
+            async with cancellable(lambda: pool.run_sync(len, big)) as call:
                 await trio.testing.wait_all_tasks_blocked()
-                assert not got  # the call is under way
-                scope.cancel()
-            assert got == [len(big), "cancelled"]
+                assert not call.got  # the call is under way
+                call.scope.cancel()
+            assert call.got == [len(big), "cancelled"]
             assert await pool.run_sync(fns.pid) == before
             assert pool.statistics().restarts == 0
 
@@ -458,15 +458,19 @@ if __name__ == "__main__":
 '''
 
 
-async def test_functions_and_classes_of_the_parents_main_script(tmp_path: Path) -> None:
-    script = tmp_path / "script.py"
-    script.write_text(SCRIPT)
+async def run_script(path: Path, text: str) -> subprocess.CompletedProcess[bytes]:
+    """Run ``text`` as a main script (``python path``) that imports engine."""
+    await trio.Path(path).write_text(text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(Path(engine.__file__).parent.parent), os.environ.get("PYTHONPATH"))
         if p)}
     with trio.fail_after(GUARD):
-        done = await trio.run_process([sys.executable, str(script)], capture_stdout=True,
+        return await trio.run_process([sys.executable, str(path)], capture_stdout=True,
                                       capture_stderr=True, env=env, check=False)
+
+
+async def test_functions_and_classes_of_the_parents_main_script(tmp_path: Path) -> None:
+    done = await run_script(tmp_path / "script.py", SCRIPT)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().strip() == "42"
 
@@ -491,14 +495,7 @@ async def test_a_main_script_without_the_guard_is_told_what_to_do(tmp_path: Path
     """The worker runs the parent's script to find ``double``; without the guard
     the script starts its own pool there. That is refused with the fix in the
     message (a new user got 59 lines ending in "No module named '__mp_main__'")."""
-    script = tmp_path / "unguarded.py"
-    script.write_text(UNGUARDED)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(Path(engine.__file__).parent.parent), os.environ.get("PYTHONPATH"))
-        if p)}
-    with trio.fail_after(GUARD):
-        done = await trio.run_process([sys.executable, str(script)], capture_stdout=True,
-                                      capture_stderr=True, env=env, check=False)
+    done = await run_script(tmp_path / "unguarded.py", UNGUARDED)
     err = done.stderr.decode()
     assert done.returncode != 0 and not done.stdout
     last = err.strip().splitlines()[-1]

@@ -608,11 +608,9 @@ def test_no_requeue_after_close() -> None:
     assert waiter.status is W.FAILED and isinstance(waiter.error, PoolClosed)
 
 
-def test_hint_waiter_falls_back_after_removal() -> None:
-    """affinity='hint': when the session's worker fails the hand-off check, the
-    waiter should get another idle worker at once."""
-    dead: set[int] = set()
-
+def hint_core(dead: set[int]) -> PoolCore:
+    """Two ready workers, affinity='hint'; the hand-off check removes the
+    workers of the slots in ``dead`` (add to it to kill one)."""
     def vet(slot: Slot, waiter: Waiter) -> Verdict:
         return Verdict(Remove("process_dead") if slot.index in dead else Ok())
 
@@ -621,6 +619,14 @@ def test_hint_waiter_falls_back_after_removal() -> None:
     for index in (0, 1):
         core.worker_starting(index)
         core.worker_ready(index, f"w{index}", index)
+    return core
+
+
+def test_hint_waiter_falls_back_after_removal() -> None:
+    """affinity='hint': when the session's worker fails the hand-off check, the
+    waiter should get another idle worker at once."""
+    dead: set[int] = set()
+    core = hint_core(dead)
     first = core.request("s")
     bound = first.slot
     assert bound is not None
