@@ -131,7 +131,9 @@ def report_blocks(report: Mapping[str, Any], style: Styler) -> list[Block]:
         drain = c["drain_seconds"]
         out.append(Line(
             f"calls given up mid-call: {sum(c['calls'].values())}"
-            f"{kinds_in_words(c['calls'])}; {c['drains']} drains: {c['drained_clean']} back "
+            f"{kinds_in_words(c['calls'])}; {c['drains']} drains (of those, and of any "
+            f"call cut by its timeout with its request in the worker; a call given up "
+            f"before its request was written needs none): {c['drained_clean']} back "
             f"clean (p50 {_ms(drain['p50'])}, max {_ms(drain['max'])}), "
             f"{c['killed_after_grace']} killed after cancel_grace, "
             f"{c['hangs_killed_after_grace']} hangs killed after cancel_grace, "
