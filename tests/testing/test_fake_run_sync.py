@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import engine
 from engine.errors import ArgumentTypeError, PickleNotAllowed, ProtocolError, WorkerCrashed
+from engine.pool.pickled import pickle_call
 from engine.protocol import PICKLE_CODEC, PICKLE_COMMAND, Pickled
 from engine.testing.fakes import FakeWorkerFactory, Script
 from engine.workers import current_session
@@ -97,3 +99,19 @@ async def test_a_fake_without_pickle_refuses_run_sync_untouched() -> None:
                 await pool.run_sync(operator.add, 1, 2)
             [worker] = factory.workers
             assert not worker.hello.codecs and not worker.requests
+
+
+async def test_a_pickle_call_sent_without_run_sync_is_cancelled_like_any_call(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Completing once sent is run_sync's promise, not the pickle codec's: a
+    pickle request sent by ``pool.call`` is given up when its caller is
+    cancelled, as a JSON call is (its reply never comes here: the fake hangs;
+    were it shielded, the call would end with CallTimeout at call_timeout)."""
+    factory = FakeWorkerFactory(Script(faults={PICKLE_COMMAND: "hang"}))
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(worker_factory=factory, size=1, call_timeout=5.0) as pool:
+            await pool.wait_ready()
+            with trio.move_on_after(1.0) as scope:
+                await pool.call(PICKLE_COMMAND, pickle_call(operator.add, (1, 2)))
+            assert scope.cancelled_caught
+            assert trio.current_time() < 5.0  # virtual: before any call_timeout
