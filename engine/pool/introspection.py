@@ -89,7 +89,7 @@ def placement(worker: WorkerHandle) -> Placement:
                      os_pid=os_pid if isinstance(os_pid, int) else None)
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class SlotView:
     """One slot: the core's record of it and the shell's worker handle.
 
@@ -114,6 +114,15 @@ class SlotView:
     host: str | None = None
     remote_launcher: str | None = None
     os_pid: int | None = None
+
+    def __repr__(self) -> str:
+        # Short: a slot's history and handle would fill a screen; the fields
+        # are all there to read.
+        where = f" on {self.host}" if self.remote else ""
+        leased = f", lease {self.lease}" if self.lease is not None else ""
+        sessions = f", sessions {list(self.sessions)}" if self.sessions else ""
+        return (f"<SlotView {self.index}: {self.state.value}, worker {self.worker_id} "
+                f"(pid {self.pid}{where}), {self.calls} calls{leased}{sessions}>")
 
     @property
     def remote(self) -> bool:
@@ -151,9 +160,10 @@ class WaiterView:
     enqueued_at: float
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PoolView:
-    """A frozen snapshot of the whole pool (``pool.inspect()``)."""
+    """A frozen snapshot of the whole pool (``pool.inspect()``); its repr is a
+    short summary, one line per slot."""
 
     label: str
     closing: bool
@@ -165,6 +175,15 @@ class PoolView:
     def live_workers(self) -> list[WorkerHandle]:
         """Handles of the workers present whose process is alive right now."""
         return [s.worker for s in self.slots if s.worker is not None and s.worker.is_alive()]
+
+    def __repr__(self) -> str:
+        state = "closing" if self.closing else "open"
+        lines = [f"<PoolView {self.label} ({state}): {len(self.slots)} slots, "
+                 f"{len(self.bindings)} sessions bound, {len(self.queue)} queued"]
+        lines += [f"  {slot!r}" for slot in self.slots]
+        if self.last_start_error is not None:
+            lines.append(f"  last start error: {self.last_start_error}")
+        return "\n".join(lines) + ">"
 
 
 def _slot_view(slot: Slot, worker: WorkerHandle | None) -> SlotView:

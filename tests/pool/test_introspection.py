@@ -124,3 +124,21 @@ def test_the_shell_invariants_catch_a_table_that_disagrees_with_the_core() -> No
         check_shell_invariants(core, table, {42: object()}, {})
     with pytest.raises(AssertionError, match="parked for waiter 7"):
         check_shell_invariants(core, table, {}, {7: object()})
+
+
+async def test_a_pool_views_repr_is_a_short_summary(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Printing ``pool.inspect()`` gives one line per slot, not every field of
+    every transition (new-user audit: a 4 KB wall of text for a pool of 2)."""
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(worker_factory=FakeWorkerFactory(Script()), size=2) as pool:
+            await pool.wait_ready(2)
+            await pool.call("echo", 1, session="s")
+            view = pool.inspect()
+    text = repr(view)
+    lines = text.splitlines()
+    assert lines[0] == f"<PoolView {view.label} (open): 2 slots, 1 sessions bound, 0 queued"
+    assert len(lines) == 3 and all(line.startswith("  <SlotView ") for line in lines[1:])
+    bound = view.bindings["s"].slot
+    assert "sessions ['s']" in lines[1 + bound] and "ready, worker " in lines[1 + bound]
+    assert len(text) < 400
