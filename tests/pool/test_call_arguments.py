@@ -61,3 +61,28 @@ async def test_checkout_and_run_sync_and_lease_calls_check_theirs_too() -> None:
                     await lease.call("echo", 1, timeout=[1])  # type: ignore[arg-type]
                 assert await lease.call("echo", 3) == 3  # the lease is still good
             assert pool.statistics().restarts == 0
+
+
+async def test_a_pool_called_from_another_trio_run_refuses_at_once() -> None:
+    """A thread that runs its own trio.run and calls the pool: refused before
+    anything is touched, saying how to call from a thread (it used to raise a
+    bare AssertionError, then hang; new-user audit), and the right way works."""
+    factory = FakeWorkerFactory()
+    errors: list[str] = []
+    with trio.fail_after(10):
+        async with engine.open_pool(worker_factory=factory, size=1) as pool:
+            await pool.wait_ready()
+
+            def thread() -> object:
+                for attempt in (lambda: pool.call("ping"), lambda: pool.wait_ready()):
+                    try:
+                        trio.run(attempt)
+                    except RuntimeError as exc:
+                        errors.append(str(exc))
+                return trio.from_thread.run(pool.call, "echo", 5)
+
+            assert await trio.to_thread.run_sync(thread) == 5
+            assert await pool.call("echo", 6) == 6
+            assert pool.statistics().restarts == 0
+    assert len(errors) == 2 and all("belongs to the Trio run that opened it" in e
+                                    and "trio.from_thread.run(pool.call" in e for e in errors)
