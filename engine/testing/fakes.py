@@ -42,9 +42,11 @@ Kill and inspect fakes from inside the Trio run (``kill()`` wakes tasks).
 from __future__ import annotations
 
 import collections
+import inspect
 import itertools
 import signal
 import traceback
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal
@@ -128,6 +130,36 @@ def garbage_frame(body: bytes = b"\x00not json\xff") -> bytes:
     return len(body).to_bytes(HEADER_SIZE, "big") + body
 
 
+REPLY_MODES = frozenset(typing.get_args(ReplyMode))
+
+
+def _reply_mode(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in REPLY_MODES:
+        raise ValueError(f"Script.{attribute.name}={value!r} is not a reply mode; the modes: "
+                         f"{', '.join(sorted(REPLY_MODES))}")
+
+
+def _faults(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for command, mode in dict(value).items():
+        if mode not in REPLY_MODES:
+            raise ValueError(f"Script.faults[{command!r}]={mode!r} is not a reply mode; the "
+                             f"modes: {', '.join(sorted(REPLY_MODES))}")
+
+
+def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not value >= 0:
+        raise ValueError(f"Script.{attribute.name} must be >= 0 seconds, got {value!r}")
+
+
+def _handlers(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for command, handler in dict(value).items():
+        if not inspect.iscoroutinefunction(handler):
+            raise TypeError(
+                f"Script.handlers[{command!r}] must be `async def handler(ctx, args)` (a "
+                f"fake's handler: context first, awaited), got {handler!r}; an app's "
+                "`def handler(args, ctx)` runs in real workers, not in fakes")
+
+
 @attrs.frozen(kw_only=True)
 class Script:
     """What one fake worker does. Times are Trio seconds (virtual under MockClock).
@@ -148,22 +180,23 @@ class Script:
     would stop) or ``"never"`` (every handler ignores it, like one stuck in C).
     """
 
-    start_delay: float = 0.0
+    start_delay: float = attrs.field(default=0.0, validator=_not_negative)
     crash_before_hello: int | None = None
     bad_hello: bool = False
-    crash_after: float | None = None
+    crash_after: float | None = attrs.field(default=None, validator=_not_negative)
     crash_code: int = 1
-    reply_mode: ReplyMode = "normal"
-    faults: Mapping[str, ReplyMode] = attrs.field(factory=dict)
+    reply_mode: ReplyMode = attrs.field(default="normal", validator=_reply_mode)
+    faults: Mapping[str, ReplyMode] = attrs.field(factory=dict, validator=_faults)
     split: Callable[[bytes], Sequence[bytes]] | None = None
-    handlers: Mapping[str, Handler] = attrs.field(factory=dict)
+    handlers: Mapping[str, Handler] = attrs.field(factory=dict, validator=_handlers)
     program_list: Literal["map", "legacy"] = "map"
     app: str = "fake"
     commands: tuple[str, ...] | None = None
     schemas: Mapping[str, Any] = attrs.field(factory=dict)
     stderr_lines: tuple[str, ...] = ()
-    on_abandon: Literal["yield", "never"] = "yield"
-    abandon_delay: float = 0.0
+    on_abandon: Literal["yield", "never"] = attrs.field(
+        default="yield", validator=attrs.validators.in_(("yield", "never")))
+    abandon_delay: float = attrs.field(default=0.0, validator=_not_negative)
 
     def evolve(self, **changes: Any) -> Script:
         return attrs.evolve(self, **changes)

@@ -417,3 +417,27 @@ def test_campaign_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
     assert campaign_main([]) == 2
     assert "--app" in capsys.readouterr().err
     assert campaign_main(["--app", "x", "--minutes", "0"]) == 2
+
+
+@pytest.mark.layer1
+def test_a_script_refuses_what_it_could_not_do() -> None:
+    """A misspelt fault mode used to be accepted and ignored, so a test of "my
+    code survives fault X" passed with no fault; an app-style handler failed
+    only when called, with an unrelated error (second new-user audit)."""
+    with pytest.raises(ValueError, match=r"Script.reply_mode='bogus' is not a reply mode; "
+                                         r"the modes: crash, fragmented, garbage, hang"):
+        Script(reply_mode="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Script.faults\['ping'\]='crsh' is not a reply mode"):
+        Script(faults={"ping": "crsh"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"Script.start_delay must be >= 0 seconds, got -1"):
+        Script(start_delay=-1)
+
+    def app_style(args: Any, ctx: Any) -> Any:
+        return args
+
+    with pytest.raises(TypeError, match=r"Script.handlers\['add'\] must be `async def "
+                                        r"handler\(ctx, args\)`.*an app's `def handler"):
+        Script(handlers={"add": app_style})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="on_abandon"):
+        Script(on_abandon="sometimes")  # type: ignore[arg-type]
+    assert Script(faults={"ping": "garbage"}, start_delay=0.5).faults == {"ping": "garbage"}
