@@ -196,8 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_output_paths(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse report paths that cannot be written before the run, not after it
+    (a run of minutes whose report then fails to save prints no verdict)."""
+    for flag, path in (("--json", args.json), ("--html", args.html)):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            parser.error(f"{flag} {path}: is a directory; give a file name")
+        if not os.path.isdir(folder):
+            parser.error(f"{flag} {path}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK) or (os.path.exists(path)
+                                              and not os.access(path, os.W_OK)):
+            parser.error(f"{flag} {path}: cannot be written here")
+
+
 def _stress_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     from engine.stress.runner import CHAOS_KILL_EVERY, CHAOS_MIX, DEFAULT_MIX, StressConfig
+
+    _check_output_paths(args, parser)
 
     reserved = {"app": "--app", "size": "--workers", "call_timeout": "--call-timeout",
                 "checkout_timeout": "--checkout-timeout", "start_timeout": "--start-timeout",

@@ -73,6 +73,11 @@ def test_stress_help_in_process(capsys: pytest.CaptureFixture[str]) -> None:
      "unknown PoolConfig field(s): 'cancel_grce' (did you mean 'cancel_grace'?)"),
     (["stress", "--pool", "size=3"], "use --workers"),
     (["stress", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["stress", "--json", "/nonexistent/dir/r.json"],
+     "--json /nonexistent/dir/r.json: the folder /nonexistent/dir does not exist"),
+    (["stress", "--html", "/"], "--html /: is a directory; give a file name"),
+    (["stress", "--sessions", "0"], "the session kind needs sessions: --sessions 0 leaves it "
+                                    "none"),
     (["launch"], "invalid choice: 'launch'"),
     ([], "required: COMMAND"),
 ])

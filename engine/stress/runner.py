@@ -128,6 +128,9 @@ class StressConfig:
             raise ValueError("give a duration or a number of calls")
         if self.sessions_per_client < 0 or self.payload_bytes < 0:
             raise ValueError("sessions_per_client and payload_bytes must be >= 0")
+        if self.sessions_per_client == 0 and self.mix.get("session", 0) > 0:
+            raise ValueError("the session kind needs sessions: --sessions 0 leaves it none; "
+                             "give --sessions 1 or more, or drop it from --mix (session=0)")
         gives_up = any(self.mix.get(kind, 0) > 0 for kind in ("cancel", "timeout"))
         if gives_up and self.abandon_after >= min(self.abandon_sleep, self.call_timeout):
             # Only the cancel and timeout kinds give a call up mid-way.
