@@ -121,8 +121,17 @@ def _exp_bound(base: float, multiplier: float, maximum: float, exponent: int) ->
 # --- Retry ----------------------------------------------------------------------
 
 
-def _to_exc_tuple(value: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
-    return tuple(value)
+def _to_exc_tuple(value: type[BaseException] | Iterable[type[BaseException]]
+                  ) -> tuple[type[BaseException], ...]:
+    # One class is taken as itself: iterating a class fails obscurely (and
+    # RemoteError's metaclass would read it as RemoteError[0]).
+    if isinstance(value, type):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ValueError(f"retry_on must be an exception class or a tuple of them, got "
+                         f"{value!r}") from None
 
 
 def _check_retry_on(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -206,10 +206,22 @@ def test_default_policy_values() -> None:
     ({"base_delay": 1.0, "max_delay": 0.5}, "max_delay"),
     ({"multiplier": 0.5}, "multiplier"),
     ({"retry_on": (ValueError, "nope")}, "retry_on"),
+    ({"retry_on": 3}, "retry_on must be an exception class or a tuple of them, got 3"),
 ])
 def test_invalid_config_names_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         Retry(**kwargs)  # type: ignore[arg-type]
+
+
+def test_one_exception_class_is_taken_as_itself() -> None:
+    """retry_on=WorkerCrashed, not (WorkerCrashed,): a user's natural spelling
+    (it failed with "'type' object is not iterable", and RemoteError with an
+    unrelated message; second new-user audit)."""
+    assert Retry(retry_on=WorkerCrashed).retry_on == (WorkerCrashed,)
+    assert Retry(retry_on=RemoteError).retry_on == (RemoteError,)
+    assert Retry(retry_on=[CallTimeout, PoolTimeout]).retry_on == (CallTimeout, PoolTimeout)
+    assert not Retry(retry_on=RemoteError).should_retry(
+        RemoteError.from_reply(type="ValueError", message="no"))
 
 
 def test_on_retry_sees_each_failure_and_delay() -> None:
