@@ -53,15 +53,23 @@ async def wait_for_pool_ready(pool: Pool, n: int | None = None,
                               timeout: float | None = None) -> list[str]:
     """Wait until at least ``n`` workers (default: all) are really ready.
 
-    Returns their ids. Raises ``PoolTimeout`` after ``timeout`` seconds (default:
-    twice the pool's ``start_timeout``) naming the last start failure, and
-    ``PoolClosed`` if the pool closes meanwhile.
+    Returns their ids. Raises ``AppStartFailed`` at once when no worker can
+    start (as ``pool.wait_ready`` does: the app cannot be imported, say),
+    ``PoolTimeout`` after ``timeout`` seconds (default: twice the pool's
+    ``start_timeout``) naming the last start failure, and ``PoolClosed`` if the
+    pool closes meanwhile.
     """
     want = pool.config.size if n is None else n
     if not 0 <= want <= pool.config.size:
         raise ValueError(f"n={want} must be between 0 and the pool size {pool.config.size}")
     limit = pool.config.start_timeout * 2 if timeout is None else timeout
     with trio.move_on_after(limit):
+        try:
+            # Started and alive; its AppStartFailed comes at once (the view
+            # below could only wait for a worker that will never start).
+            await pool.wait_ready(want, timeout=limit)
+        except PoolTimeout:
+            pass  # reported below, in this helper's own terms
         view = await pool.wait_until(lambda v: v.closing or len(_ready_in(v)) >= want)
         if view.closing:
             raise PoolClosed(pool=pool.label)

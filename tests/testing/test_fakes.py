@@ -441,3 +441,29 @@ def test_a_script_refuses_what_it_could_not_do() -> None:
     with pytest.raises(ValueError, match="on_abandon"):
         Script(on_abandon="sometimes")  # type: ignore[arg-type]
     assert Script(faults={"ping": "garbage"}, start_delay=0.5).faults == {"ping": "garbage"}
+
+
+@pytest.mark.layer3
+async def test_the_kit_reports_an_app_that_cannot_start_at_once() -> None:
+    """start_test_pool raised PoolTimeout after 20 s for an unimportable app,
+    and pool_machine a DriverTimeout after a minute of settling (second
+    new-user audit): both now give the pool's AppStartFailed, with its cause."""
+    from engine.errors import AppStartFailed
+
+    with trio.fail_after(30):
+        with pytest.raises(AppStartFailed, match="No module named 'no_such_kit_app'"):
+            async with start_test_pool(app="no_such_kit_app"):
+                pass
+
+
+@pytest.mark.layer3
+def test_a_pool_machine_of_an_app_that_cannot_start_says_why() -> None:
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from engine.errors import AppStartFailed
+    from engine.testing.machine import pool_machine
+
+    machine = pool_machine(workers="real", app="no_such_machine_app", sizes=(1,))
+    with pytest.raises(AppStartFailed, match="No module named 'no_such_machine_app'"):
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=1, stateful_step_count=2, deadline=None, database=None))

@@ -62,6 +62,12 @@ class MachineBase(CheckoutTasks, CallExpectations):
         telemetry.attach(self.telemetry_id, [telemetry.WORKER_DRAINED],
                          lambda event, measurements, metadata: self.drain_events.append(
                              dict(metadata)) if metadata["pool"] == label else None)
+        if not self.fake:
+            # An app that cannot start fails here with its cause (AppStartFailed,
+            # at once), not with the settle's time-out after every example.
+            ready = self.driver.spawn(self.pool.wait_ready, 1)
+            self.driver.pump(until=lambda: ready.done, timeout=self.settle_timeout)
+            ready.result  # noqa: B018 - re-raises the pool's error
         self.settle()
         schemas: dict[str, Any] = {}
         for slot in self.pool.inspect().slots:
