@@ -477,3 +477,22 @@ def test_a_pool_machine_of_an_app_that_cannot_start_says_why() -> None:
     with pytest.raises(AppStartFailed, match="No module named 'no_such_machine_app'"):
         run_state_machine_as_test(machine, settings=settings(
             max_examples=1, stateful_step_count=2, deadline=None, database=None))
+
+
+@pytest.mark.layer1
+def test_pool_machine_checks_its_arguments_and_calls_a_users_app_commands() -> None:
+    """An app of yours has its declared commands called by default (a user's
+    suite passed without ever reaching their handlers), and bad arguments
+    fail when the machine is made, not at its first example (second new-user
+    audit)."""
+    from engine.testing.machine import pool_machine
+
+    assert pool_machine(workers="real", app="myapp").call_declared is True
+    assert pool_machine(workers="fake").call_declared is False  # the default app
+    assert pool_machine(workers="real", app="myapp", call_declared=False).call_declared is False
+    with pytest.raises(ValueError, match="unknown PoolConfig field"):
+        pool_machine(bogus=1)
+    with pytest.raises(ValueError, match=r"sizes must be pool sizes \(integers >= 1\)"):
+        pool_machine(sizes=(0,))
+    with pytest.raises(ValueError, match=r"PoolConfig\.cancel_grace"):
+        pool_machine(cancel_grace=-1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Literal
 
+from engine.pool.config import make_config
 from engine.testing.machine.cancellation import CancellationRules
 from engine.testing.machine.checkouts import CheckoutRules
 from engine.testing.machine.closing import CloseRules
@@ -20,6 +21,8 @@ from engine.testing.machine.handoff import HandoffFaultRules
 from engine.testing.machine.invariants import Invariants
 from engine.testing.machine.sessions import SessionRules
 
+DEFAULT_APP = "engine.workers.programs"
+
 
 class PoolMachine(CheckoutRules, CancellationRules, DeathRules, HandoffFaultRules,
                   FakeWorkerRules, SessionRules, CloseRules, Invariants):
@@ -27,9 +30,9 @@ class PoolMachine(CheckoutRules, CancellationRules, DeathRules, HandoffFaultRule
 
 
 def pool_machine(*, workers: Literal["fake", "real"] = "fake",
-                 app: str = "engine.workers.programs", sizes: tuple[int, ...] | None = None,
+                 app: str = DEFAULT_APP, sizes: tuple[int, ...] | None = None,
                  commands: frozenset[str] | None = None, name: str | None = None,
-                 call_declared: bool = False, **config: Any) -> type[PoolMachine]:
+                 call_declared: bool | None = None, **config: Any) -> type[PoolMachine]:
     """A :class:`PoolMachine` subclass for fake or real workers running ``app``.
 
     ``sizes``: the pool sizes examples choose from (default 1-3 for fakes, 1-2
@@ -38,10 +41,20 @@ def pool_machine(*, workers: Literal["fake", "real"] = "fake",
     a named command the machine does not know is called with arguments of the
     shape the hello declares for it (any JSON if none), its outcomes counted
     in ``app_calls``. ``call_declared``: call every command with a declared
-    shape that way too. Extra keywords are PoolConfig fields for every pool.
+    shape that way too; by default on for an app of yours (so that its own
+    commands are exercised, as ``engine campaign`` does) and off for the
+    default app, whose commands the machine knows. Extra keywords are
+    PoolConfig fields for every pool. Bad arguments raise here, not at the
+    first example.
     """
     if workers not in ("fake", "real"):
         raise ValueError(f"workers must be 'fake' or 'real', got {workers!r}")
+    if sizes is not None and (not sizes or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)):
+        raise ValueError(f"sizes must be pool sizes (integers >= 1), got {sizes!r}")
+    make_config(None, {"app": app, **config})  # the pool's own checks, now
+    if call_declared is None:
+        call_declared = app != DEFAULT_APP
     chosen = sizes or ((1, 2, 3) if workers == "fake" else (1, 2))
     attributes: dict[str, Any] = {
         "workers": workers, "app": app, "sizes": chosen, "extra_config": dict(config),
