@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import attrs
 
-from engine.telemetry.events import Event
+from engine.telemetry.events import ALL_EVENTS, EVENTS, WORKER_EXIT, Event
 
 logger = logging.getLogger("engine.telemetry")
 
@@ -72,10 +72,40 @@ _mutate_lock = threading.Lock()  # serialises attach/detach only; emit never tak
 
 
 def _check_event(event: object) -> Event:
+    if isinstance(event, str):
+        parts = tuple(part for part in event.split(".") if part)
+        if parts and parts[:1] != ALL_EVENTS:
+            parts = ALL_EVENTS + parts
+        raise ValueError(f"an event name is a tuple of str, not a dotted string: "
+                         f"{event!r} is {parts!r}")
     if (not isinstance(event, tuple) or not event
             or not all(isinstance(part, str) for part in event)):
-        raise ValueError(f"an event name is a non-empty tuple of str, got {event!r}")
+        raise ValueError(f"an event name is a non-empty tuple of str such as "
+                         f"{WORKER_EXIT!r}, got {event!r}")
+    _check_known(event)
     return event
+
+
+def _is_prefix(prefix: Event) -> bool:
+    return any(name[:len(prefix)] == prefix for name in EVENTS)
+
+
+def _check_known(prefix: Event) -> None:
+    """An engine event name (or prefix) that names no event would never match:
+    refused, as is one missing its leading "engine". Other names are the
+    application's own events (``emit`` takes any name)."""
+    if prefix[:1] == ALL_EVENTS:
+        if not _is_prefix(prefix):
+            import difflib
+
+            close = difflib.get_close_matches(".".join(prefix),
+                                              [".".join(n) for n in EVENTS], n=1)
+            hint = f"; did you mean {tuple(close[0].split('.'))!r}?" if close else ""
+            raise ValueError(f"no engine event is named {prefix!r} or starts with it{hint} "
+                             "(engine.telemetry.EVENTS lists them)")
+    elif _is_prefix(ALL_EVENTS + prefix):
+        raise ValueError(f"engine's events start with {ALL_EVENTS[0]!r}: {prefix!r} matches "
+                         f"none; use {ALL_EVENTS + prefix!r}")
 
 
 def attach(handler_id: str, events: Iterable[Event] | None, handler: Handler) -> None:

@@ -271,3 +271,26 @@ def test_prometheus_without_labels_and_empty() -> None:
 def test_prometheus_rejects_bad_labels(labels: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         prometheus.render(MetricsSnapshot(counters={"x": 1}, latencies={}), labels=labels)
+
+
+def test_attach_refuses_event_names_that_would_never_match() -> None:
+    """A dotted string (as the README's table reads), a name missing its
+    leading "engine", or a misspelt engine event used to be a silent no-op or an
+    error without the right form (second new-user audit). The application's
+    own event names stay allowed."""
+    def handler(*args: object) -> None:
+        pass
+
+    cases = [
+        ("worker.exit", "not a dotted string: 'worker.exit' is "
+                        "('engine', 'worker', 'exit')"),
+        (("worker", "exit"), "matches none; use ('engine', 'worker', 'exit')"),
+        (("engine", "worker", "exitt"), "did you mean ('engine', 'worker', 'exit')?"),
+    ]
+    for event, message in cases:
+        with pytest.raises(ValueError) as caught:
+            telemetry.attach("t", [event], handler)  # type: ignore[list-item]
+        assert message in str(caught.value)
+    for fine in [telemetry.WORKER_EXIT, telemetry.WORKER_EVENTS, ("myapp", "thing")]:
+        telemetry.attach("t", [fine], handler)
+        assert telemetry.detach("t")
