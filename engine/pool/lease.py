@@ -186,7 +186,11 @@ class Lease:
                 self._error = exc
                 if self._forced:
                     # Shutdown killed this worker after shutdown_grace.
-                    raise PoolClosed(pool=context.label) from exc
+                    raise PoolClosed(
+                        f"pool {context.label} closed while {command!r} ran: its worker "
+                        "was stopped once the pool's shutdown_grace had passed; let "
+                        "calls finish before closing the pool, or raise shutdown_grace",
+                        pool=context.label) from exc
                 if self._session is not None and not _kept(context, self._worker, exc):
                     # This call may be the first to observe that the session's
                     # state is gone: then it reports the loss (see session_lost).

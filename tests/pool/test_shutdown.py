@@ -69,6 +69,10 @@ async def test_a_cancelled_aclose_does_not_hang_the_exit_of_open_pool(
     assert left_at - closing_at <= GRACE + FAKE_STOP_GRACE
     assert left_at - closing_at >= GRACE  # the lease had its grace
     assert len(outcome) == 1
+    # It says the pool closed during this call, not "open a new pool" (second
+    # new-user audit: the call was made while the pool was open).
+    assert str(outcome[0]).startswith(f"pool {pool.label} closed while 'sleep' ran: its "
+                                      "worker was stopped once the pool's shutdown_grace")
     assert not factory.unreaped and not factory.alive
     stats = pool.statistics()
     assert stats.closed and stats.stopped == 2 and stats.leases == 0
