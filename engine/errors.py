@@ -291,12 +291,16 @@ class AppStartFailed(WorkerStartError):
         missing = last.remote_type == "ModuleNotFoundError"
         gone = _missing_module(last.remote_message or "")
         names_app = gone is not None and (module == gone or module.startswith(gone + "."))
+        # Where the workers look for modules: a local worker gets this
+        # process's sys.path; a remote one nothing from here.
+        path = ("(they get the parent's sys.path)" if last.launcher is None else
+                f"on the far end of launcher {last.launcher!r} (remote workers get no "
+                "sys.path from here: set the launcher's workdir or env, e.g. PYTHONPATH)")
         if stage.startswith("cannot load app") and missing and names_app:
-            check = (f"that {app!r} is the right module name and importable by the workers "
-                     "(they get the parent's sys.path)")
+            check = f"that {app!r} is the right module name and importable by the workers {path}"
         elif stage.startswith("cannot load app") and missing:
             check = (f"the import above: app {app!r} was found, but a module it imports "
-                     "is not importable by the workers (they get the parent's sys.path)")
+                     f"is not importable by the workers {path}")
         elif stage.startswith("cannot load app"):
             # Found: its own code (an import-time error, a bad command
             # declaration) failed, not its name.
@@ -321,7 +325,10 @@ def start_cause(error: WorkerStartError) -> tuple[str, str]:
     (``"cannot load app 'x'"``), or the parent's own reason and ``""``."""
     kind, said = error.remote_type, error.remote_message
     if not kind:
-        return error.reason, ""
+        # No word from the worker itself: its last stderr line is usually the
+        # decisive one (ssh's "Connection refused", "can't cd to ...").
+        tail = f" (last stderr: {error.stderr_tail[-1]!r})" if error.stderr_tail else ""
+        return error.reason + tail, ""
     said = said or ""
     # The worker's message ends with "<type>: <message>" after its stage.
     at = said.find(f"{kind}: ")

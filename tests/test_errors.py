@@ -176,3 +176,26 @@ def test_session_lost_names_its_worker_once() -> None:
     assert lost.reason.startswith("did not give")
     other = SessionLost(session="s", worker_id="w1", reason="worker w2 vanished")
     assert "worker w1 worker w2 vanished" in str(other)  # another worker's name stays
+
+
+def test_app_start_failed_advice_fits_where_the_worker_runs() -> None:
+    """A remote worker gets no sys.path from here: its advice says where to
+    look instead; a worker that said nothing shows its last stderr line in
+    the headline (second new-user audit: ssh's "Connection refused" was only
+    in the cause)."""
+    said = "cannot load app 'myapp': ModuleNotFoundError: No module named 'myapp'"
+    remote = WorkerStartError("bad hello", worker_id="w", launcher="ssh",
+                              remote_type="ModuleNotFoundError", remote_message=said)
+    text = str(AppStartFailed(last=remote, app="myapp", failures=2, pool="p"))
+    assert "on the far end of launcher 'ssh' (remote workers get no sys.path from here" in text
+    assert "they get the parent's sys.path" not in text
+    local = WorkerStartError("bad hello", worker_id="w", remote_type="ModuleNotFoundError",
+                             remote_message=said)
+    assert "(they get the parent's sys.path)" in str(
+        AppStartFailed(last=local, app="myapp", failures=2, pool="p"))
+    silent = WorkerStartError("process exited with code 255 before its hello",
+                              worker_id="w", launcher="ssh",
+                              stderr_tail=("ssh: connect to host h port 1: Connection refused",))
+    assert str(AppStartFailed(last=silent, app="myapp", failures=1, pool="p")).startswith(
+        "process exited with code 255 before its hello (last stderr: 'ssh: connect to host h "
+        "port 1: Connection refused')")

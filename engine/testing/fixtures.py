@@ -53,23 +53,17 @@ async def wait_for_pool_ready(pool: Pool, n: int | None = None,
                               timeout: float | None = None) -> list[str]:
     """Wait until at least ``n`` workers (default: all) are really ready.
 
-    Returns their ids. Raises ``AppStartFailed`` at once when no worker can
-    start (as ``pool.wait_ready`` does: the app cannot be imported, say),
-    ``PoolTimeout`` after ``timeout`` seconds (default: twice the pool's
-    ``start_timeout``) naming the last start failure, and ``PoolClosed`` if the
-    pool closes meanwhile.
+    Returns their ids. Raises ``PoolTimeout`` after ``timeout`` seconds (default:
+    twice the pool's ``start_timeout``) naming the last start failure, and
+    ``PoolClosed`` if the pool closes meanwhile. A start that fails is waited
+    past (the next may succeed); :func:`start_test_pool` fails at once instead
+    when no worker can start.
     """
     want = pool.config.size if n is None else n
     if not 0 <= want <= pool.config.size:
         raise ValueError(f"n={want} must be between 0 and the pool size {pool.config.size}")
     limit = pool.config.start_timeout * 2 if timeout is None else timeout
     with trio.move_on_after(limit):
-        try:
-            # Started and alive; its AppStartFailed comes at once (the view
-            # below could only wait for a worker that will never start).
-            await pool.wait_ready(want, timeout=limit)
-        except PoolTimeout:
-            pass  # reported below, in this helper's own terms
         view = await pool.wait_until(lambda v: v.closing or len(_ready_in(v)) >= want)
         if view.closing:
             raise PoolClosed(pool=pool.label)
@@ -90,7 +84,8 @@ async def start_test_pool(config: PoolConfig | None = None, *, ready: int | None
 
     Any ``PoolConfig`` field may be passed. ``size`` defaults to 2 and ``name``
     to a fresh ``test-pool-<pid>-<n>`` (registered for discovery). ``lazy=True``
-    is refused: a test pool is eager so that readiness means something.
+    is refused: a test pool is eager so that readiness means something. An app
+    none of whose workers can start raises ``AppStartFailed`` at once.
     """
     if overrides.get("lazy"):
         raise ValueError("start_test_pool starts eager pools; use open_pool(lazy=True)")
@@ -100,5 +95,8 @@ async def start_test_pool(config: PoolConfig | None = None, *, ready: int | None
     if config is None or config.name is None:
         overrides.setdefault("name", f"test-pool-{os.getpid()}-{next(_names)}")
     async with open_pool(config, **overrides) as pool:
+        # An app that cannot start: its AppStartFailed at once (as
+        # pool.wait_ready gives it), not a time-out after twice start_timeout.
+        await pool.wait_ready(ready, timeout=ready_timeout)
         await wait_for_pool_ready(pool, ready, ready_timeout)
         yield pool

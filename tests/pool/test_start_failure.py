@@ -165,8 +165,12 @@ async def test_pool_timeout_names_the_last_start_failure(
             await pool.call("ping")
         last = pool.inspect().last_start_error
         assert last is not None
-        assert info.value.last_start_failure == last.reason
-        assert f"last start failure: {last.reason}" in str(info.value)
+        # The reason, with the worker's last stderr line (the decisive one when
+        # the worker said nothing itself: second new-user audit).
+        failure = f"{last.reason} (last stderr: {last.stderr_tail[-1]!r})"
+        assert info.value.last_start_failure == failure
+        assert f"last start failure: {failure}" in str(info.value)
+        assert "crashing before its hello (code 3)" in failure
         assert info.value.__cause__ is last
 
 
