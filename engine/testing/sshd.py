@@ -121,6 +121,10 @@ def _config(port: int, host_key: Path, authorized: Path) -> str:
 
 
 def _keygen(path: Path) -> None:
+    """A fresh key pair at ``path`` (an earlier run's, in a reused directory,
+    is replaced: ssh-keygen would refuse to overwrite it)."""
+    for old in (path, path.with_name(path.name + ".pub")):
+        old.unlink(missing_ok=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "engine-test",
                     "-f", str(path)], check=True, stdin=subprocess.DEVNULL,
                    capture_output=True, timeout=30)

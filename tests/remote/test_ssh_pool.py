@@ -428,3 +428,20 @@ async def test_run_sync_needs_an_opt_in_for_workers_through_a_launcher(
             await pool.wait_ready(1, timeout=READY)
             assert await pool.run_sync(os.getpid) == (await pool.call("ping"))["pid"]
             assert await pool.run_sync(bytes, b"\x00\xff" * 100_000) == b"\x00\xff" * 100_000
+
+
+@pytest.mark.layer3
+def test_a_loopback_sshd_directory_can_be_used_again(tmp_path: Path) -> None:
+    """The second run in the same directory failed in ssh-keygen (its keys
+    were there already; second new-user audit): each run makes fresh keys."""
+    from engine.testing.sshd import SshdUnavailable, loopback_sshd
+
+    keys = []
+    for _ in range(2):
+        try:
+            with loopback_sshd(tmp_path) as server:
+                keys.append((tmp_path / "client_key.pub").read_text())
+                assert server.port > 0
+        except SshdUnavailable as exc:
+            pytest.skip(str(exc))
+    assert keys[0] != keys[1]  # fresh keys each time
