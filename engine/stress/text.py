@@ -79,6 +79,11 @@ def report_blocks(report: Mapping[str, Any], style: Styler) -> list[Block]:
     out.append(Table("Calls", (Column("kind"), Column("attempted", right=True),
                                Column("succeeded", right=True), Column("failed", right=True),
                                Column("failures by type")), tuple(rows)))
+    given_up = [kind for kind in ("cancel", "timeout") if kind in calls["by_kind"]]
+    if given_up:
+        out.append(Line(f"({' and '.join(given_up)}: \"succeeded\" means given up mid-call "
+                        "as planned; the drains line below says what became of their "
+                        "workers)"))
     tp = report["throughput"]
     out.append(Line(f"throughput: {tp['attempted_per_second']:.0f} calls/s attempted, "
                     f"{tp['succeeded_per_second']:.0f} calls/s succeeded over "
@@ -88,7 +93,8 @@ def report_blocks(report: Mapping[str, Any], style: Styler) -> list[Block]:
 
     lat = report["latency"]
     named = [("checkout wait", lat["checkout_wait"]),
-             (f"call ({', '.join(lat['call_kinds'])})", lat["call"])]
+             (f"call ({', '.join(k for k in lat['call_kinds'] if k in lat['call_by_kind'])})",
+              lat["call"])]
     named += [(f"  call: {k}", s) for k, s in lat["call_by_kind"].items()]
     out.append(Table("Latency", (Column(""), *(Column(c, right=True) for c in
                                                ("count", "p50", "p90", "p99", "max"))),
@@ -121,7 +127,8 @@ def report_blocks(report: Mapping[str, Any], style: Styler) -> list[Block]:
 
     s = report["sessions"]
     out.append(Line(
-        f"sessions: {s['sessions']} sessions, {s['epochs']} epochs; SessionLost observed "
+        f"sessions: {s['sessions']} sessions, {s['epochs']} epochs (an epoch: a session's "
+        f"life on one worker); SessionLost observed "
         f"{s['lost_observed']} ({s['lost_during_run']} during the run, "
         f"{s['lost_at_verification']} at verification); epochs whose worker died "
         f"{s['worker_died']}{kinds_in_words(s['worker_died_by_cause'])}"))

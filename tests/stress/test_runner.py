@@ -81,6 +81,9 @@ def test_chaos_run_holds_every_invariant_and_its_counts_add_up(tmp_path: Path) -
     # drains need not match them (new-user audit).
     assert sum(report["cancellations"]["calls"].values()) > 0
     assert "a call given up before its request was written needs none" in proc.stdout
+    # The report's own terms are explained where they appear.
+    assert '(cancel and timeout: "succeeded" means given up mid-call as planned' in proc.stdout
+    assert "epochs (an epoch: a session's life on one worker)" in proc.stdout
     # Failures the faults must cause, by type.
     by_type = calls["failed_by_type"]
     assert by_type.get("WorkerCrashed", 0) >= calls["by_kind"]["crash"]["attempted"]
