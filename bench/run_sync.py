@@ -43,6 +43,7 @@ import engine
 from bench.common import Window, median, throughput_window, warm
 from bench.cpu import CpuMeter, descendants
 from bench.cpu_task import spin
+from bench.throughput import best_of
 
 CONTENDERS = ("engine", "trio_parallel", "anyio")
 Run = Callable[..., Awaitable[Any]]
@@ -208,13 +209,8 @@ def measure(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
         "per_round": per_round, "bytes": BIG,
     }
     seconds, runs, workers = (0.5, 2, 2) if quick else (1.0, 3, 2)
-    best: dict[str, Window] = {}
-    for attempt in range(runs):
-        for name in THROUGHPUT_CONTENDERS:
-            log(f"run_sync: throughput, {name}, {workers} workers (run {attempt + 1} of {runs})")
-            window = trio.run(_throughput, name, workers, seconds)
-            if name not in best or window.rate > best[name].rate:
-                best[name] = window
+    best = best_of(runs, THROUGHPUT_CONTENDERS, workers, seconds, log,
+                   what="run_sync: throughput", measure=_throughput)
     out["throughput"] = {name: w.to_json() for name, w in best.items()}
     out["throughput_setup"] = {"seconds": seconds, "runs": runs, "workers": workers,
                                "callers": CALLERS}

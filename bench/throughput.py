@@ -14,7 +14,7 @@ busy-polling and with ``busy_poll=0``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -34,13 +34,17 @@ async def one_window(name: str, workers: int, seconds: float) -> Window:
 
 
 def best_of(attempts: int, names: tuple[str, ...], workers: int, seconds: float,
-            log: Callable[[str], None], what: str = "throughput") -> dict[str, Window]:
-    """The best run (by calls/s) of ``attempts`` interleaved runs per contender."""
+            log: Callable[[str], None], what: str = "throughput",
+            measure: Callable[[str, int, float], Awaitable[Window]] = one_window,
+            ) -> dict[str, Window]:
+    """The best run (by calls/s) of ``attempts`` interleaved runs per contender;
+    ``measure(name, workers, seconds)`` is one run (each in its own
+    ``trio.run``)."""
     best: dict[str, Window] = {}
     for attempt in range(attempts):
         for name in names:
             log(f"{what}: {name}, {workers} workers (run {attempt + 1} of {attempts})")
-            window = trio.run(one_window, name, workers, seconds)
+            window = trio.run(measure, name, workers, seconds)
             if name not in best or window.rate > best[name].rate:
                 best[name] = window
     return best

@@ -144,7 +144,7 @@ class Pool:
         self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
         # The run that owns the pool: its tasks, events and clock are that
         # run's, so a call from another run must be refused before it touches
-        # them (see _other_run).
+        # them (see _check_run).
         self._run_token = trio.lowlevel.current_trio_token()
         self._core = PoolCore(
             config.size, clock=self._now, affinity=config.affinity,
@@ -207,8 +207,7 @@ class Pool:
 
     async def wait_ready(self, n: int | None = None, timeout: float | None = None) -> None:
         """Wait until at least ``n`` workers (default: size) have started and are alive."""
-        if trio.lowlevel.current_trio_token() is not self._run_token:
-            raise self._other_run()
+        self._check_run()
         want = self.config.size if n is None else n
         if not 0 <= want <= self.config.size:
             raise ValueError(f"wait_ready(n={want}) must be between 0 and size={self.config.size}")
@@ -404,8 +403,7 @@ class Pool:
         changes and when the pool starts closing. No time limit of its own:
         wrap it in one.
         """
-        if trio.lowlevel.current_trio_token() is not self._run_token:
-            raise self._other_run()
+        self._check_run()
         while True:
             seen = self._live_changes.value
             view = self.inspect()
@@ -462,16 +460,18 @@ class Pool:
         self._breaker.probe_finished(True, decision.generation)
         return lease
 
-    def _other_run(self) -> RuntimeError:
-        return RuntimeError(
-            f"pool {self.label} belongs to the Trio run that opened it and was called from "
-            "another one (a trio.run in another thread?); from a thread, call it with "
-            "trio.from_thread.run(pool.call, ...) instead")
+    def _check_run(self) -> None:
+        """Refuse a caller from another Trio run before it touches this run's
+        tasks, events or clock."""
+        if trio.lowlevel.current_trio_token() is not self._run_token:
+            raise RuntimeError(
+                f"pool {self.label} belongs to the Trio run that opened it and was called "
+                "from another one (a trio.run in another thread?); from a thread, call it "
+                "with trio.from_thread.run(pool.call, ...) instead")
 
     async def _acquire_lease(self, session: str | None, timeout: float | None,
                              checkpoint: bool) -> Lease:
-        if trio.lowlevel.current_trio_token() is not self._run_token:
-            raise self._other_run()
+        self._check_run()
         started = self._now()
         core = self._core
         waiter = core.request(
