@@ -33,16 +33,19 @@ if "__main__" in sys.modules:
 
 def pickle_call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Pickled:
     """``(fn, args)`` pickled, or ArgumentTypeError saying what went wrong."""
+    if not callable(fn):
+        # Refused here: a value that pickles (42, a string) would otherwise
+        # reach the worker and fail there, after a worker was reserved.
+        raise ArgumentTypeError(f"{_short(fn)} is not callable; pass the function itself "
+                                "(run_sync(fn, *args), not run_sync(fn(*args)))",
+                                command="run_sync", path="fn")
     try:
         return Pickled(_dumps((fn, args), PROTOCOL))
     except Exception as exc:  # PicklingError, TypeError, AttributeError (local objects), ...
-        if not callable(fn):
-            problem = f"{_short(fn)} is not callable"
-        else:
-            problem = (f"{_short(fn)} or its arguments cannot be pickled "
-                       f"({type(exc).__name__}: {exc}); pass a function defined at the top "
-                       "level of a module (functools.partial of one works) and picklable "
-                       "arguments")
+        problem = (f"{_short(fn)} or its arguments cannot be pickled "
+                   f"({type(exc).__name__}: {exc}); pass a function defined at the top "
+                   "level of a module (functools.partial of one works) and picklable "
+                   "arguments")
         raise ArgumentTypeError(problem, command="run_sync", path="fn, args") from exc
 
 

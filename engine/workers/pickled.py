@@ -46,7 +46,7 @@ from engine.workers.app import Context, enter_context
 
 TYPE_CHECKING = False  # avoids importing typing in workers (about 3 ms)
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from typing import Any
 
 PROTOCOL = 5
@@ -107,6 +107,8 @@ def make_handler(max_size: int,
             fn, fn_args = load_call(args.data)
             args.data = b""  # the arguments' bytes are not needed any more
             result = fn(*fn_args)
+            if type(result) in _ASYNC_RESULTS:
+                _refuse_async(fn, result)
         except Exception as exc:  # RequestAbandoned is not: the runtime answers Cancelled
             return raised(request_id, exc)
         finally:
@@ -196,6 +198,38 @@ def _note(exc: BaseException, note: str) -> None:
     add_note = getattr(exc, "add_note", None)  # Python 3.11+
     if add_note is not None:
         add_note(note)
+
+
+async def _coroutine_function() -> None:
+    pass
+
+
+async def _async_generator_function() -> AsyncIterator[None]:
+    yield
+
+
+def _async_result_types() -> frozenset[type]:
+    """The types an async function's call returns (``types`` is not imported
+    for them: a worker's start-up counts its imports)."""
+    coroutine = _coroutine_function()
+    coroutine.close()
+    return frozenset((type(coroutine), type(_async_generator_function())))
+
+
+_ASYNC_RESULTS = _async_result_types()
+
+
+def _refuse_async(fn: object, result: Any) -> None:
+    """``fn`` is async: its call made a coroutine (or an async generator) and
+    ran none of its body. A coroutine is closed here (no "never awaited"
+    warning in the worker's output), and the caller is told, as
+    trio.to_thread.run_sync does."""
+    if not hasattr(result, "aclose"):
+        result.close()
+    raise TypeError(f"run_sync runs a synchronous function, but {_name(fn)} is asynchronous "
+                    f"(calling it made a {type(result).__name__!r} object and ran none of it); "
+                    "await it in the parent instead, or pass a synchronous function (one "
+                    "that calls trio.run(...) runs async code in the worker)")
 
 
 def _name(fn: object) -> str:

@@ -121,3 +121,12 @@ def remember(value):
 
 def recall():
     return current_session().get("value")
+
+
+async def asynchronous(path):
+    """An async function: run_sync must refuse it without running its body."""
+    touch(path)
+
+
+async def asynchronous_generator():
+    yield 1

@@ -164,6 +164,33 @@ async def test_unpicklable_arguments_raise_typeerror_before_anything_is_sent() -
             assert await pool.run_sync(fns.pid) == before
 
 
+async def test_a_value_that_is_not_callable_is_refused_before_anything_is_sent() -> None:
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            before = await pool.run_sync(fns.pid)
+            calls = pool.metrics().counters.get("calls_ok", 0)
+            with pytest.raises(ArgumentTypeError, match="42 is not callable"):
+                await pool.run_sync(42)  # type: ignore[arg-type]  # pickles, but is no function
+            assert pool.metrics().counters.get("calls_ok", 0) == calls
+            assert await pool.run_sync(fns.pid) == before
+
+
+@pytest.mark.parametrize("fn", [fns.asynchronous, fns.asynchronous_generator])
+async def test_an_async_function_is_refused_and_none_of_it_runs(
+        fn: Callable[..., object], tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    ran = tmp_path / "ran"
+    args = (str(ran),) if fn is fns.asynchronous else ()
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1) as pool:
+            before = await pool.run_sync(fns.pid)
+            with pytest.raises(TypeError, match=f"{fn.__name__} is asynchronous") as caught:
+                await pool.run_sync(fn, *args)
+            assert "await it in the parent" in str(caught.value)
+            assert await pool.run_sync(fns.pid) == before  # the worker lives
+    assert not ran.exists()  # the coroutine's body never ran
+    assert "never awaited" not in capfd.readouterr().err  # it was closed in the worker
+
+
 async def test_an_unpicklable_result_raises_its_error_and_the_worker_lives() -> None:
     with trio.fail_after(GUARD):
         async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
