@@ -239,6 +239,23 @@ def move_frame_channel() -> int:
     return frame_fd
 
 
+def move_request_channel() -> int:
+    """Keep the real stdin for requests; point fd 0 at ``/dev/null``.
+
+    User code that reads stdin (``input()``, a library prompting) then gets
+    EOF at once, as in a multiprocessing worker, instead of blocking on the
+    request pipe or, worse, reading the parent's next frames. The private fd
+    is not inherited: a grandchild cannot hold the pipe open either.
+    """
+    request_fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(devnull, 0)
+    finally:
+        os.close(devnull)
+    return request_fd
+
+
 # --- the orphan watchdog -----------------------------------------------------
 
 
@@ -934,8 +951,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         frame_fd = move_frame_channel()
     except OSError as exc:
         _die(EXIT_CHANNEL_BROKEN, f"no frame channel on fd 1 ({exc}); exiting")
+    try:
+        request_fd = move_request_channel()
+    except OSError as exc:
+        _die(EXIT_CHANNEL_BROKEN, f"no request channel on fd 0 ({exc}); exiting")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C
-    watchdog = start_watchdog()
+    watchdog = start_watchdog(stdin_fd=request_fd)
     channel = Channel(frame_fd)
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
@@ -945,7 +966,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     channel.max_frame_size = options.max_frame_size
     channel.max_pickle_frame_size = options.pickle_frame_size
     channel.busy_poll = options.busy_poll
-    worker = Worker(_load(channel, options), options.worker_id, channel)
+    worker = Worker(_load(channel, options), options.worker_id, channel, request_fd)
     worker.install_abandon_handler()
     watchdog.probe = worker.probe_abandon
     try:

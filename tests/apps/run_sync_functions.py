@@ -130,3 +130,7 @@ async def asynchronous(path):
 
 async def asynchronous_generator():
     yield 1
+
+
+def read_stdin():
+    return sys.stdin.read()

@@ -191,6 +191,18 @@ async def test_an_async_function_is_refused_and_none_of_it_runs(
     assert "never awaited" not in capfd.readouterr().err  # it was closed in the worker
 
 
+async def test_a_function_reading_stdin_gets_eof_not_the_request_pipe() -> None:
+    # Before the worker moved its requests off fd 0, input() blocked on the
+    # request pipe (a hang: kill_on_cancel lets the guard end it).
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            before = await pool.run_sync(fns.pid)
+            with pytest.raises(EOFError):
+                await pool.run_sync(input, kill_on_cancel=True)
+            assert await pool.run_sync(fns.read_stdin, kill_on_cancel=True) == ""
+            assert await pool.run_sync(fns.pid) == before  # no frame was lost
+
+
 async def test_an_unpicklable_result_raises_its_error_and_the_worker_lives() -> None:
     with trio.fail_after(GUARD):
         async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
