@@ -103,6 +103,7 @@ def make_handler(max_size: int,
                             "(use pool.run_sync or engine.run_sync)")
         request_id = ctx.request_id
         previous = enter_context(ctx)
+        fn: Any = None
         try:
             fn, fn_args = load_call(args.data)
             args.data = b""  # the arguments' bytes are not needed any more
@@ -110,6 +111,15 @@ def make_handler(max_size: int,
             if type(result) in _ASYNC_RESULTS:
                 _refuse_async(fn, result)
         except Exception as exc:  # RequestAbandoned is not: the runtime answers Cancelled
+            return raised(request_id, exc)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # The function's own (sys.exit(), a raised KeyboardInterrupt; a
+            # real Ctrl-C is the parent's: workers ignore SIGINT). Passed on
+            # as the caller's, as trio.to_thread.run_sync does, and the worker
+            # carries on: exiting would cost it and its other sessions.
+            where = "while loading the call" if fn is None else f"by {_name(fn)}"
+            _note(exc, f"engine: raised {where} in worker {ctx.worker_id}, which carries "
+                  "on (it did not exit)")
             return raised(request_id, exc)
         finally:
             enter_context(previous)

@@ -134,3 +134,11 @@ async def asynchronous_generator():
 
 def read_stdin():
     return sys.stdin.read()
+
+
+def exit_with(code):
+    sys.exit(code)
+
+
+def raise_keyboard_interrupt():
+    raise KeyboardInterrupt("raised by the function")

@@ -203,6 +203,23 @@ async def test_a_function_reading_stdin_gets_eof_not_the_request_pipe() -> None:
             assert await pool.run_sync(fns.pid) == before  # no frame was lost
 
 
+async def test_sys_exit_and_keyboardinterrupt_in_the_function_are_the_callers() -> None:
+    # As trio.to_thread.run_sync: raised in the caller as themselves. The
+    # worker does not exit: it keeps serving, with its sessions.
+    with trio.fail_after(GUARD):
+        async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
+            await pool.run_sync(fns.remember, "kept", session="s")
+            before = await pool.run_sync(fns.pid)
+            with pytest.raises(SystemExit) as exited:
+                await pool.run_sync(fns.exit_with, 3)
+            assert exited.value.code == 3
+            assert "carries on" in "".join(getattr(exited.value, "__notes__", []))
+            with pytest.raises(KeyboardInterrupt, match="raised by the function"):
+                await pool.run_sync(fns.raise_keyboard_interrupt)
+            assert await pool.run_sync(fns.pid) == before
+            assert await pool.run_sync(fns.recall, session="s") == "kept"
+
+
 async def test_an_unpicklable_result_raises_its_error_and_the_worker_lives() -> None:
     with trio.fail_after(GUARD):
         async with engine.open_pool(app=APP, size=1, worker_output="discard") as pool:
