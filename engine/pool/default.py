@@ -25,7 +25,7 @@ import trio
 
 from engine.errors import EngineError
 from engine.pool.config import PoolConfig, make_config
-from engine.pool.pool import Pool, open_pool, refuse_while_adopting
+from engine.pool.pool import Pool, open_pool, refuse_while_adopting, require_trio_run
 
 T = TypeVar("T")
 
@@ -89,7 +89,11 @@ async def run_sync(fn: Callable[..., T], *args: Any, kill_on_cancel: bool = Fals
     Called in a cancelled scope, it raises ``Cancelled`` having reserved and
     started nothing. See :meth:`engine.Pool.run_sync`.
     """
-    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except RuntimeError:  # not in a Trio run: say so (free on the hot path)
+        require_trio_run("engine.run_sync")
+        raise
     state = _STATE.get()
     if state is None or state.pool is None:
         state = await _started()
@@ -114,6 +118,7 @@ async def run_sync(fn: Callable[..., T], *args: Any, kill_on_cancel: bool = Fals
 async def current_default_pool() -> Pool:
     """This run's default pool (started if it was not): for its statistics,
     ``worker_pids()``, or a ``run_sync`` with a session or a timeout."""
+    require_trio_run("engine.current_default_pool")
     state = await _started()
     assert state.pool is not None
     return state.pool

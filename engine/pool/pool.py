@@ -41,6 +41,7 @@ import itertools
 import logging
 import operator
 import random
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from functools import partial
@@ -816,6 +817,22 @@ def refuse_while_adopting() -> None:
             "`if __name__ == \"__main__\":`, as with multiprocessing")
 
 
+def require_trio_run(what: str) -> None:
+    """Refuse, saying what is needed, to run outside a Trio run: Trio's own
+    errors there are obscure (``must be called from async context``, or an
+    AttributeError from deep inside), and anyio's default backend is asyncio."""
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        where = "outside one"
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is not None and asyncio._get_running_loop() is not None:
+            where = ("from asyncio (with anyio, run on its Trio backend: "
+                     "anyio.run(main, backend=\"trio\"))")
+        raise RuntimeError(f"{what} runs inside a Trio run (trio.run(main)); it was called "
+                           f"{where}") from None
+
+
 @asynccontextmanager
 async def open_pool(config: PoolConfig | None = None, **overrides: Any) -> AsyncIterator[Pool]:
     """Start a pool; leaving the block closes it and waits for every worker process.
@@ -823,6 +840,7 @@ async def open_pool(config: PoolConfig | None = None, **overrides: Any) -> Async
     ``open_pool(config=None, **overrides)``: any PoolConfig field may be given as a
     keyword. Invalid values raise ValueError naming the field.
     """
+    require_trio_run("engine.open_pool")
     refuse_while_adopting()
     cfg = make_config(config, overrides)
     body_error: BaseException | None = None

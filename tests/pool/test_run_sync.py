@@ -481,6 +481,25 @@ def test_the_default_pool_ends_with_the_run_and_leaves_no_process() -> None:
     assert not child_pids(settle=0)
 
 
+def test_called_from_asyncio_the_engine_says_it_needs_a_trio_run() -> None:
+    # anyio's default backend is asyncio: Trio's own error there was
+    # "must be called from async context" (an AttributeError for open_pool).
+    import asyncio
+
+    async def call_run_sync() -> None:
+        await engine.run_sync(fns.pid)
+
+    async def open_a_pool() -> None:
+        async with engine.open_pool(size=1):
+            pass  # pragma: no cover - refused before
+
+    for main, what in ((call_run_sync, "engine.run_sync"), (open_a_pool, "engine.open_pool")):
+        with pytest.raises(RuntimeError, match=f"{what} runs inside a Trio run") as caught:
+            asyncio.run(main())
+        assert 'backend="trio"' in str(caught.value)
+    assert not child_pids()  # nothing was started
+
+
 def test_configure_default_pool_checks_its_fields() -> None:
     with pytest.raises(ValueError, match="size"):
         engine.configure_default_pool(size=0)
