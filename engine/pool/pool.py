@@ -826,9 +826,13 @@ def require_trio_run(what: str) -> None:
     except RuntimeError:
         where = "outside one"
         asyncio = sys.modules.get("asyncio")
-        if asyncio is not None and asyncio._get_running_loop() is not None:
-            where = ("from asyncio (with anyio, run on its Trio backend: "
-                     "anyio.run(main, backend=\"trio\"))")
+        if asyncio is not None:
+            try:
+                asyncio.get_running_loop()
+                where = ("from asyncio (with anyio, run on its Trio backend: "
+                         "anyio.run(main, backend=\"trio\"))")
+            except RuntimeError:
+                pass  # no asyncio loop either
         raise RuntimeError(f"{what} runs inside a Trio run (trio.run(main)); it was called "
                            f"{where}") from None
 
