@@ -45,7 +45,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis.reporting import with_reporter
 from hypothesis.stateful import run_state_machine_as_test
 
-from engine.testing.machine import pool_machine
+from engine.testing.machine import BudgetSpent, pool_machine
 
 __all__ = ["CampaignResult", "app_call_finding", "main", "run_campaign"]
 
@@ -99,7 +99,8 @@ def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = 
 
     ``size``: workers per pool. ``seed``: makes the batches reproducible (each
     batch ``i`` uses ``seed + i``); default random. ``batch``: examples per
-    Hypothesis run (the budget is checked between batches). ``steps``: at most
+    Hypothesis run (no example starts once the budget is spent, so the
+    campaign ends about one example after it). ``steps``: at most
     this many rules per example. ``commands``: the app commands the machine may
     call (default: ``ping``, ``echo`` and every command with a declared
     argument shape; every command for the default app).
@@ -131,6 +132,9 @@ def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = 
         f"seed {base}, budget {minutes:g} min")
     started = time.monotonic()
     deadline = started + minutes * 60
+    # Examples are not started past the deadline, even within a batch: the
+    # campaign ends about one example after its budget, not one batch.
+    machine.stop_after = deadline
     batches = 0
     while batches == 0 or time.monotonic() < deadline:
         hypothesis_seed(base + batches)(machine)
@@ -149,6 +153,9 @@ def run_campaign(app: str, minutes: float, *, size: int = 2, seed: int | None = 
         try:
             with with_reporter(capture):
                 run_state_machine_as_test(machine, settings=config)
+        except BudgetSpent:
+            batches += 1  # the budget ended this batch between two examples
+            break
         except Exception as exc:
             batches += 1
             report = _failure_report(exc, reported)

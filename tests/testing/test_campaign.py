@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import pytest
+from hypothesis import settings
+from hypothesis.stateful import run_state_machine_as_test
 
 from engine.testing.campaign import app_call_finding, run_campaign
 from engine.testing.campaign import main as campaign_main
+from engine.testing.machine import BudgetSpent, pool_machine
 
 COMMANDS = ["ping", "incr", "sumsq"]
 
@@ -93,3 +97,26 @@ def test_the_kills_a_campaign_causes_are_counted_in_its_summary_not_logged(
     # every one of them was a death the pool was told of and logged quietly
     quiet = [r for r in caplog.records if "(expected)" in r.getMessage()]
     assert len(quiet) >= result.expected_deaths
+
+
+@pytest.mark.layer2
+def test_a_machine_past_its_stop_after_starts_no_example() -> None:
+    # Ends the Hypothesis run at once, as itself: not a failure, no replay
+    # (a rejected example was reported as a flaky strategy).
+    machine = pool_machine(workers="fake", sizes=(1,))
+    machine.stop_after = time.monotonic()
+    with pytest.raises(BudgetSpent):
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=5, stateful_step_count=2, deadline=None, database=None))
+    assert machine.totals["examples"] == 0
+
+
+@pytest.mark.layer3
+def test_a_campaign_stops_starting_examples_once_its_budget_is_spent() -> None:
+    # One batch of 10,000 examples would take an hour: the budget ends it
+    # after about one example past 1.2 s (before, only between batches).
+    lines: list[str] = []
+    result = run_campaign("engine.workers.programs", minutes=0.02, size=1, seed=3,
+                          batch=10_000, steps=5, out=lines.append)
+    assert result.passed, "\n".join(lines)
+    assert 0 < result.examples < 10_000 and result.batches == 1

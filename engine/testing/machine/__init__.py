@@ -82,5 +82,6 @@ from engine.testing.machine.fake_workers import PLANS as PLANS
 from engine.testing.machine.records import CallRecord as CallRecord
 from engine.testing.machine.records import Checkout
 from engine.testing.machine.records import DrainExpected as DrainExpected
+from engine.testing.machine.state import BudgetSpent
 
-__all__ = ["Checkout", "PoolMachine", "pool_machine"]
+__all__ = ["BudgetSpent", "Checkout", "PoolMachine", "pool_machine"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from typing import Any, ClassVar, Literal
 
 from hypothesis import strategies as st
@@ -25,6 +26,16 @@ from engine.testing.machine.records import Checkout, DrainExpected
 #: Checkouts started and not yet released or cancelled (any rule may end one).
 CHECKOUTS = Bundle("checkouts")
 
+
+
+class BudgetSpent(KeyboardInterrupt):
+    """Raised instead of starting an example once the machine's ``stop_after``
+    has passed. A ``KeyboardInterrupt`` because that is the one exception
+    Hypothesis passes straight through, ending the run without replaying or
+    shrinking anything (any other exception, ``BaseException`` subclasses and
+    rejected examples too, was replayed and reported as a flaky strategy:
+    the replay drew differently). Only the campaign sets ``stop_after`` and
+    catches it."""
 
 class MachineState(RuleBasedStateMachine):
     """The machine's configuration and model state, and the small lookups every
@@ -54,10 +65,16 @@ class MachineState(RuleBasedStateMachine):
     app_calls: ClassVar[collections.Counter[tuple[str, str]]]
     #: Totals over every example run by this class (the campaign reports them).
     totals: ClassVar[collections.Counter[str]]
+    #: A ``time.monotonic()`` reading after which no new example starts: the
+    #: next one raises :class:`BudgetSpent`, which ends the Hypothesis run
+    #: there (how a campaign keeps to its budget). None: no limit.
+    stop_after: ClassVar[float | None] = None
 
     checkouts = CHECKOUTS
 
     def __init__(self) -> None:
+        if self.stop_after is not None and time.monotonic() >= self.stop_after:
+            raise BudgetSpent(self.stop_after)
         super().__init__()
         type(self).totals["examples"] += 1
         self.driver: TrioDriver = None  # type: ignore[assignment]
