@@ -65,3 +65,18 @@ def test_a_rule_of_your_own_on_real_workers_of_your_app() -> None:
     run_state_machine_as_test(machine, settings=settings(
         max_examples=15, stateful_step_count=15, deadline=None, database=None))
     assert outcomes["ok"] > 0, outcomes
+
+
+@pytest.mark.layer1
+def test_each_machine_class_counts_its_own_examples() -> None:
+    base = pool_machine(workers="fake")
+
+    class Mine(base):  # type: ignore[valid-type,misc]
+        pass
+
+    class Sibling(base):  # type: ignore[valid-type,misc]
+        pass
+
+    counters = [base.totals, Mine.totals, Sibling.totals]
+    assert len({id(c) for c in counters}) == 3
+    assert len({id(c.app_calls) for c in (base, Mine, Sibling)}) == 3

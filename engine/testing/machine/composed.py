@@ -28,6 +28,16 @@ class PoolMachine(CheckoutRules, CancellationRules, DeathRules, HandoffFaultRule
                   FakeWorkerRules, SessionRules, CloseRules, Invariants):
     """The pool state machine; configure it with :func:`pool_machine`."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Each machine class counts its own examples and calls: a subclass of
+        # yours neither adds to its base's figures nor shares them with its
+        # siblings (pool_machine() passes fresh ones; this covers the rest).
+        if "totals" not in cls.__dict__:
+            cls.totals = collections.Counter()
+        if "app_calls" not in cls.__dict__:
+            cls.app_calls = collections.Counter()
+
 
 def pool_machine(*, workers: Literal["fake", "real"] = "fake",
                  app: str = DEFAULT_APP, sizes: tuple[int, ...] | None = None,
