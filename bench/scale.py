@@ -110,9 +110,17 @@ CASES = {
 
 
 def measure(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    calls = 300 if quick else 2000
+    """Each case in rounds taking turns, the run with the least CPU per call
+    kept: one window is a fraction of a second, and a neighbour's burst on
+    this shared VM moved one pair's ratio from 1.09x to 1.39x."""
+    calls, rounds = (300, 1) if quick else (2000, 3)
     out: dict[str, Any] = {}
-    for key, (workers, callers) in CASES.items():
-        log(f"scale: {workers:,} fake worker(s), {callers:,} callers, {calls:,} calls")
-        out[key] = trio.run(steady_calls, workers, callers, calls)
+    for round_number in range(rounds):
+        for key, (workers, callers) in CASES.items():
+            log(f"scale: {workers:,} fake worker(s), {callers:,} callers, {calls:,} calls "
+                f"(round {round_number + 1} of {rounds})")
+            run = trio.run(steady_calls, workers, callers, calls)
+            if key not in out or run["cpu_per_call"] < out[key]["cpu_per_call"]:
+                out[key] = run
+    out["rounds"] = rounds
     return out

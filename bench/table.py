@@ -191,7 +191,9 @@ def contended_rows(c: dict[str, Any]) -> list[Row]:
 
 def scale_rows(s: dict[str, Any]) -> list[Row]:
     calls = s["queue_1"]["calls"]
-    out = [_heading(f"scale, fake workers: CPU per call over {calls:,} calls, steady state")]
+    best = f", best of {s['rounds']}" if s.get("rounds", 1) > 1 else ""
+    out = [_heading(f"scale, fake workers: CPU per call over {calls:,} calls, steady "
+                    f"state{best}")]
 
     def row(key: str, label: str, base: str | None) -> Row:
         r = s[key]
