@@ -147,7 +147,9 @@ def measure(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
             out["pool"][str(workers)] = {"skipped": f"{available / 2**20:,.0f} MiB available, "
                                                     f"~{need / 2**20:,.0f} MiB needed"}
             continue
-        repeat = 1 if workers >= 64 else (2 if quick else 5)
+        # Large pools three times too (median): one start of 256 workers takes
+        # seconds, long enough for a neighbour's burst to move it by half.
+        repeat = (1 if quick else 3) if workers >= 64 else (2 if quick else 5)
         log(f"pool start and close: {workers} workers ({repeat}x)")
         starts, closes = trio.run(pool_start, workers, repeat)
         scale = max(1.0, workers / cores)
