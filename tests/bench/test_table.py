@@ -244,8 +244,9 @@ def test_run_sync_throughput_bytes_and_batch_targets(figures: dict[str, float], 
 @pytest.mark.parametrize(("speedup", "verdict"), [(1.45, "PASS"), (1.43, "FAIL")])
 def test_the_batch_is_judged_against_bare_processes_when_measured(speedup: float,
                                                                   verdict: str) -> None:
-    """On a VM whose two vCPUs give 1.6x together, 90% of that is the bar,
-    not 90% of the nominal 2x; the nominal ratio is still shown."""
+    """On a VM whose two vCPUs give 1.6x together, the engine's batch must take
+    at most 1/0.9 of the bare processes' batch time (same work: the batch
+    times are compared, not the speed-ups); the nominal ratio is still shown."""
     r = results()
     r["run_sync"] = _run_sync(speedup=speedup, bare=1.6)
     table = rows(r)
@@ -255,7 +256,9 @@ def test_the_batch_is_judged_against_bare_processes_when_measured(speedup: float
     assert bare["ratio"] == "80% of ideal (2x)"
     engine_row = dict(zip(COLUMNS, table[start + 2], strict=True))
     assert engine_row["target"] == "within 10% of bare"
-    assert engine_row["ratio"] == f"{speedup / 2:.0%} of ideal (2x), {speedup / 1.6:.0%} of bare"
+    # batch(s) = 0.8 / s: bare's 0.5 s against the engine's 0.8 / speedup
+    assert engine_row["ratio"] == (f"{speedup / 2:.0%} of ideal (2x), "
+                                   f"{0.5 / (0.8 / speedup):.0%} of bare's pace")
     assert engine_row["result"] == verdict
 
 
