@@ -27,7 +27,6 @@ from engine.testing.machine.records import Checkout, DrainExpected
 CHECKOUTS = Bundle("checkouts")
 
 
-
 class BudgetSpent(KeyboardInterrupt):
     """Raised instead of starting an example once the machine's ``stop_after``
     has passed. A ``KeyboardInterrupt`` because that is the one exception
@@ -36,6 +35,7 @@ class BudgetSpent(KeyboardInterrupt):
     rejected examples too, was replayed and reported as a flaky strategy:
     the replay drew differently). Only the campaign sets ``stop_after`` and
     catches it."""
+
 
 class MachineState(RuleBasedStateMachine):
     """The machine's configuration and model state, and the small lookups every
