@@ -109,6 +109,11 @@ async def run_sync(fn: Callable[..., T], *args: Any, kill_on_cancel: bool = Fals
         limiter.acquire_nowait()
     except trio.WouldBlock:
         await limiter.acquire()
+    except AttributeError:
+        if hasattr(limiter, "acquire_nowait"):
+            raise  # the limiter's own error
+        raise TypeError(f"limiter must be a trio.CapacityLimiter (say "
+                        f"trio.CapacityLimiter(4)), got {limiter!r}") from None
     try:
         return await state.pool.run_sync(fn, *args, kill_on_cancel=kill_on_cancel)
     finally:

@@ -447,6 +447,14 @@ async def test_the_limiter_bounds_concurrent_calls(marker: Fifo, release: Fifo) 
             release.write_line()
 
 
+async def test_a_limiter_that_is_not_one_is_a_clear_typeerror() -> None:
+    # limiter=4 raised AttributeError: 'int' object has no attribute 'acquire_nowait'
+    with trio.fail_after(GUARD):
+        with pytest.raises(TypeError, match=r"trio\.CapacityLimiter \(say"):
+            await engine.run_sync(fns.pid, limiter=4)  # type: ignore[arg-type]
+        assert await engine.run_sync(fns.add, 1, 2) == 3  # the pool is unharmed
+
+
 # --- sessions ----------------------------------------------------------------------------
 
 
