@@ -14,8 +14,9 @@ importable without Trio (the worker-side runtime imports it through
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -297,6 +298,49 @@ def release(lease: Lease, error: BaseException | None, *, kill: bool = False) ->
     if telemetry.active():
         telemetry.emit(telemetry.CHECKIN, {}, {"pool": context.label,
                                                "worker_id": worker.worker_id, "clean": clean})
+
+
+_ASYNC_WITH = ("pool.checkout() is an async context manager: write `async with "
+               "pool.checkout() as lease:` (the block checks the worker back in)")
+
+
+class CheckoutBlock:
+    """What ``pool.checkout()`` returns: ``async with`` it to hold a lease for
+    the block. A class rather than ``@asynccontextmanager``: cheaper, and a
+    mistaken ``await pool.checkout()`` or plain ``with`` says what to write
+    instead of Python's remark on a generator context manager."""
+
+    __slots__ = ("_acquire", "_lease", "_session", "_timeout")
+
+    def __init__(self, acquire: Callable[[str | None, float | None], Awaitable[Lease]],
+                 session: str | None, timeout: float | None) -> None:
+        self._acquire = acquire
+        self._session = session
+        self._timeout = timeout
+        self._lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        if self._lease is not None:
+            raise RuntimeError("this pool.checkout() block was entered already; call "
+                               "pool.checkout() again for another lease")
+        self._lease = lease = await self._acquire(self._session, self._timeout)
+        return lease
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self._lease is not None
+        release(self._lease, exc)
+
+    # Hidden from type checkers, which then flag the same mistakes statically.
+    if not TYPE_CHECKING:
+        def __await__(self) -> Generator[Any, None, NoReturn]:
+            raise TypeError(_ASYNC_WITH)
+
+        def __enter__(self) -> NoReturn:
+            raise TypeError(_ASYNC_WITH)
+
+        def __exit__(self, *exc_info: object) -> None:
+            pass  # never entered: __enter__ raises
 
 
 def revoke(lease: Lease) -> None:

@@ -99,7 +99,14 @@ from engine.pool.introspection import (
     check_shell_invariants,
     view_of,
 )
-from engine.pool.lease import HeldLeases, Lease, LeaseContext, release, revoke
+from engine.pool.lease import (
+    CheckoutBlock,
+    HeldLeases,
+    Lease,
+    LeaseContext,
+    release,
+    revoke,
+)
 from engine.pool.lifecycle import WorkerState
 from engine.pool.pickled import pickle_call, unpickle_reply
 from engine.pool.resilience import CircuitBreaker, Decision, Retry
@@ -247,19 +254,13 @@ class Pool:
                    and (worker := self._rows[slot.index].worker) is not None
                    and worker.is_alive())
 
-    @asynccontextmanager
-    async def checkout(self, session: str | None = None,
-                       timeout: float | None = None) -> AsyncIterator[Lease]:
-        """Check a worker out (for ``session``, routed to its bound worker)."""
+    def checkout(self, session: str | None = None,
+                 timeout: float | None = None) -> CheckoutBlock:
+        """Check a worker out (for ``session``, routed to its bound worker):
+        ``async with pool.checkout() as lease:``; the block's end checks it in."""
         if timeout is not None:
             check_seconds("timeout", timeout, "checkout_timeout")
-        lease = await self._acquire(session, timeout)
-        try:
-            yield lease
-        except BaseException as exc:
-            release(lease, exc)
-            raise
-        release(lease, None)
+        return CheckoutBlock(self._acquire, session, timeout)
 
     async def call(self, command: str, args: Any = None, *, session: str | None = None,
                    timeout: float | None = None, checkout_timeout: float | None = None,

@@ -94,6 +94,25 @@ async def test_checkout_lease_and_lease_released() -> None:
             assert first["pid"] in pool.worker_pids()
 
 
+async def test_checkout_misused_says_to_write_async_with() -> None:
+    with trio.fail_after(HANG_GUARD):
+        async with engine.open_pool(size=1) as pool:
+            await pool.wait_ready(1, timeout=READY)
+            with pytest.raises(TypeError, match=r"write `async with pool\.checkout"):
+                await pool.checkout()  # type: ignore[misc]
+            with pytest.raises(TypeError, match=r"write `async with pool\.checkout"):
+                with pool.checkout():  # type: ignore[attr-defined]
+                    pass  # pragma: no cover - refused on entry
+            block = pool.checkout()
+            async with block:
+                with pytest.raises(RuntimeError, match="entered already"):
+                    async with block:
+                        pass  # pragma: no cover - refused on entry
+            # None of it reserved a worker for good.
+            assert pool.statistics().ready == 1
+            assert await pool.call("echo", 1) == 1
+
+
 async def test_eager_start_spawns_every_worker_at_once() -> None:
     with trio.fail_after(HANG_GUARD):
         with telemetry.capture([("engine", "worker")]) as seen:
