@@ -78,15 +78,18 @@ async def test_calls_sessions_and_where_workers_run(launcher: Launch, marker: st
                 assert stats.hosts == ((NODE, 2),) and stats.remote == 1
 
                 # A session on the remote worker keeps its state there. A new
-                # session binds to the ready worker with the fewest sessions; a
+                # session binds to the free worker with the fewest sessions; a
                 # health probe (every 0.05 s) may hold one worker for a moment,
-                # so bind sessions until each worker has one (each try once both
-                # are live: a slow machine may be replacing one).
+                # so bind sessions until each worker has one, each try once
+                # both are READY (not merely live: a soak run under load bound
+                # 50 sessions in a row to one worker while the other was busy
+                # with probes or being replaced).
                 session_on: dict[int, str] = {}
                 for n in range(50):
                     if len(session_on) == 2:
                         break
-                    await pool.wait_ready(2, timeout=READY)
+                    await pool.wait_until(
+                        lambda v: all(s.state is WorkerState.READY for s in v.slots))
                     async with pool.checkout(session=f"s{n}") as lease:
                         session_on.setdefault(lease.slot, f"s{n}")
                 assert sorted(session_on) == [0, 1]
