@@ -28,15 +28,16 @@ class PoolMachine(CheckoutRules, CancellationRules, DeathRules, HandoffFaultRule
                   FakeWorkerRules, SessionRules, CloseRules, Invariants):
     """The pool state machine; configure it with :func:`pool_machine`."""
 
+    totals = collections.Counter()
+    app_calls = collections.Counter()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # Each machine class counts its own examples and calls: a subclass of
-        # yours neither adds to its base's figures nor shares them with its
-        # siblings (pool_machine() passes fresh ones; this covers the rest).
-        if "totals" not in cls.__dict__:
-            cls.totals = collections.Counter()
-        if "app_calls" not in cls.__dict__:
-            cls.app_calls = collections.Counter()
+        # Each machine class counts its own examples and calls (pool_machine()'s
+        # classes and subclasses of yours alike): none adds to its base's
+        # figures or shares them with its siblings.
+        cls.totals = collections.Counter()
+        cls.app_calls = collections.Counter()
 
 
 def pool_machine(*, workers: Literal["fake", "real"] = "fake",
@@ -70,8 +71,6 @@ def pool_machine(*, workers: Literal["fake", "real"] = "fake",
         "workers": workers, "app": app, "sizes": chosen, "extra_config": dict(config),
         "allowed_commands": None if commands is None else frozenset(commands),
         "call_declared": call_declared,
-        "totals": collections.Counter(),
-        "app_calls": collections.Counter(),
         "__doc__": f"PoolMachine over {workers} workers running {app!r}.",
     }
     if workers == "real":
@@ -79,6 +78,3 @@ def pool_machine(*, workers: Literal["fake", "real"] = "fake",
                           settle_timeout=20.0)
     return type(name or f"{workers.capitalize()}PoolMachine", (PoolMachine,), attributes)
 
-
-PoolMachine.totals = collections.Counter()
-PoolMachine.app_calls = collections.Counter()
